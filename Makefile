@@ -1,0 +1,28 @@
+# Two entry points for a fresh clone: `make demo` and `make test`. Each sets up .venv itself.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Override the face prior, e.g. WEIGHTS=../shared/priors/celeba32-dcgan.pt (offline); empty = the FFHQ default.
+WEIGHTS ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned: the CPU build that lies on this machine's disk (a bare `torch` could pull a CUDA build).
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==$${TORCH_VERSION:-2.13.0}"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m pulse_server.demo $(if $(WEIGHTS),--weights $(WEIGHTS))
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) out
