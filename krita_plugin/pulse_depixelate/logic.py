@@ -1,0 +1,380 @@
+"""Selection → request → layers, without Qt: the part of the plug-in that a test can run without Krita.
+
+Everything here talks to Krita only through the objects it is handed (Document, Node, Selection), calling
+the libkis methods by name, so a small mock of those objects exercises the same code paths as real Krita.
+Nothing here imports `krita` or PyQt5; the protocol client is imported lazily (it needs pyzmq + msgpack,
+which may be missing in a bundled Python: the docker explains that instead of failing to load).
+
+Krita's pixel layouts (checked in Krita 5.1.5 through `Node.channels()`; see tests/krita_scripts):
+    RGBA  U8/U16  B G R A   (KoBgrU8/U16 traits: the integer RGB spaces store blue first)
+    RGBA  F16/F32 R G B A
+    GRAYA any     G A
+all in the machine's byte order. The protocol wants R G B A / G A, little-endian, float in [0, 1];
+F16 has no protocol dtype and travels as f32.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+PLUGIN_ID = "pulse_depixelate"  # docker objectName, action name, settings group, kritarc key suffix
+CLIENT_NAME = "krita"
+
+
+class PluginError(Exception):
+    """A problem the user can fix; the message is shown in the docker as is."""
+
+
+class NoSelection(PluginError):
+    pass
+
+
+class UnsupportedFormat(PluginError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+
+@dataclass(frozen=True)
+class PixelFormat:
+    model: str  # Krita colour model id: "RGBA", "GRAYA"
+    depth: str  # Krita depth id: "U8", "U16", "F16", "F32"
+    channels: int  # protocol channels: 4 RGBA, 2 GA
+    dtype: str  # protocol dtype: "u8" | "u16" | "f32"
+    krita_size: int  # bytes per sample inside Krita (F16: 2, sent as 4)
+    order: tuple[int, ...]  # order[i] = Krita channel index of protocol channel i
+
+    @property
+    def krita_pixel_size(self) -> int:
+        return self.channels * self.krita_size
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/{self.depth}"
+
+
+_BGRA = (2, 1, 0, 3)  # protocol R <- Krita[2], G <- Krita[1], B <- Krita[0], A <- Krita[3]
+_RGBA = (0, 1, 2, 3)
+_GA = (0, 1)
+_FORMATS: dict[tuple[str, str], PixelFormat] = {
+    (m, d): PixelFormat(m, d, len(o), t, s, o)
+    for m, d, t, s, o in [
+        ("RGBA", "U8", "u8", 1, _BGRA),
+        ("RGBA", "U16", "u16", 2, _BGRA),
+        ("RGBA", "F16", "f32", 2, _RGBA),
+        ("RGBA", "F32", "f32", 4, _RGBA),
+        ("GRAYA", "U8", "u8", 1, _GA),
+        ("GRAYA", "U16", "u16", 2, _GA),
+        ("GRAYA", "F16", "f32", 2, _GA),
+        ("GRAYA", "F32", "f32", 4, _GA),
+    ]
+}
+
+
+def pixel_format(model: str, depth: str) -> PixelFormat:
+    """The layout of a Krita colour space, or a refusal that says what to do."""
+    fmt = _FORMATS.get((model, depth))
+    if fmt is None:
+        raise UnsupportedFormat(
+            f"PULSE works on RGB/Alpha or Grayscale/Alpha images; this one is {model}/{depth}. "
+            "Convert it with Image ▸ Convert Image Color Space… (e.g. RGB/Alpha, 8-bit) and try again."
+        )
+    return fmt
+
+
+def _swizzle(data: bytes, channels: int, size: int, order: Sequence[int]) -> bytes:
+    """Reorder interleaved channels with strided byte slices (C speed, no numpy in Krita's Python)."""
+    if tuple(order) == tuple(range(channels)):
+        return bytes(data)
+    stride = channels * size
+    src, out = memoryview(data), bytearray(len(data))
+    for dst_c, src_c in enumerate(order):
+        for b in range(size):
+            out[dst_c * size + b :: stride] = src[src_c * size + b :: stride]
+    return bytes(out)
+
+
+def _byteswap(data: bytes, size: int) -> bytes:
+    """Native → little-endian (or back) for big-endian machines; a no-op everywhere Krita ships."""
+    if sys.byteorder == "little" or size == 1:
+        return bytes(data)
+    out = bytearray(len(data))
+    for b in range(size):
+        out[b::size] = data[size - 1 - b :: size]
+    return bytes(out)
+
+
+def krita_to_wire(data: bytes, fmt: PixelFormat) -> bytes:
+    """Krita pixel bytes (native layout) → protocol bytes (R G B A / G A, little-endian)."""
+    if fmt.depth == "F16":  # no f16 on the wire: widen to f32
+        n = len(data) // 2
+        data = struct.pack(f"<{n}f", *struct.unpack(f"={n}e", data))
+        size = 4
+    else:
+        data, size = _byteswap(data, fmt.krita_size), fmt.krita_size
+    return _swizzle(data, fmt.channels, size, fmt.order)
+
+
+def wire_to_krita(data: bytes, fmt: PixelFormat) -> bytes:
+    """Protocol bytes → Krita pixel bytes; the inverse of krita_to_wire (the swizzles are involutions)."""
+    wire_size = 4 if fmt.depth == "F16" else fmt.krita_size
+    data = _swizzle(data, fmt.channels, wire_size, fmt.order)
+    if fmt.depth == "F16":
+        n = len(data) // 4
+        return struct.pack(f"={n}e", *struct.unpack(f"<{n}f", data))
+    return _byteswap(data, fmt.krita_size)
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class Rect:
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def intersect(self, other: "Rect") -> "Rect":
+        x0, y0 = max(self.x, other.x), max(self.y, other.y)
+        x1, y1 = min(self.x + self.w, other.x + other.w), min(self.y + self.h, other.y + other.h)
+        return Rect(x0, y0, max(0, x1 - x0), max(0, y1 - y0))
+
+    @property
+    def empty(self) -> bool:
+        return self.w <= 0 or self.h <= 0
+
+
+MIN_SIDE = 4  # below this there is no face to find, and the mosaic detector has nothing to work on
+
+
+def selection_region(doc: Any) -> tuple[Rect, Optional[bytes]]:
+    """Bounds of the document's selection clipped to the canvas, and its mask (None when fully selected).
+
+    The mask is Krita's selection pixel data: one byte per pixel, 0 = not selected, 255 = selected.
+    """
+    sel = doc.selection()
+    if sel is None:
+        raise NoSelection("Nothing is selected: select the pixelated face (e.g. with the rectangle tool) first.")
+    bounds = Rect(int(sel.x()), int(sel.y()), int(sel.width()), int(sel.height()))
+    rect = bounds.intersect(Rect(0, 0, int(doc.width()), int(doc.height())))
+    if rect.empty:
+        raise NoSelection("The selection is empty or outside the canvas: select the pixelated face first.")
+    if rect.w < MIN_SIDE or rect.h < MIN_SIDE:
+        raise NoSelection(f"The selection is only {rect.w}×{rect.h} pixels: select the whole pixelated face.")
+    mask = bytes(sel.pixelData(rect.x, rect.y, rect.w, rect.h))
+    if not any(mask):
+        raise NoSelection("The selection is empty: select the pixelated face first.")
+    if mask.count(255) == len(mask):
+        mask = None  # a plain rectangle: no mask on the wire
+    return rect, mask
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class Settings:
+    """What the docker's fields hold; the action uses the same object."""
+
+    candidates: int = 3
+    steps: int = 100
+    seed: int = -1  # -1 = random
+    block: int = 0  # 0 = detect the mosaic block size
+    source: str = "layer"  # "layer" (the active layer's own pixels) | "projection" (the merged image)
+    endpoint: str = ""  # "" = the daemon's per-user default (or $PULSE_ENDPOINT)
+
+    def params(self) -> dict[str, Any]:
+        return {"mode": "depixelate", "candidates": int(self.candidates), "steps": int(self.steps),
+                "seed": int(self.seed), "block": int(self.block)}
+
+    def check(self) -> None:
+        if not 1 <= self.candidates <= 16:
+            raise PluginError("Candidates must be between 1 and 16.")
+        if not 1 <= self.steps <= 10000:
+            raise PluginError("Steps must be between 1 and 10000.")
+        if self.block < 0:
+            raise PluginError("Block size must be 0 (auto) or a number of pixels.")
+        if self.source not in ("layer", "projection"):
+            raise PluginError(f"unknown pixel source {self.source!r}")
+
+
+# ---------------------------------------------------------------------------------------------- request
+
+
+_LAYER_TYPES = ("paintlayer", "grouplayer", "filelayer", "clonelayer", "vectorlayer", "filllayer", "filterlayer")
+
+
+@dataclass
+class Request:
+    """Everything captured on the GUI thread when the user clicks; the worker thread only reads it."""
+
+    doc: Any  # krita.Document the result goes back into
+    anchor_id: Any  # uniqueId() of the active layer: the new layers go above it
+    rect: Rect
+    fmt: PixelFormat
+    profile: str  # ICC profile name of the pixels read: the new layers keep it
+    pixels: bytes  # Krita layout
+    mask: Optional[bytes]
+    params: dict[str, Any]
+    endpoint: Optional[str]
+    source: str
+
+    def image_blob(self) -> Any:
+        from protocol.messages import ImageBlob
+
+        return ImageBlob(self.rect.w, self.rect.h, self.fmt.channels, self.fmt.dtype,
+                         krita_to_wire(self.pixels, self.fmt))
+
+    def mask_blob(self) -> Any:
+        if self.mask is None:
+            return None
+        from protocol.messages import ImageBlob
+
+        return ImageBlob(self.rect.w, self.rect.h, 1, "u8", self.mask)
+
+
+def build_request(doc: Any, settings: Settings, node: Any = None) -> Request:
+    """Read the selection and the pixels under it (GUI thread: these are Krita calls).
+
+    `node` defaults to the document's active layer (a document without a view, as in kritarunner, has none).
+    """
+    settings.check()
+    if doc is None:
+        raise PluginError("Open an image first.")
+    node = node if node is not None else doc.activeNode()
+    if node is None:
+        raise PluginError("Select a layer first.")
+    if node.type() not in _LAYER_TYPES:  # masks have no pixels of their own to depixelate
+        raise PluginError(f"The active node is a {node.type()}: select a layer instead of a mask.")
+    rect, mask = selection_region(doc)
+    if settings.source == "projection":
+        fmt, profile = pixel_format(doc.colorModel(), doc.colorDepth()), doc.colorProfile()
+        pixels = bytes(doc.pixelData(rect.x, rect.y, rect.w, rect.h))
+    else:
+        fmt, profile = pixel_format(node.colorModel(), node.colorDepth()), node.colorProfile()
+        # A paint layer's own pixels; other layers (groups, file/vector layers) only have a projection.
+        read = node.pixelData if node.type() == "paintlayer" else node.projectionPixelData
+        pixels = bytes(read(rect.x, rect.y, rect.w, rect.h))
+    if len(pixels) != rect.w * rect.h * fmt.krita_pixel_size:
+        raise PluginError(f"Krita returned {len(pixels)} bytes for a {rect.w}×{rect.h} {fmt.label} region.")
+    return Request(doc=doc, anchor_id=node.uniqueId(), rect=rect, fmt=fmt, profile=profile, pixels=pixels, mask=mask,
+                   params=settings.params(), endpoint=settings.endpoint or None, source=settings.source)
+
+
+# ---------------------------------------------------------------------------------------------- result
+
+
+@dataclass
+class LayerPlan:
+    """One candidate, converted back to Krita's layout (worker thread) and ready to paste (GUI thread)."""
+
+    name: str
+    comment: str
+    pixels: bytes
+    visible: bool
+    seed: int
+    error: float
+
+
+@dataclass
+class Outcome:
+    layers: list[LayerPlan]
+    model: str
+    analysis: dict = field(default_factory=dict)
+
+
+def _layer_name(index1: int, err: float) -> str:
+    try:
+        from protocol.layers import layer_name
+    except ImportError:  # an older client copy without layers.py: same wording
+        return f"PULSE face {index1} (err {err:.1e})"
+    return layer_name(index1, err)
+
+
+def _layer_comment(candidate: Any, model: str) -> str:
+    try:
+        from protocol.layers import layer_comment
+    except ImportError:
+        return (f"Imagined by PULSE ({model}, seed {candidate.seed}, downscale error "
+                f"{candidate.downscale_error:.2e}): a plausible face, not the person's real identity.")
+    return layer_comment(candidate, model)
+
+
+def plan_layers(request: Request, result: Any) -> Outcome:
+    """Check the daemon's candidates against the request and convert them (pure Python: worker thread)."""
+    if not result.candidates:
+        raise PluginError("The daemon returned no candidates.")
+    layers = []
+    for i, cand in enumerate(result.candidates):
+        img = cand.image
+        want = (request.rect.w, request.rect.h, request.fmt.channels, request.fmt.dtype)
+        got = (img.width, img.height, img.channels, img.dtype)
+        if got != want:
+            raise PluginError(f"The daemon returned a {got} image for a {want} request.")
+        layers.append(LayerPlan(name=_layer_name(i + 1, float(cand.downscale_error)),
+                                comment=_layer_comment(cand, result.model),
+                                pixels=wire_to_krita(bytes(img.data), request.fmt), visible=(i == 0),
+                                seed=int(cand.seed), error=float(cand.downscale_error)))
+    return Outcome(layers=layers, model=str(result.model), analysis=dict(getattr(result, "analysis", {}) or {}))
+
+
+def find_node(root: Any, unique_id: Any) -> Any:
+    """Depth-first search for a node by uniqueId() (the active layer may have changed meanwhile)."""
+    stack = list(root.childNodes())
+    while stack:
+        node = stack.pop()
+        if node.uniqueId() == unique_id:
+            return node
+        stack.extend(node.childNodes())
+    return None
+
+
+def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any]) -> list[Any]:
+    """Paste one paint layer per candidate above the request's layer (GUI thread). Returns the new nodes.
+
+    Stack order after pasting, top to bottom: face 1 (best, visible), face 2, …, the original layer.
+    Only new layers are added: no existing pixels, visibility or selection change.
+    """
+    doc = request.doc
+    if not any(d == doc for d in documents):
+        raise PluginError("The image was closed before the result arrived.")
+    root = doc.rootNode()
+    anchor = find_node(root, request.anchor_id)
+    parent = anchor.parentNode() if anchor is not None else root
+    if parent is None:
+        parent = root
+    r = request.rect
+    created = []
+    for plan in outcome.layers:
+        node = doc.createNode(plan.name, "paintlayer")
+        space = (request.fmt.model, request.fmt.depth, request.profile)
+        if (node.colorModel(), node.colorDepth(), node.colorProfile()) != space:
+            node.setColorSpace(*space)  # the active layer may be in another space than the image
+        node.setPixelData(plan.pixels, r.x, r.y, r.w, r.h)
+        node.setVisible(plan.visible)
+        # Each one goes directly above the anchor, so the earlier (better) candidates end up on top.
+        parent.addChildNode(node, anchor)
+        created.append(node)
+    doc.refreshProjection()
+    return created
+
+
+def run_job(request: Request, *, on_progress: Optional[Callable[[Any], None]] = None,
+            should_cancel: Optional[Callable[[], bool]] = None,
+            on_preview: Optional[Callable[[bytes], None]] = None, timeout: float = 10.0) -> Outcome:
+    """Send the request to the daemon and plan the layers (worker thread: no Krita calls in here)."""
+    from protocol.client import PulseClient
+
+    with PulseClient(request.endpoint, client_name=CLIENT_NAME, client_version=PLUGIN_VERSION,
+                     timeout=timeout) as client:
+        result = client.run_job(request.image_blob(), request.mask_blob(), request.params,
+                                 on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
+    return plan_layers(request, result)
+
+
+PLUGIN_VERSION = "0.1.0"

@@ -1,0 +1,211 @@
+"""Krita plug-in logic (selection → request → layers) against a small mock of the `krita` module.
+
+Fast and Krita-free; tests/test_krita_real.py runs the same code inside real Krita 5.1.
+The pixel layouts used here (BGRA for integer RGBA, RGBA for float, GA for grey) are Krita's, as observed
+through Node.channels() in Krita 5.1.5; the real-Krita adapter test asserts them again.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "krita_mock"))
+sys.path.insert(0, str(REPO / "krita_plugin"))
+
+import krita  # noqa: E402  (the mock)
+from pulse_depixelate import logic  # noqa: E402
+from protocol.layers import layer_name  # noqa: E402
+from protocol.messages import Candidate, ImageBlob, Result  # noqa: E402
+
+assert Path(krita.__file__).parent.name == "krita_mock", "the real krita module must not shadow the mock"
+
+
+def rgba_u8_image(w: int, h: int) -> list[tuple[int, int, int, int]]:
+    """A distinct colour per pixel, so any swapped channel or misplaced row shows."""
+    return [((7 * i) % 256, (13 * i + 50) % 256, (29 * i + 100) % 256, 200 + i % 56) for i in range(w * h)]
+
+
+def to_krita_u8(pixels, fmt_model="RGBA") -> bytes:
+    if fmt_model == "GRAYA":
+        return bytes(v for r, g, b, a in pixels for v in (r, a))
+    return bytes(v for r, g, b, a in pixels for v in (b, g, r, a))  # Krita stores blue first
+
+
+def make_doc(w=24, h=20, model="RGBA", depth="U8", select=(4, 3, 16, 12)):
+    doc = krita.Krita.instance().createDocument(w, h, "t", model, depth, "", 72.0)
+    if select is not None:
+        sel = krita.Selection()
+        sel.select(*select, 255)
+        doc.setSelection(sel)
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+
+@pytest.mark.parametrize("model,depth", [("RGBA", "U8"), ("RGBA", "U16"), ("RGBA", "F16"), ("RGBA", "F32"),
+                                         ("GRAYA", "U8"), ("GRAYA", "U16"), ("GRAYA", "F16"), ("GRAYA", "F32")])
+def test_wire_layout_round_trip(model, depth):
+    fmt = logic.pixel_format(model, depth)
+    n = 6
+    # protocol-side values, then Krita's layout built by hand from the documented channel order
+    if fmt.dtype == "f32":
+        vals = [((p * fmt.channels + c) % 9) / 8 for p in range(n) for c in range(fmt.channels)]
+        wire = struct.pack(f"<{len(vals)}f", *vals)
+        kfmt, size = ("e" if depth == "F16" else "f"), (2 if depth == "F16" else 4)
+    else:
+        top = 255 if depth == "U8" else 65535
+        vals = [(p * 37 + c * 1001) % top for p in range(n) for c in range(fmt.channels)]
+        wire = struct.pack(f"<{len(vals)}{'B' if depth == 'U8' else 'H'}", *vals)
+        kfmt = "B" if depth == "U8" else "H"
+    kvals = []
+    for p in range(n):
+        px = vals[p * fmt.channels:(p + 1) * fmt.channels]
+        if model == "RGBA" and depth in ("U8", "U16"):
+            px = [px[2], px[1], px[0], px[3]]
+        kvals += px
+    kbytes = struct.pack(f"={len(kvals)}{kfmt}", *kvals)
+    assert logic.krita_to_wire(kbytes, fmt) == wire  # k/8 is exact in f16 too
+    assert logic.wire_to_krita(wire, fmt) == kbytes
+
+
+def test_f16_is_widened_and_narrowed():
+    fmt = logic.pixel_format("RGBA", "F16")
+    k = struct.pack("=4e", 0.25, 0.5, 0.75, 1.0)
+    wire = logic.krita_to_wire(k, fmt)
+    assert fmt.dtype == "f32" and struct.unpack("<4f", wire) == (0.25, 0.5, 0.75, 1.0)
+    assert logic.wire_to_krita(wire, fmt) == k
+
+
+@pytest.mark.parametrize("model,depth", [("CMYKA", "U8"), ("LABA", "U16"), ("XYZA", "F32"), ("YCbCrA", "U8")])
+def test_other_colour_models_are_refused_clearly(model, depth):
+    doc = make_doc(model=model, depth=depth)
+    with pytest.raises(logic.UnsupportedFormat, match=rf"{model}/{depth}.*Convert Image Color Space"):
+        logic.build_request(doc, logic.Settings())
+
+
+# ---------------------------------------------------------------------------------------------- selection
+
+
+def test_no_selection_says_what_to_do():
+    doc = make_doc(select=None)
+    with pytest.raises(logic.NoSelection, match="select the pixelated face"):
+        logic.build_request(doc, logic.Settings())
+
+
+def test_selection_is_clipped_to_canvas_and_tiny_ones_refused():
+    doc = make_doc(w=24, h=20, select=(18, 15, 10, 10))
+    rect, mask = logic.selection_region(doc)
+    assert rect == logic.Rect(18, 15, 6, 5) and mask is None
+    doc = make_doc(select=(2, 2, 3, 3))
+    with pytest.raises(logic.NoSelection, match="3×3"):
+        logic.selection_region(doc)
+
+
+def test_soft_selection_travels_as_a_mask():
+    doc = make_doc(select=(4, 4, 8, 8))
+    doc.selection().select(6, 6, 2, 2, 128)
+    rect, mask = logic.selection_region(doc)
+    assert rect == logic.Rect(4, 4, 8, 8)
+    assert mask is not None and len(mask) == 64 and mask[2 * 8 + 2] == 128 and mask[0] == 255
+    req = logic.build_request(doc, logic.Settings())
+    blob = req.mask_blob()
+    assert (blob.width, blob.height, blob.channels, blob.dtype, bytes(blob.data)) == (8, 8, 1, "u8", mask)
+
+
+def test_settings_are_checked_and_sent():
+    s = logic.Settings(candidates=2, steps=30, seed=7, block=4)
+    assert s.params() == {"mode": "depixelate", "candidates": 2, "steps": 30, "seed": 7, "block": 4}
+    for bad in (logic.Settings(candidates=0), logic.Settings(steps=0), logic.Settings(block=-1)):
+        with pytest.raises(logic.PluginError):
+            bad.check()
+
+
+# ---------------------------------------------------------------------------------------------- request → layers
+
+
+def fake_result(req: logic.Request, k: int, model="tiny-32") -> Result:
+    """K candidates: the request's own wire pixels with channel values shifted by the rank."""
+    base = bytes(req.image_blob().data)
+    cands = []
+    for i in range(k):
+        data = bytes((v + 10 * i) % 256 for v in base)
+        cands.append(Candidate(ImageBlob(req.rect.w, req.rect.h, req.fmt.channels, req.fmt.dtype, data),
+                               seed=100 + i, downscale_error=1.3e-3 * (i + 1), eps_reached=i == 0, steps=50))
+    return Result(job_id="j", candidates=cands, model=model, analysis={"block": 4})
+
+
+@pytest.mark.parametrize("model", ["RGBA", "GRAYA"])
+def test_request_reads_active_layer_in_protocol_order_and_layers_land_above_it(model):
+    w, h = 24, 20
+    doc = make_doc(w, h, model=model)
+    bg = doc.activeNode()
+    image = rgba_u8_image(w, h)
+    bg.setPixelData(to_krita_u8(image, model), 0, 0, w, h)
+    top = doc.createNode("Above", "paintlayer")
+    doc.rootNode().addChildNode(top, None)
+    before = {n.name(): n.pixelData(0, 0, w, h) for n in doc.topLevelNodes()}
+
+    req = logic.build_request(doc, logic.Settings(candidates=3, steps=20, seed=5))
+    assert req.rect == logic.Rect(4, 3, 16, 12) and req.mask is None and req.source == "layer"
+    blob = req.image_blob()
+    region = [image[(3 + j) * w + 4 + i] for j in range(12) for i in range(16)]
+    want = bytes(v for r, g, b, a in region for v in ((r, g, b, a) if model == "RGBA" else (r, a)))
+    assert (blob.width, blob.height, blob.channels, blob.dtype) == (16, 12, 4 if model == "RGBA" else 2, "u8")
+    assert bytes(blob.data) == want
+
+    outcome = logic.plan_layers(req, fake_result(req, 3))
+    new = logic.apply_outcome(req, outcome, krita.Krita.instance().documents())
+    names = [n.name() for n in doc.topLevelNodes()]
+    assert names == ["Background", layer_name(3, 3.9e-3), layer_name(2, 2.6e-3), layer_name(1, 1.3e-3), "Above"]
+    assert [n.visible() for n in new] == [True, False, False]
+    assert doc.refreshed == 1
+    # the best layer holds candidate 1 exactly at the selection, transparent elsewhere
+    best = new[0]
+    assert logic.krita_to_wire(best.pixelData(4, 3, 16, 12), req.fmt) == bytes(fake_result(req, 1).candidates[0].image.data)
+    assert not any(best.pixelData(0, 0, w, 3)) and not any(best.pixelData(0, 15, w, 5))
+    for node in doc.topLevelNodes():
+        if node.name() in before:
+            assert node.pixelData(0, 0, w, h) == before[node.name()], node.name()
+    assert "not a recovery" in outcome.layers[0].comment
+
+
+def test_projection_source_uses_the_image_format_and_the_layer_keeps_the_layer_space():
+    doc = make_doc(model="RGBA", depth="U16")
+    bg = doc.activeNode()
+    bg.setPixelData(bytes(range(256)) * (24 * 20 * 8 // 256) + bytes(24 * 20 * 8 % 256), 0, 0, 24, 20)
+    req = logic.build_request(doc, logic.Settings(source="projection"))
+    assert req.fmt.dtype == "u16" and len(bytes(req.image_blob().data)) == 16 * 12 * 8
+    # a GRAYA layer inside an RGBA image: its own space is read and the candidates keep it
+    grey = doc.createNode("grey", "paintlayer")
+    grey.setColorSpace("GRAYA", "U8", "Gray-D50-elle-V2-srgbtrc.icc")
+    doc.rootNode().addChildNode(grey, None)
+    doc.setActiveNode(grey)
+    req = logic.build_request(doc, logic.Settings(candidates=2))
+    assert req.fmt.label == "GRAYA/U8" and req.profile == "Gray-D50-elle-V2-srgbtrc.icc"
+    new = logic.apply_outcome(req, logic.plan_layers(req, fake_result(req, 2)), krita.Krita.instance().documents())
+    assert [(n.colorModel(), n.colorDepth()) for n in new] == [("GRAYA", "U8")] * 2
+
+
+def test_wrong_sized_result_and_closed_document_are_refused():
+    doc = make_doc()
+    req = logic.build_request(doc, logic.Settings())
+    bad = Result(job_id="j", candidates=[Candidate(ImageBlob(2, 2, 4, "u8", bytes(16)), 1, 0.1, False, 1)])
+    with pytest.raises(logic.PluginError, match="returned"):
+        logic.plan_layers(req, bad)
+    outcome = logic.plan_layers(req, fake_result(req, 1))
+    with pytest.raises(logic.PluginError, match="closed"):
+        logic.apply_outcome(req, outcome, [])
+
+
+def test_masks_are_not_a_source():
+    doc = make_doc()
+    mask = doc.createNode("m", "transparencymask")
+    doc.setActiveNode(mask)
+    with pytest.raises(logic.PluginError, match="mask"):
+        logic.build_request(doc, logic.Settings())
