@@ -1,0 +1,268 @@
+"""A cached Debian 13 (trixie) chroot with GIMP 3 for the real-GIMP tests.
+
+Debian 12 (the CI host) has no GIMP 3; Debian 13 ships GIMP 3.0 with its Python 3 plug-in support. We build a
+minimal trixie root once with `debootstrap`, install GIMP there, and keep it outside the clone
+(`PULSE_GIMP_CHROOT`, default /var/cache/pulse-ci/gimp-trixie) so that later runs start in seconds.
+
+Safety rules, because a chroot with a bind-mounted /dev must never be `rm -rf`ed:
+- /proc and /dev are mounted only inside `mounted()` and unmounted in its `finally`;
+- `remove_tree()` refuses to delete a tree that still has anything mounted below it.
+
+The mirror comes from the host's APT configuration (never a host name written here).
+
+    python -m tests.gimp_chroot build      # build (or reuse) the chroot, print timings
+    python -m tests.gimp_chroot status
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+SUITE = "trixie"
+PACKAGES = ("gimp", "gir1.2-gimp-3.0", "python3-gi", "python3-zmq", "python3-msgpack")
+DEFAULT_ROOT = Path("/var/cache/pulse-ci/gimp-trixie")
+MARKER = ".pulse-chroot.json"  # written last: a root without it is incomplete
+DEB822_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+LEGACY_SOURCES = Path("/etc/apt/sources.list")
+GIMP_CONSOLE = "/usr/bin/gimp-console-3.0"
+
+
+class ChrootUnavailable(RuntimeError):
+    """The chroot cannot be built here (not root, no debootstrap, no mirror, no network); tests skip."""
+
+
+def chroot_root() -> Path:
+    return Path(os.environ.get("PULSE_GIMP_CHROOT") or DEFAULT_ROOT)
+
+
+# --------------------------------------------------------------------------------------------- mirror
+
+
+def debian_mirror(deb822: Path = DEB822_SOURCES, legacy: Path = LEGACY_SOURCES) -> str:
+    """The host's main Debian archive URI (not the security archive), from deb822 or one-line sources."""
+    env = os.environ.get("PULSE_DEBIAN_MIRROR")
+    if env:
+        return env
+    candidates: list[str] = []
+    if deb822.is_file():
+        for stanza in re.split(r"\n\s*\n", deb822.read_text()):
+            fields = dict(
+                (k.strip().lower(), v.strip())
+                for k, v in (line.split(":", 1) for line in stanza.splitlines() if ":" in line and not line.startswith("#"))
+            )
+            suites = fields.get("suites", "").split()
+            if fields.get("uris") and not any(s.endswith("-security") for s in suites):
+                candidates += fields["uris"].split()
+    if not candidates and legacy.is_file():
+        for line in legacy.read_text().splitlines():
+            parts = line.split("#", 1)[0].split()
+            if len(parts) >= 3 and parts[0] == "deb" and not parts[2].endswith("-security"):
+                uri = next((p for p in parts[1:] if "://" in p), None)
+                if uri:
+                    candidates.append(uri)
+    candidates = [c for c in candidates if "security" not in c]
+    if not candidates:
+        raise ChrootUnavailable(f"no Debian mirror in {deb822} or {legacy} (set PULSE_DEBIAN_MIRROR)")
+    return candidates[0].rstrip("/")
+
+
+# --------------------------------------------------------------------------------------------- mounts
+
+
+def mounts_below(root: Path) -> list[str]:
+    """Mount points at or below `root` (from /proc/self/mountinfo; octal escapes decoded)."""
+    real = os.path.realpath(root)
+    found = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == real or point.startswith(real.rstrip("/") + "/"):
+                found.append(point)
+    return found
+
+
+def _umount(point: str) -> None:
+    if subprocess.run(["umount", point], capture_output=True).returncode != 0:
+        # Busy (a straggling process): detach lazily so nothing stays reachable through the chroot.
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def unmount_all(root: Path) -> None:
+    for point in sorted(mounts_below(root), key=len, reverse=True):  # deepest first
+        _umount(point)
+
+
+@contextlib.contextmanager
+def mounted(root: Path) -> Iterator[Path]:
+    """/proc and a bind of /dev inside `root`, for exactly as long as the `with` block runs."""
+    done: list[str] = []
+    try:
+        for target, cmd in (
+            (root / "proc", ["mount", "-t", "proc", "proc"]),
+            (root / "dev", ["mount", "--bind", "/dev"]),
+        ):
+            target.mkdir(parents=True, exist_ok=True)
+            if os.path.ismount(target):
+                continue  # left over from a killed run: reuse it, the finally still unmounts it
+            subprocess.run([*cmd, str(target)], check=True, capture_output=True)
+            done.append(str(target))
+        yield root
+    finally:
+        unmount_all(root)
+
+
+def remove_tree(root: Path) -> None:
+    """rm -rf `root`, but never through a live mount (that would wipe the host's /dev)."""
+    if not root.exists():
+        return
+    unmount_all(root)
+    live = mounts_below(root)
+    if live:
+        raise RuntimeError(f"refusing to delete {root}: still mounted: {', '.join(live)}")
+    shutil.rmtree(root)
+
+
+# --------------------------------------------------------------------------------------------- build
+
+
+def _check_can_build() -> None:
+    if os.geteuid() != 0:
+        raise ChrootUnavailable("building the GIMP 3 chroot needs root (debootstrap, chroot, mount)")
+    if not shutil.which("debootstrap"):
+        raise ChrootUnavailable("debootstrap is not installed (apt-get install debootstrap)")
+
+
+def is_ready(root: Path | None = None) -> bool:
+    root = root or chroot_root()
+    try:
+        info = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("packages") == list(PACKAGES) and (root / GIMP_CONSOLE.lstrip("/")).exists()
+
+
+def _run_logged(cmd: Sequence[str], log, timeout: float) -> None:
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.run(list(cmd), stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed with exit code {proc.returncode} (log: {log.name})")
+
+
+def chroot_env() -> dict[str, str]:
+    return {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "HOME": "/root",
+    }
+
+
+def build(root: Path | None = None, *, mirror: str | None = None, timeout: float = 3000) -> dict:
+    """Build the chroot unless a complete one is cached; returns {"cached": bool, "seconds": float, ...}.
+
+    Serialised by a lock file next to the root, so two test sessions never debootstrap the same tree.
+    The tree is built under `<root>.partial` and renamed at the end: an interrupted build never looks ready.
+    """
+    root = root or chroot_root()
+    t0 = time.monotonic()
+    if is_ready(root):
+        return {"cached": True, "seconds": 0.0, "root": str(root)}
+    _check_can_build()
+    mirror = mirror or debian_mirror()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_ready(root):  # someone else finished while we waited
+            return {"cached": True, "seconds": time.monotonic() - t0, "root": str(root)}
+        partial = root.with_name(root.name + ".partial")
+        remove_tree(partial)
+        remove_tree(root)
+        log_path = root.with_name(root.name + ".log")
+        with open(log_path, "w") as log:
+            timings = {}
+            t = time.monotonic()
+            try:
+                _run_logged(["debootstrap", "--variant=minbase", SUITE, str(partial), mirror], log, timeout)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                unmount_all(partial)  # debootstrap's second stage mounts /proc itself
+                raise ChrootUnavailable(f"debootstrap {SUITE} from {mirror} failed: {exc}") from exc
+            timings["debootstrap_s"] = round(time.monotonic() - t, 1)
+            # The chroot shares the host's network namespace; it needs the host's resolver and APT tweaks.
+            shutil.copy2("/etc/resolv.conf", partial / "etc/resolv.conf")
+            for conf in Path("/etc/apt/apt.conf.d").glob("*"):
+                if conf.is_file() and "proxy" in conf.read_text(errors="replace").lower():
+                    shutil.copy2(conf, partial / "etc/apt/apt.conf.d" / conf.name)
+            t = time.monotonic()
+            with mounted(partial):
+                base = ["chroot", str(partial), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in chroot_env().items())]
+                _run_logged([*base, "apt-get", "update", "-q"], log, timeout)
+                _run_logged(
+                    [*base, "apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES], log, timeout
+                )
+                _run_logged([*base, "apt-get", "clean"], log, timeout)
+            timings["apt_s"] = round(time.monotonic() - t, 1)
+        info = {"packages": list(PACKAGES), "suite": SUITE, "built": time.time(), **timings}
+        (partial / MARKER).write_text(json.dumps(info))
+        if mounts_below(partial):
+            raise RuntimeError(f"{partial} still has mounts after the build")
+        partial.rename(root)
+        return {"cached": False, "seconds": round(time.monotonic() - t0, 1), "root": str(root), **timings}
+
+
+def gimp_version(root: Path | None = None) -> str:
+    root = root or chroot_root()
+    with mounted(root):
+        out = subprocess.run(
+            ["chroot", str(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in chroot_env().items()),
+             GIMP_CONSOLE, "--version"],
+            capture_output=True, text=True, timeout=120,
+        )
+    return out.stdout.strip()
+
+
+def gimp_batch(root: Path, script: Path, *, home: Path, env: dict[str, str] | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the Python file `script` (a path inside the chroot) in headless GIMP 3: exit 64 on an exception.
+
+    HOME is `home` (inside the chroot), so GIMP reads plug-ins from home/.config/GIMP/3.0/plug-ins and writes
+    its profile there, never into the cached tree's /root. /proc and /dev are mounted only for the run.
+    """
+    inner_env = {**chroot_env(), "HOME": str(home), "XDG_CONFIG_HOME": f"{home}/.config",
+                 "XDG_CACHE_HOME": f"{home}/.cache", "XDG_DATA_HOME": f"{home}/.local/share",
+                 "GEGL_SWAP": f"{home}/.cache/gegl-swap", **(env or {})}
+    code = f"exec(compile(open({str(script)!r}).read(), {str(script)!r}, 'exec'))"
+    cmd = ["chroot", str(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in inner_env.items()),
+           GIMP_CONSOLE, "-i", "--no-fonts", "--batch-interpreter", "python-fu-eval", "-b", code, "--quit"]
+    with mounted(root):
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def main(argv: Sequence[str]) -> int:
+    cmd = argv[0] if argv else "status"
+    root = chroot_root()
+    if cmd == "build":
+        print(json.dumps(build(root)), flush=True)
+        print(gimp_version(root))
+    elif cmd == "status":
+        print(json.dumps({"root": str(root), "ready": is_ready(root), "mounts": mounts_below(root)}))
+    elif cmd == "remove":
+        remove_tree(root)
+    else:
+        print(f"usage: python -m tests.gimp_chroot build|status|remove", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

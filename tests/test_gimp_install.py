@@ -1,0 +1,99 @@
+"""`pulse-server install-plugin gimp`: folder layout, executable bit, client copy, per-OS folders, vendoring."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pulse_server.commands import plugins
+from pulse_server.editors import common, gimp
+from pulse_server.errors import PulseError
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pulse-server")
+    plugins.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_install_lays_out_an_executable_plugin_with_its_client(tmp_path, capsys):
+    assert _cli(["install-plugin", "gimp", "--dest", str(tmp_path), "--target", "linux"]) == 0
+    folder = tmp_path / "pulse-depixelate"
+    main = folder / "pulse-depixelate.py"  # GIMP 3 needs folder and file of the same name
+    assert main.is_file() and os.access(main, os.X_OK)
+    assert main.read_text().startswith("#!/usr/bin/env python3")
+    assert (folder / "pulse_gimp.py").is_file()
+    assert (folder / "protocol" / "client.py").exists() or (folder / "protocol" / "__init__.py").is_file()
+    assert not list(folder.rglob("__pycache__"))
+    out = capsys.readouterr().out
+    assert str(folder) in out and "Filters" in out
+    # The copied plug-in logic and client import together with only the standard library + pyzmq/msgpack.
+    code = "import pulse_gimp, protocol.layers; print(pulse_gimp.PROC_NAME)"
+    res = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(folder)!r}); {code}"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.stdout.strip() == "python-fu-pulse-depixelate", res.stderr
+    # Reinstalling replaces the folder; uninstalling removes it.
+    (folder / "stale.txt").write_text("old")
+    assert _cli(["install-plugin", "gimp", "--dest", str(tmp_path), "--target", "linux"]) == 0
+    assert not (folder / "stale.txt").exists()
+    assert _cli(["uninstall-plugin", "gimp", "--dest", str(tmp_path)]) == 0
+    assert not folder.exists()
+    assert _cli(["uninstall-plugin", "gimp", "--dest", str(tmp_path)]) == 0  # nothing left: still fine
+    assert "nothing to remove" in capsys.readouterr().out
+
+
+def test_system_python_check_names_missing_packages(tmp_path):
+    report = gimp.install_plugin(tmp_path, target="linux", system_python=sys.executable)
+    assert report.missing == [] and report.vendored == []  # this venv has pyzmq and msgpack
+    bare = tmp_path / "bare-python"
+    bare.write_text("#!/bin/sh\nexit 1\n")  # a Python that can import nothing
+    bare.chmod(0o755)
+    assert common.missing_system_deps(str(bare)) == ["python3-zmq", "python3-msgpack"]
+    assert common.missing_system_deps(str(tmp_path / "no-such-python")) == ["python3-zmq", "python3-msgpack"]
+
+
+def test_default_plugin_folders(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    assert gimp.plugins_dir("linux") == tmp_path / ".config/GIMP/3.0/plug-ins"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    assert gimp.plugins_dir("linux") == tmp_path / "cfg/GIMP/3.0/plug-ins"
+    assert gimp.plugins_dir("flatpak") == tmp_path / ".var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins"
+    assert gimp.plugins_dir("macos") == tmp_path / "Library/Application Support/GIMP/3.0/plug-ins"
+    monkeypatch.setenv("APPDATA", str(tmp_path / "Roaming"))
+    assert gimp.plugins_dir("windows") == tmp_path / "Roaming/GIMP/3.0/plug-ins"
+    with pytest.raises(PulseError):
+        gimp.plugins_dir("amiga")
+    # Installing without --dest goes to the per-user folder.
+    assert gimp.install_plugin(target="linux").dest == tmp_path / "cfg/GIMP/3.0/plug-ins/pulse-depixelate"
+
+
+def test_copy_client_replaces_an_old_copy(tmp_path):
+    (tmp_path / "protocol").mkdir()
+    (tmp_path / "protocol" / "old.py").write_text("")
+    target = common.copy_client(tmp_path)
+    assert (target / "layers.py").is_file() and not (target / "old.py").exists()
+
+
+def test_bad_python_version_is_refused(tmp_path):
+    with pytest.raises(PulseError, match="bad Python version"):
+        common.vendor_wheels(tmp_path, "three", ["win_amd64"])
+
+
+def test_windows_install_vendors_wheels_for_gimps_python(tmp_path):
+    """Real pip download of pyzmq + msgpack wheels for CPython 3.12 on win_amd64, unpacked into _vendor."""
+    report = gimp.install_plugin(tmp_path, target="windows", python_version="3.12")
+    names = report.vendored
+    assert any(n.startswith("pyzmq-") and "win_amd64" in n for n in names), names
+    assert any(n.startswith("msgpack-") for n in names), names
+    vendor = report.dest / common.VENDOR_DIR
+    assert (vendor / "zmq" / "__init__.py").is_file() and (vendor / "msgpack" / "__init__.py").is_file()
+    assert list((vendor / "zmq").rglob("*.pyd")), "pyzmq's compiled backend must be in the vendored copy"
+    assert report.missing == []
