@@ -1,0 +1,235 @@
+"""Known face models, where they live on this machine, and their one-time download.
+
+The default model is NVIDIA's official StyleGAN2 config-f trained on FFHQ at 1024², as published for
+its PyTorch code bases (stylegan2-ada-pytorch / stylegan3): the network pickle
+`stylegan2-ffhq-1024x1024.pkl` on NVIDIA NGC. Listed in NVlabs/stylegan3 README.md, section
+"Additional material" ("StyleGAN2 pre-trained models compatible with this codebase ... Access individual
+networks via https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/<MODEL>").
+
+Integrity: NVIDIA publishes neither a sha256 nor a byte count for this file (none in the README, the NGC
+listing text or the licence), so none is pinned here: the download is checked against the length the
+server announces (Content-Length / Content-Range) and the loader then checks that the file is a
+well-formed 1024² StyleGAN2 network pickle (read without running its code, see `unpickle.py`). Set
+PULSE_WEIGHTS_SHA256 to enforce a digest you trust.
+
+Licence (README: "Weights"): NVIDIA Source Code License (NC) — "The Work and any derivative works thereof
+only may be used or intended for use non-commercially ... 'non-commercially' means for research or
+evaluation purposes only" (NVlabs/stylegan3 LICENSE.txt §3.3; the same terms cover the
+stylegan2-ada-pytorch release). The training images (FFHQ) are themselves under CC BY-NC-SA 4.0 as a
+dataset. The file is therefore downloaded by the user on first use, never bundled.
+
+Environment (tests, mirrors, air-gapped installs):
+  PULSE_CACHE_DIR      cache root instead of platformdirs.user_cache_dir("pulse")
+  PULSE_WEIGHTS_URL    download URL of the default model instead of NVIDIA's
+  PULSE_WEIGHTS_SHA256 expected sha256 of the default model's file
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import ModelError
+
+CHUNK = 1 << 20
+TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    name: str  # registry key, e.g. "ffhq-1024"
+    model_name: str  # reported to clients (PriorInfo.name)
+    filename: str
+    url: str
+    family: str
+    resolution: int
+    size: int | None  # bytes; None = not published (checked against the server's length)
+    sha256: str | None  # None = not published
+    licence: str
+    homepage: str
+
+
+FFHQ_1024 = WeightsSpec(
+    name="ffhq-1024",
+    model_name="stylegan2-ffhq-1024",
+    filename="stylegan2-ffhq-1024x1024.pkl",
+    url="https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/stylegan2-ffhq-1024x1024.pkl",
+    family="stylegan2",
+    resolution=1024,
+    size=None,  # not published by NVIDIA (see module docstring)
+    sha256=None,  # not published by NVIDIA (see module docstring)
+    licence="NVIDIA Source Code License (NC): research or evaluation use only",
+    homepage="https://github.com/NVlabs/stylegan3#additional-material",
+)
+
+REGISTRY: dict[str, WeightsSpec] = {FFHQ_1024.name: FFHQ_1024}
+DEFAULT_MODEL = FFHQ_1024.name
+
+
+def cache_dir() -> Path:
+    """Per-user cache root (downloads and converted checkpoints); PULSE_CACHE_DIR overrides."""
+    env = os.environ.get("PULSE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("pulse"))
+
+
+def get_spec(name: str = DEFAULT_MODEL) -> WeightsSpec:
+    """The registry entry, with the default model's environment overrides applied."""
+    try:
+        spec = REGISTRY[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}", code="NO_WEIGHTS") from None
+    if name == DEFAULT_MODEL:
+        url = os.environ.get("PULSE_WEIGHTS_URL") or spec.url
+        sha = os.environ.get("PULSE_WEIGHTS_SHA256") or spec.sha256
+        spec = replace(spec, url=url, sha256=sha.lower() if sha else None)
+    return spec
+
+
+def weights_path(name: str = DEFAULT_MODEL) -> Path:
+    """Where the model's file lives (or will live once downloaded)."""
+    return cache_dir() / "weights" / get_spec(name).filename
+
+
+def ensure_weights(name: str = DEFAULT_MODEL, progress: bool = True) -> Path:
+    """Path of the model's checkpoint, downloading it on first use (resumable, verified)."""
+    spec = get_spec(name)
+    dest = weights_path(name)
+    if dest.is_file() and (spec.size is None or dest.stat().st_size == spec.size):
+        return dest  # verified before it was renamed into place
+    download(spec.url, dest, size=spec.size, sha256=spec.sha256, progress=progress, label=spec.filename)
+    return dest
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _offline_error(url: str, dest: Path, part: Path, reason: str) -> ModelError:
+    kept = f" The partial download ({part.stat().st_size} bytes) is kept at {part} and resumes next time." \
+        if part.is_file() and part.stat().st_size else ""
+    return ModelError(
+        f"could not download the face model from {url} ({reason}). Fetch that file yourself and put it at "
+        f"{dest}, or pass --weights PATH to use a checkpoint you already have.{kept}",
+        code="NO_WEIGHTS",
+        retryable=True,
+    )
+
+
+def download(url: str, dest: Path, *, size: int | None = None, sha256: str | None = None,
+             progress: bool = True, label: str | None = None) -> Path:
+    """Download `url` to `dest` through `dest.part`: resume with a Range request, check the length and
+    the sha256 (when known), then rename atomically. Network failures raise ModelError (NO_WEIGHTS) and
+    keep the partial file; a wrong length or digest raises ModelError (CHECKSUM) and deletes it."""
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelError(f"cannot create {dest.parent} for the face model: {e}", code="NO_WEIGHTS") from None
+
+    have = part.stat().st_size if part.is_file() else 0
+    total = size
+    req = urllib.request.Request(url, headers={"User-Agent": "pulse-depixelate", "Accept-Encoding": "identity"})
+    if have:
+        req.add_header("Range", f"bytes={have}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have and (size is None or have == size):
+            resp = None  # nothing left to fetch: the partial file is (claimed) complete; verify below
+        else:
+            if e.code == 416:
+                part.unlink(missing_ok=True)  # our partial file is longer than the remote one: start over
+            raise _offline_error(url, dest, part, f"HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise _offline_error(url, dest, part, str(reason)) from None
+
+    if resp is not None:
+        with resp:
+            status = getattr(resp, "status", 200)
+            length = resp.headers.get("Content-Length")
+            if status == 206:
+                crange = resp.headers.get("Content-Range", "")  # "bytes start-end/total"
+                start = _range_start(crange)
+                if start != have:
+                    part.unlink(missing_ok=True)
+                    raise _offline_error(url, dest, part, f"server resumed at byte {start}, expected {have}")
+                if total is None and "/" in crange and crange.rsplit("/", 1)[1].strip().isdigit():
+                    total = int(crange.rsplit("/", 1)[1])
+                mode = "ab"
+            else:
+                have, mode = 0, "wb"  # server ignored the Range header: start from scratch
+                if total is None and length and length.isdigit():
+                    total = int(length)
+            if total is None and length and length.isdigit():
+                total = have + int(length)
+            if total is not None and have > total:
+                part.unlink(missing_ok=True)
+                raise ModelError(f"{part}: partial download is larger than {url} ({have} > {total} bytes); "
+                                 "removed it, run again", code="CHECKSUM", retryable=True)
+            _stream(resp, part, mode, have, total, progress, label or dest.name, url, dest)
+
+    got = part.stat().st_size if part.is_file() else 0
+    if total is not None and got < total:
+        raise _offline_error(url, dest, part, f"connection closed after {got} of {total} bytes")
+    if total is not None and got != total:
+        part.unlink(missing_ok=True)
+        raise ModelError(f"download of {url} has {got} bytes, expected {total}; removed {part}", code="CHECKSUM")
+    if sha256:
+        digest = sha256_file(part)
+        if digest != sha256.lower():
+            part.unlink(missing_ok=True)
+            raise ModelError(
+                f"download of {url} is corrupt: sha256 {digest}, expected {sha256}; removed {part} — run again, "
+                f"or fetch the file yourself and put it at {dest}",
+                code="CHECKSUM",
+                retryable=True,
+            )
+    os.replace(part, dest)
+    return dest
+
+
+def _range_start(content_range: str) -> int:
+    try:
+        return int(content_range.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _stream(resp, part: Path, mode: str, have: int, total: int | None, progress: bool, label: str,
+            url: str, dest: Path) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+               disable=not progress, leave=False)
+    try:
+        with open(part, mode) as f:
+            while True:
+                try:
+                    chunk = resp.read(CHUNK)
+                except (http.client.IncompleteRead, OSError, socket.timeout, http.client.HTTPException) as e:
+                    if isinstance(e, http.client.IncompleteRead) and e.partial:
+                        f.write(e.partial)  # keep what did arrive: the next try resumes after it
+                    f.flush()
+                    raise _offline_error(url, dest, part, f"connection lost: {type(e).__name__}") from None
+                if not chunk:
+                    break
+                f.write(chunk)
+                bar.update(len(chunk))
+    finally:
+        bar.close()
