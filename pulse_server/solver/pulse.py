@@ -21,6 +21,8 @@ Defaults and where they come from (SolveConfig):
                                                                      a seed here (the original's `if seed:`
                                                                      ignored it).
 Beyond the original:
+  * the data term is measured on the image as returned (clamped to [0, 1]; straight-through gradient):
+    the original measured the unclamped image but returned it clamped;
   * each candidate keeps its BEST step, not its last: a step that matches eps beats one that does not;
     among those, the lower (soft-clamped) total loss wins; the returned image is that step's image;
   * K candidates are one batch with one seed each (candidate i: seed + i); losses are per candidate and
@@ -61,7 +63,6 @@ from .sphere import SphericalOptimizer
 
 NOISE_TYPES = ("zero", "fixed", "trainable")
 PRECISIONS = ("default", "fp32")
-_MISS_PENALTY = 1e6  # added to the score of a step that misses eps: any matching step beats any missing one
 
 
 @dataclass
@@ -143,7 +144,7 @@ def _target_tensor(lowres: np.ndarray, resolution: int) -> tuple[Tensor, int]:
     a = a.astype(np.float32, copy=False)
     if not np.isfinite(a).all():
         raise SolverError("low-res input contains NaN or infinite values", code="BAD_INPUT")
-    t = torch.from_numpy(np.ascontiguousarray(a.clip(0, 1))).permute(2, 0, 1)[None].contiguous()
+    t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].contiguous()
     return t, factor
 
 
@@ -213,6 +214,7 @@ class _Search:
         self.to_wplus = getattr(prior, "to_wplus", None)  # GEOCROSS acts on W+ (the original's latent_in)
         k, r = len(seeds), prior.resolution
         self.best_score = torch.full((k,), math.inf, device=device)
+        self.best_hit = torch.zeros(k, dtype=torch.bool, device=device)
         self.best_mse = torch.full((k,), math.inf, device=device)
         self.best_step = torch.zeros(k, dtype=torch.long, device=device)
         self.eps_step = torch.zeros(k, dtype=torch.long, device=device)
@@ -233,21 +235,27 @@ class _Search:
         else:
             image = self.render(latent, self.noises)
         image = (image.float() + 1) / 2  # (K, 3, R, R), [-1, 1] -> [0, 1]
+        # Measure the data term on the image we would return (clamped to [0, 1]) with a straight-through
+        # gradient, so the loss, the best-of choice and the reported error all speak of the same image.
+        shown = image.clamp(0, 1)
+        image = image + (shown - image).detach()
         wplus = self.to_wplus(self.latent) if self.to_wplus is not None else self.latent
-        total, terms = total_loss(self.spec, self.down(image), self.target, wplus, cfg.eps, cfg.below_eps_weight)
+        low = self.down(image)  # (K, 3, h, w)
+        total, terms = total_loss(self.spec, low, self.target, wplus, cfg.eps, cfg.below_eps_weight)
 
-        with torch.no_grad():  # judge what we would return: the clamped image, in fp32
-            shown = image.detach().clamp(0, 1)
-            mse = mse_per_image(self.down(shown), self.target)  # (K,)
+        with torch.no_grad():
+            mse = mse_per_image(low, self.target)  # (K,) the reported downscale error
             hit = mse <= cfg.eps
-            score = total.detach() + (~hit).float() * _MISS_PENALTY
-            better = score < self.best_score
+            score = total.detach()
+            # lexicographic: matching eps first, then the lower total loss
+            better = (hit & ~self.best_hit) | ((hit == self.best_hit) & (score < self.best_score))
             self.best_score = torch.where(better, score, self.best_score)
+            self.best_hit = self.best_hit | hit
             self.best_mse = torch.where(better, mse, self.best_mse)
             self.best_step = torch.where(better, j + 1, self.best_step)
             self.eps_step = torch.where(hit & (self.eps_step == 0), j + 1, self.eps_step)
-            self.best_image = torch.where(better[:, None, None, None], shown, self.best_image)
-            self.last_losses = {**terms, "TOTAL": total.detach(), "MSE": mse}
+            self.best_image = torch.where(better[:, None, None, None], shown.detach(), self.best_image)
+            self.last_losses = {**{k: v.detach() for k, v in terms.items()}, "TOTAL": total.detach(), "MSE": mse}
 
         total.sum().backward()
         self.opt.step()
