@@ -1,0 +1,343 @@
+"""PulseClient: the one client of the daemon (GIMP, Krita, `pulse --via-daemon`, `pulse-server status|stop`).
+
+A DEALER socket, used from one thread (plug-ins call it from a worker thread, never the UI thread).
+Blocking calls with timeouts; while a job runs the client answers the daemon's PINGs and sends its own,
+and if the daemon falls silent it reconnects, says HELLO with the same session id and re-sends the
+(idempotent) SUBMIT, which either resumes the job, re-sends its kept result, or starts it again on a
+restarted daemon.
+
+    with PulseClient() as c:
+        c.connect()
+        res = c.run_job(ImageBlob(...), None, {"mode": "depixelate", "candidates": 3},
+                        on_progress=lambda p: print(p.step, p.total))
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from collections import deque
+from typing import Any, Callable, Iterator
+
+import zmq
+
+from . import endpoint as ep
+from .codec import DEFAULT_LIMITS, Limits, decode, encode
+from .errors import DaemonNotRunning, JobCancelled, JobFailed, ProtocolError, VersionMismatch
+from .messages import (
+    PROTOCOL_VERSION, MIN_PROTOCOL_VERSION, SERVER_TYPES, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello,
+    ImageBlob, JobState, Message, Ok, Ping, Pong, Preview, Progress, Result, Shutdown, Status, StatusReply, Submit,
+    Welcome,
+)
+
+POLL_MS = 100  # granularity of should_cancel() checks and heartbeats
+_JOB_EVENTS = (Accepted, JobState, Progress, Preview, Result, Failed)
+
+
+class _Lost(Exception):
+    """The daemon stopped answering (or forgot our session): reconnect and re-submit."""
+
+
+class PulseClient:
+    def __init__(self, endpoint: str | None = None, *, token: str | None = None, client_name: str = "cli",
+                 client_version: str = "0", timeout: float = 10.0, server_key: str | None = None,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
+        self.endpoint = endpoint or ep.default_endpoint()
+        self.timeout = float(timeout)
+        self.client_name = client_name
+        self.client_version = client_version
+        self.limits = limits
+        self.session = secrets.token_hex(16)  # secret: lets a reconnect find this client's jobs again
+        self.welcome: Welcome | None = None
+        self._token = token
+        self._server_key = server_key or os.environ.get("PULSE_SERVER_KEY")
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._stash: deque[Message] = deque()  # job events that arrived while waiting for another reply
+        self._submits: dict[str, Submit] = {}  # unfinished jobs, re-sent after a reconnect
+        self._last_recv = 0.0
+        self._last_send = 0.0
+
+    # ---- context manager --------------------------------------------------------------------------
+
+    def __enter__(self) -> "PulseClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def heartbeat(self) -> float:
+        return (self.welcome.heartbeat_ms if self.welcome else 1000) / 1000.0
+
+    # ---- connection -------------------------------------------------------------------------------
+
+    def connect(self) -> Welcome:
+        """Open the socket and shake hands. DaemonNotRunning if nobody listens; VersionMismatch; BAD_TOKEN."""
+        self._close_socket()
+        path = ep.ipc_path(self.endpoint)
+        if path is not None and not path.exists():
+            raise DaemonNotRunning()
+        self._open_socket()
+        # With IMMEDIATE set, the socket is writable only once a connection to a live daemon exists.
+        if not self._sock.poll(int(min(self.timeout, 3.0) * 1000), zmq.POLLOUT):
+            self._close_socket()
+            raise DaemonNotRunning()
+        return self._hello()
+
+    def _token_value(self) -> str | None:
+        return self._token if self._token is not None else ep.read_token()
+
+    def _open_socket(self) -> None:
+        if self._ctx is None:
+            self._ctx = zmq.Context()
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IMMEDIATE, 1)  # never queue messages for a daemon that is not there
+        s.setsockopt(zmq.MAXMSGSIZE, self.limits.max_blob_bytes + (1 << 20))
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self._server_key and ep.is_tcp(self.endpoint):
+            public, secret = zmq.curve_keypair()
+            s.curve_serverkey = self._server_key.encode("ascii")
+            s.curve_publickey = public
+            s.curve_secretkey = secret
+        s.connect(self.endpoint)
+        self._sock = s
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+        self.welcome = None
+
+    def _hello(self) -> Welcome:
+        self._send(Hello(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION, self.client_name, self.client_version,
+                         self._token_value(), self.session))
+        reply = self._wait(lambda m: isinstance(m, (Welcome, Error)) and not _is_job_error(m), self.timeout, "WELCOME")
+        if isinstance(reply, Error):
+            self._close_socket()
+            if reply.code == "VERSION_MISMATCH":
+                raise VersionMismatch(reply.message, reply.supported)
+            raise ProtocolError(reply.message, reply.code, retryable=reply.retryable)
+        self.welcome = reply
+        return reply
+
+    def _ensure(self) -> None:
+        """Connected, with a session the daemon has not expired for silence."""
+        if self._sock is None or self.welcome is None:
+            self.connect()
+        elif time.monotonic() - max(self._last_recv, self._last_send) > 2 * self.heartbeat:
+            self._hello()  # idle for a while: the daemon may have dropped the session; HELLO is cheap
+
+    def close(self) -> None:
+        if self._sock is not None and self.welcome is not None:
+            try:
+                self._sock.send_multipart(encode(Bye()), zmq.NOBLOCK)
+                self._sock.setsockopt(zmq.LINGER, 200)
+            except zmq.ZMQError:
+                pass
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self.welcome = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    # ---- low level --------------------------------------------------------------------------------
+
+    def _send(self, msg: Message) -> None:
+        frames = encode(msg, self.limits)
+        big = any(memoryview(f).nbytes > 65536 for f in frames)
+        if not self._sock.poll(int(self.timeout * 1000), zmq.POLLOUT):
+            self._close_socket()
+            raise DaemonNotRunning("the daemon is not reachable any more — start it with `pulse-server run`")
+        self._sock.send_multipart(frames, copy=not big)
+        self._last_send = time.monotonic()
+
+    def _recv(self, timeout: float) -> Message | None:
+        """One message (PINGs answered here), or None after `timeout` seconds."""
+        if not self._sock.poll(int(max(0.0, timeout) * 1000), zmq.POLLIN):
+            return None
+        frames = self._sock.recv_multipart(copy=False)
+        self._last_recv = time.monotonic()
+        msg = decode(frames, self.limits, allowed=SERVER_TYPES)
+        if isinstance(msg, Ping):
+            self._send(Pong(msg.t))
+        return msg
+
+    def _wait(self, accept: Callable[[Message], bool], timeout: float, what: str) -> Message:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProtocolError(f"the daemon did not answer ({what}) within {timeout:g} s", "TIMEOUT", retryable=True)
+            msg = self._recv(remaining)
+            if msg is None or isinstance(msg, (Ping, Pong)):
+                continue
+            if accept(msg):
+                return msg
+            if isinstance(msg, _JOB_EVENTS) or _is_job_error(msg):
+                self._stash.append(msg)
+
+    def _request(self, msg: Message, accept: Callable[[Message], bool], what: str) -> Message:
+        self._ensure()
+        for attempt in range(2):
+            self._send(msg)
+            reply = self._wait(lambda m: accept(m) or (isinstance(m, Error) and not _is_job_error(m)), self.timeout, what)
+            if isinstance(reply, Error):
+                if reply.code == "HANDSHAKE_REQUIRED" and attempt == 0:
+                    self._hello()
+                    continue
+                raise ProtocolError(reply.message, reply.code, retryable=reply.retryable)
+            return reply
+        raise ProtocolError("the daemon keeps forgetting this session", "HANDSHAKE_REQUIRED")
+
+    # ---- jobs -------------------------------------------------------------------------------------
+
+    def submit(self, image: ImageBlob, mask: ImageBlob | None = None, params: dict | None = None, *,
+               job_id: str | None = None, preview_interval: float = 0.0) -> Accepted:
+        """Queue a job; returns ACCEPTED (job id, queue position) or raises JobFailed (QUEUE_FULL, BAD_PARAMS...)."""
+        job_id = job_id or uuid.uuid4().hex
+        msg = Submit(job_id, image, mask, dict(params or {}), float(preview_interval))
+        reply = self._request(msg, lambda m: isinstance(m, (Accepted, Failed, Result)) and m.job_id == job_id, "ACCEPTED")
+        if isinstance(reply, Failed):
+            raise _job_error(reply)
+        self._submits[job_id] = msg
+        if isinstance(reply, Result):  # an idempotent re-submit of a finished job: keep it for events()
+            self._stash.appendleft(reply)
+            return Accepted(job_id, 0, "done")
+        return reply
+
+    def events(self, job_id: str, *, idle_timeout: float | None = None) -> Iterator[Message | None]:
+        """This job's events until (and including) RESULT or FAILED; None every POLL_MS while nothing happens.
+
+        Heartbeats are sent while waiting; a silent daemon triggers a reconnect and an idempotent re-submit.
+        """
+        silent_limit = idle_timeout if idle_timeout is not None else max(self.timeout, 4 * self.heartbeat)
+        lost_since: float | None = None
+        while True:
+            try:
+                msg = self._next_event(job_id, silent_limit)
+                lost_since = None
+            except _Lost:
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > self.timeout:
+                    self._submits.pop(job_id, None)
+                    raise DaemonNotRunning("the daemon stopped answering — is `pulse-server run` still running?") from None
+                self._resume(job_id)
+                continue
+            yield msg
+            if isinstance(msg, (Result, Failed)):
+                self._submits.pop(job_id, None)
+                return
+
+    def _next_event(self, job_id: str, silent_limit: float) -> Message | None:
+        for i, m in enumerate(self._stash):
+            if getattr(m, "job_id", None) == job_id:
+                del self._stash[i]
+                return _as_event(m)
+        if self._sock is None:
+            raise _Lost()
+        now = time.monotonic()
+        if now - self._last_send >= self.heartbeat:
+            self._send(Ping(time.time()))
+        if now - self._last_recv > silent_limit:
+            raise _Lost()
+        msg = self._recv(POLL_MS / 1000.0)
+        if msg is None or isinstance(msg, (Ping, Pong, Ok, Welcome, StatusReply)):
+            return None
+        if isinstance(msg, Error):
+            if msg.code == "HANDSHAKE_REQUIRED":
+                raise _Lost()
+            if msg.job_id not in (None, job_id):
+                return None
+            return _as_event(msg)
+        if getattr(msg, "job_id", None) != job_id:
+            self._stash.append(msg)  # another job's event (several jobs in flight)
+            return None
+        return msg
+
+    def _resume(self, job_id: str) -> None:
+        """Reconnect, HELLO with the same session, re-send the SUBMIT (idempotent on the daemon)."""
+        try:
+            self.connect()
+            msg = self._submits.get(job_id)
+            if msg is not None:
+                self._send(msg)
+            else:
+                self._send(Fetch(job_id))
+        except DaemonNotRunning:
+            time.sleep(min(0.5, self.timeout / 10))
+        except ProtocolError as exc:
+            if exc.code != "TIMEOUT":
+                raise
+
+    def run_job(self, image: ImageBlob, mask: ImageBlob | None, params: dict, *,
+                on_progress: Callable[[Progress], None] | None = None, should_cancel: Callable[[], bool] | None = None,
+                on_preview: Callable[[bytes], None] | None = None, job_id: str | None = None,
+                on_state: Callable[[str], None] | None = None, preview_interval: float = 0.5) -> Result:
+        """Submit and wait: RESULT, or JobFailed / JobCancelled (should_cancel() True sends CANCEL)."""
+        accepted = self.submit(image, mask, params, job_id=job_id, preview_interval=preview_interval if on_preview else 0.0)
+        job_id = accepted.job_id
+        if on_state is not None:
+            on_state(accepted.state)
+        cancel_sent = False
+        for ev in self.events(job_id):
+            if should_cancel is not None and not cancel_sent and should_cancel():
+                self._send(Cancel(job_id))
+                cancel_sent = True
+            if ev is None:
+                continue
+            if isinstance(ev, Progress) and on_progress is not None:
+                on_progress(ev)
+            elif isinstance(ev, Preview) and on_preview is not None:
+                on_preview(bytes(ev.image.data))
+            elif isinstance(ev, (JobState, Accepted)) and on_state is not None:
+                on_state(ev.state)
+            elif isinstance(ev, Result):
+                if cancel_sent:
+                    raise JobCancelled("job cancelled", job_id)
+                return ev
+            elif isinstance(ev, Failed):
+                raise _job_error(ev)
+        raise ProtocolError("job ended without a result", "INTERNAL")  # pragma: no cover
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a queued or running job (idempotent; unknown or finished jobs are fine)."""
+        self._request(Cancel(job_id), lambda m: isinstance(m, Ok) and m.request == "CANCEL", "OK")
+
+    def status(self) -> StatusReply:
+        return self._request(Status(), lambda m: isinstance(m, StatusReply), "STATUS_REPLY")
+
+    def fetch(self, job_id: str) -> Result:
+        """A finished job's result again (kept a while by the daemon); JobFailed(NOT_FOUND) if gone."""
+        reply = self._request(Fetch(job_id), lambda m: isinstance(m, (Result, Failed, JobState)) and m.job_id == job_id, "RESULT")
+        if isinstance(reply, Failed):
+            raise _job_error(reply)
+        if isinstance(reply, JobState):
+            raise ProtocolError(f"job {job_id} is still {reply.state}", "NOT_READY", retryable=True)
+        return reply
+
+    def shutdown(self) -> None:
+        """Ask the daemon to stop gracefully (running job cancelled, socket and lock removed)."""
+        self._request(Shutdown(), lambda m: isinstance(m, Ok) and m.request == "SHUTDOWN", "OK")
+
+
+def _is_job_error(m: Message) -> bool:
+    return isinstance(m, Error) and m.job_id is not None
+
+
+def _as_event(m: Message) -> Message:
+    if isinstance(m, Error):  # an ERROR about our job (e.g. BAD_FIELD) ends it like FAILED
+        return Failed(m.job_id or "", m.code, m.message, m.retryable)
+    return m
+
+
+def _job_error(f: Failed) -> JobFailed:
+    if f.code == "CANCELLED":
+        return JobCancelled(f.message, f.job_id)
+    return JobFailed(f.message, f.code, f.retryable, f.job_id)

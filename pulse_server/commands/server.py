@@ -1,0 +1,169 @@
+"""`pulse-server run | status | stop`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import sys
+import time
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="run the solver daemon in the foreground (logs to stderr and the user log dir)")
+    _endpoint_arg(run)
+    run.add_argument("--weights", metavar="PATH", default=None,
+                     help="face prior checkpoint (default: the FFHQ StyleGAN2, downloaded on first use)")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument("--precision", choices=("default", "fp32"), default="default")
+    run.add_argument("--allow-remote", action="store_true",
+                     help="allow binding a non-loopback tcp address (CURVE encryption and the token are then required)")
+    run.add_argument("--preload", action="store_true", help="load the model at start instead of on the first job")
+    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.add_argument("--no-log-file", action="store_true", help="log to stderr only")
+    # Tuning knobs for tests and benchmarks; not part of the user-facing interface.
+    run.add_argument("--heartbeat-ms", type=int, default=1000, help=argparse.SUPPRESS)
+    run.add_argument("--max-queue", type=int, default=32, help=argparse.SUPPRESS)
+    run.add_argument("--max-per-client", type=int, default=8, help=argparse.SUPPRESS)
+    run.add_argument("--max-pixels", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--max-blob-bytes", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--result-ttl", type=float, default=120.0, help=argparse.SUPPRESS)
+    run.set_defaults(func=_run)
+
+    status = sub.add_parser("status", help="show whether the daemon runs, its device, model and queue")
+    _endpoint_arg(status)
+    status.add_argument("--timeout", type=float, default=3.0)
+    status.set_defaults(func=_status)
+
+    stop = sub.add_parser("stop", help="stop the daemon gracefully (running job cancelled, socket and lock removed)")
+    _endpoint_arg(stop)
+    stop.add_argument("--timeout", type=float, default=20.0)
+    stop.set_defaults(func=_stop)
+
+
+def _endpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", default=None,
+                   help="ipc://PATH or tcp://127.0.0.1:PORT (default: $PULSE_ENDPOINT, else the per-user default)")
+
+
+def _resolve_endpoint(arg: str | None) -> str:
+    from protocol.endpoint import default_endpoint
+
+    return arg or default_endpoint()
+
+
+def _setup_logging(level: str, to_file: bool) -> None:
+    from .. import paths
+
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger("pulse")
+    root.setLevel(level)
+    err = logging.StreamHandler(sys.stderr)
+    err.setFormatter(fmt)
+    root.addHandler(err)
+    if to_file:
+        try:
+            log_dir = paths.ensure_private_dir(paths.log_dir())
+            fh = logging.handlers.RotatingFileHandler(log_dir / "daemon.log", maxBytes=2 << 20, backupCount=3, encoding="utf-8")
+            fh.setFormatter(fmt)
+            root.addHandler(fh)
+        except OSError as exc:
+            root.warning("cannot write the log file: %s", exc)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from protocol.codec import DEFAULT_LIMITS
+
+    from ..daemon import DaemonConfig, run_daemon
+
+    _setup_logging(args.log_level, not args.no_log_file)
+    limits = DEFAULT_LIMITS
+    if args.max_pixels:
+        limits = dataclasses.replace(limits, max_pixels=args.max_pixels)
+    if args.max_blob_bytes:
+        limits = dataclasses.replace(limits, max_blob_bytes=args.max_blob_bytes)
+    config = DaemonConfig(
+        endpoint=_resolve_endpoint(args.endpoint), weights=args.weights, device=args.device, precision=args.precision,
+        heartbeat_ms=args.heartbeat_ms, allow_remote=args.allow_remote, limits=limits, max_queue=args.max_queue,
+        max_per_session=args.max_per_client, result_ttl=args.result_ttl, preload=args.preload,
+    )
+    return run_daemon(config)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from protocol.client import PulseClient
+    from protocol.errors import DaemonNotRunning
+
+    from .. import paths
+
+    endpoint = _resolve_endpoint(args.endpoint)
+    try:
+        with PulseClient(endpoint, client_name="pulse-server status", timeout=args.timeout) as c:
+            c.connect()
+            info = c.status().server
+    except DaemonNotRunning:
+        lock = paths.read_lock_info() if paths.is_locked() else {}
+        hint = f" (a daemon with pid {lock.get('pid')} listens on {lock.get('endpoint')})" if lock else ""
+        print(f"pulse-server: not running on {endpoint}{hint}")
+        return 3  # LSB "program is not running"
+    models = ", ".join(f"{m.get('name')}{'' if m.get('loaded') else ' (not loaded yet)'}" for m in info.get("models", []))
+    print(f"pulse-server {info.get('version')} running (pid {info.get('pid')}) on {info.get('endpoint', endpoint)}")
+    print(f"  device: {info.get('device')}   model: {models or '-'}")
+    print(f"  jobs: {info.get('running', 0)} running, {info.get('queued', 0)} queued; clients: {info.get('sessions', 0)}; "
+          f"up {info.get('uptime', 0):.0f} s")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from protocol.client import PulseClient
+    from protocol.errors import DaemonNotRunning
+
+    from .. import paths
+
+    endpoint = _resolve_endpoint(args.endpoint)
+    pid = None
+    try:
+        with PulseClient(endpoint, client_name="pulse-server stop", timeout=min(args.timeout, 5.0)) as c:
+            c.connect()
+            pid = c.status().server.get("pid")
+            c.shutdown()
+    except DaemonNotRunning:
+        print(f"pulse-server: not running on {endpoint}")
+        return 0
+    deadline = time.monotonic() + args.timeout
+    # The daemon drops its lock as its last act; a daemon whose lock this environment cannot see is
+    # watched by pid instead.
+    own_lock = pid is not None and paths.read_lock_info().get("pid") == pid
+    while time.monotonic() < deadline:
+        running = paths.is_locked() if own_lock else _pid_alive(pid)
+        if not running:
+            print(f"pulse-server: stopped (pid {pid})")
+            return 0
+        time.sleep(0.1)
+    print(f"pulse-server: pid {pid} did not stop within {args.timeout:g} s", file=sys.stderr)
+    return 1
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    if sys.platform == "win32":
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,579 @@
+"""The daemon: one ROUTER socket owned by one loop; sessions, dispatch, heartbeats, shutdown.
+
+Only this loop's thread touches the socket. Worker threads report through `_emit` (a deque plus a
+one-byte wake-up on an inproc PAIR), so the socket never blocks on a solve and a solve never waits on a
+slow client. Every send is non-blocking: RESULT/FAILED/state messages wait in a per-session outbox
+when a client is slow; PROGRESS and PREVIEW are coalesced to the latest one per job and dropped when
+they cannot go out at once (a slow client gets fewer updates, the daemon's memory does not grow).
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from protocol import endpoint as ep
+from protocol.codec import DEFAULT_LIMITS, Limits, decode, encode
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    CLIENT_TYPES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello,
+    JobState, Message, Ok, Ping, Pong, Preview, Progress, Result, Shutdown, Status, StatusReply, Submit, Welcome,
+)
+
+from . import __version__, paths
+from .errors import PulseError
+from .jobs import Job, JobParams, JobQueue, QueueFull
+from .worker import Worker
+
+log = logging.getLogger("pulse.daemon")
+
+MAX_OUTBOX = 256  # undelivered RESULT/FAILED/state messages per session before the oldest are dropped
+MAX_ID_LEN = 128
+
+
+@dataclass
+class DaemonConfig:
+    endpoint: str
+    weights: str | None = None
+    device: str = "auto"
+    precision: str = "default"
+    heartbeat_ms: int = 1000
+    missed_heartbeats: int = 3
+    allow_remote: bool = False
+    limits: Limits = DEFAULT_LIMITS
+    max_queue: int = 32
+    max_per_session: int = 8
+    max_steps: int = 100_000
+    result_ttl: float = 120.0  # seconds a finished job's RESULT is kept for FETCH / idempotent SUBMIT
+    max_result_bytes: int = 512 << 20
+    preload: bool = False
+
+
+@dataclass(eq=False)
+class Session:
+    sid: str
+    identity: bytes | None
+    client: str
+    last_seen: float
+    jobs: dict[str, Job] = field(default_factory=dict)  # active (queued / loading / running) jobs
+    outbox: deque = field(default_factory=deque)
+    progress: dict[str, list] = field(default_factory=dict)  # job_id -> latest PROGRESS frames
+    previews: dict[str, list] = field(default_factory=dict)  # job_id -> latest PREVIEW frames
+    last_ping: float = 0.0
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.queue = JobQueue(config.max_queue, config.max_per_session)
+        self.sessions: dict[str, Session] = {}
+        self.by_identity: dict[bytes, Session] = {}
+        # Finished jobs kept for FETCH, oldest first: (sid, job_id) -> Job with final_frames.
+        self.results: OrderedDict[tuple[str, str], Job] = OrderedDict()
+        self.result_bytes = 0
+        self.token: str | None = None
+        self.started = time.time()
+        self._events: deque = deque()
+        self._stop = threading.Event()
+        self._ctx: zmq.Context | None = None
+        self._router: zmq.Socket | None = None
+        self._wake_send: zmq.Socket | None = None
+        self._wake_lock = threading.Lock()
+        self._lock = paths.DaemonLock()
+        self._ipc_file: Path | None = None
+        self.worker = Worker(self.queue, self._emit, weights=config.weights, device=config.device,
+                             precision=config.precision, preload=config.preload)
+        self.bound_endpoint = config.endpoint
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def serve(self) -> int:
+        """Bind, loop until stopped, clean up. Raises PulseError for a refused start (lock, bind)."""
+        cfg = self.config
+        self._check_endpoint(cfg.endpoint)
+        self._lock.acquire(cfg.endpoint)
+        try:
+            self._bind()
+            self._lock_rewrite()
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, self.request_stop)
+                signal.signal(signal.SIGINT, self.request_stop)
+            self.worker.start()
+            log.info("pulse-server %s listening on %s (pid %d, protocol %d, heartbeat %d ms)", __version__,
+                     self.bound_endpoint, os.getpid(), PROTOCOL_VERSION, cfg.heartbeat_ms)
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _check_endpoint(self, endpoint: str) -> None:
+        if not endpoint.startswith(("ipc://", "tcp://")):
+            raise PulseError(f"unsupported endpoint {endpoint!r}: use ipc://PATH or tcp://HOST:PORT", "BAD_ENDPOINT")
+        path = ep.ipc_path(endpoint)
+        if path is not None and len(str(path).encode()) > ep.MAX_IPC_PATH:
+            raise PulseError(f"ipc path {path} is longer than the OS allows ({ep.MAX_IPC_PATH} bytes); set PULSE_RUNTIME_DIR to a shorter directory", "BAD_ENDPOINT")
+        if ep.is_tcp(endpoint) and not ep.is_loopback(endpoint) and not self.config.allow_remote:
+            raise PulseError(
+                f"{endpoint} is reachable from other machines; pass --allow-remote to bind it (CURVE encryption and the token are then required)",
+                "REMOTE_BIND",
+            )
+
+    def _bind(self) -> None:
+        cfg = self.config
+        self._ctx = zmq.Context()
+        r = self._ctx.socket(zmq.ROUTER)
+        r.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
+        r.setsockopt(zmq.LINGER, 0)
+        r.setsockopt(zmq.SNDHWM, 1000)
+        r.setsockopt(zmq.RCVHWM, 1000)
+        r.setsockopt(zmq.MAXMSGSIZE, self.limits.max_blob_bytes + (1 << 20))  # per frame: the biggest blob
+        if ep.is_tcp(cfg.endpoint):
+            self.token = paths.read_or_create_token()
+            if not ep.is_loopback(cfg.endpoint):
+                self._setup_curve(r)
+        path = ep.ipc_path(cfg.endpoint)
+        if path is not None:
+            if path.parent == paths.runtime_dir():
+                paths.ensure_runtime_dir()
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() or path.is_symlink():
+                path.unlink()  # stale socket of a crashed daemon: we hold the lock, so nobody else uses it
+        try:
+            r.bind(cfg.endpoint)
+        except zmq.ZMQError as exc:
+            r.close(0)
+            raise PulseError(f"cannot listen on {cfg.endpoint}: {exc}", "BIND_FAILED") from exc
+        self.bound_endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT) or cfg.endpoint
+        if path is not None:
+            self._ipc_file = path
+            if os.name == "posix":
+                os.chmod(path, 0o600)
+        self._router = r
+        wake_recv = self._ctx.socket(zmq.PAIR)
+        wake_recv.bind(f"inproc://pulse-wake-{id(self)}")
+        self._wake_send = self._ctx.socket(zmq.PAIR)
+        self._wake_send.connect(f"inproc://pulse-wake-{id(self)}")
+        self._wake_recv = wake_recv
+
+    def _setup_curve(self, r: zmq.Socket) -> None:
+        if not zmq.has("curve"):
+            raise PulseError("this libzmq has no CURVE support; cannot bind a non-loopback address safely", "NO_CURVE")
+        key_dir = paths.ensure_private_dir(paths.config_dir())
+        secret_file, public_file = key_dir / "curve.secret", key_dir / "curve.public"
+        if not secret_file.exists():
+            public, secret = zmq.curve_keypair()
+            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secret)
+            public_file.write_bytes(public)
+        r.curve_server = True
+        r.curve_secretkey = secret_file.read_bytes().strip()
+        log.warning("remote clients need PULSE_SERVER_KEY=%s (also in %s) and the token", public_file.read_text().strip(), public_file)
+
+    def _lock_rewrite(self) -> None:
+        # The lock file names the endpoint actually bound (a tcp port of "*" is resolved by now).
+        if self.bound_endpoint != self.config.endpoint and self._lock._fh is not None:
+            import json
+
+            fh = self._lock._fh
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps({"pid": os.getpid(), "endpoint": self.bound_endpoint}))
+            fh.flush()
+
+    def _shutdown(self) -> None:
+        log.info("stopping")
+        self.queue.close()
+        for job in self.queue.drain():
+            self._finish(job, Failed(job.job_id, "SHUTDOWN", "the daemon is stopping", True))
+        self.worker.stop()
+        if self.worker.is_alive():
+            self.worker.join(timeout=15.0)
+        if self._router is not None:
+            self._drain_events()
+            self._flush()
+            self._router.close(linger=500)  # a moment for the last FAILED/RESULT to leave
+            self._wake_send.close(0)
+            self._wake_recv.close(0)
+        if self._ctx is not None:
+            self._ctx.term()
+        if self._ipc_file is not None:
+            try:
+                self._ipc_file.unlink()
+            except FileNotFoundError:
+                pass
+        self._lock.release()
+        log.info("stopped")
+
+    # ---- loop -------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        r = self._router
+        poller = zmq.Poller()
+        poller.register(r, zmq.POLLIN)
+        poller.register(self._wake_recv, zmq.POLLIN)
+        tick = self.config.heartbeat_ms / 1000.0
+        next_tick = time.monotonic() + tick
+        while not self._stop.is_set():
+            timeout_ms = max(0, min(100, int((next_tick - time.monotonic()) * 1000)))
+            ready = dict(poller.poll(timeout_ms))
+            if r in ready:
+                for _ in range(256):  # bounded so worker events and heartbeats still get their turn
+                    try:
+                        frames = r.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_frames(frames)
+            if self._wake_recv in ready:
+                while True:
+                    try:
+                        self._wake_recv.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+            self._drain_events()
+            self._flush()
+            if time.monotonic() >= next_tick:
+                self._heartbeat()
+                next_tick = time.monotonic() + tick
+
+    def _emit(self, kind: str, job: Job, payload: Any) -> None:
+        """Called from worker threads."""
+        self._events.append((kind, job, payload))
+        with self._wake_lock:
+            if self._wake_send is not None:
+                try:
+                    self._wake_send.send(b"", zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # the loop polls at least every 100 ms anyway
+
+    # ---- incoming ---------------------------------------------------------------------------------
+
+    def _on_frames(self, frames: list) -> None:
+        identity = frames[0].bytes
+        session = self.by_identity.get(identity)
+        try:
+            msg = decode(frames[1:], self.limits, allowed=CLIENT_TYPES)
+        except ProtocolError as exc:
+            log.warning("bad message from %s: %s: %s", session.client if session else identity.hex(), exc.code, exc.message)
+            self._reply(identity, Error(exc.code, exc.message))
+            return
+        if isinstance(msg, Hello):
+            self._on_hello(identity, msg)
+            return
+        if session is None:
+            self._reply(identity, Error("HANDSHAKE_REQUIRED", "send HELLO first (session unknown or expired)", retryable=True))
+            return
+        session.last_seen = time.monotonic()
+        handler = {
+            Submit: self._on_submit, Cancel: self._on_cancel, Status: self._on_status, Fetch: self._on_fetch,
+            Ping: self._on_ping, Pong: lambda s, m: None, Bye: self._on_bye, Shutdown: self._on_shutdown,
+        }.get(type(msg))
+        if handler is None:
+            self._send(session, Error("UNEXPECTED_TYPE", f"{msg.TYPE} is not accepted by the daemon"))
+            return
+        try:
+            handler(session, msg)
+        except ProtocolError as exc:  # e.g. an answer that cannot be encoded within the limits
+            self._send(session, Error(exc.code, exc.message))
+
+    def _on_hello(self, identity: bytes, msg: Hello) -> None:
+        if msg.min_protocol > PROTOCOL_VERSION or msg.protocol < min(SUPPORTED_VERSIONS):
+            self._reply(identity, Error("VERSION_MISMATCH", f"client speaks protocol {msg.min_protocol}..{msg.protocol}, daemon speaks {SUPPORTED_VERSIONS}; update the plug-in or the daemon", supported=list(SUPPORTED_VERSIONS)))
+            return
+        if self.token is not None:
+            given = (msg.token or "").encode("utf-8", "replace")
+            if not hmac.compare_digest(given, self.token.encode("utf-8")):
+                log.warning("refused a client with a wrong or missing token (%s)", msg.client[:64])
+                self._reply(identity, Error("BAD_TOKEN", "wrong or missing token: use the daemon's token file or PULSE_TOKEN"))
+                return
+        sid = msg.session or secrets.token_hex(16)
+        if len(sid) > MAX_ID_LEN:
+            self._reply(identity, Error("BAD_FIELD", "session id too long"))
+            return
+        old = self.by_identity.pop(identity, None)
+        if old is not None and old.sid != sid:
+            old.identity = None
+        session = self.sessions.get(sid)
+        now = time.monotonic()
+        if session is None:
+            session = self.sessions[sid] = Session(sid, identity, msg.client[:64], now)
+            log.info("client %s %s connected", msg.client[:64], msg.client_version[:32])
+        else:
+            if session.identity is not None and session.identity != identity:
+                self.by_identity.pop(session.identity, None)
+            session.identity = identity
+            session.last_seen = now
+        self.by_identity[identity] = session
+        self._send(session, Welcome(
+            protocol=PROTOCOL_VERSION, server_version=__version__, session=sid, heartbeat_ms=self.config.heartbeat_ms,
+            device=str(self.worker.device), limits=self.limits.to_dict(), models=[self.worker.model_summary()],
+        ))
+
+    def _on_submit(self, s: Session, msg: Submit) -> None:
+        jid = msg.job_id
+        if not 1 <= len(jid) <= MAX_ID_LEN:
+            self._send(s, Error("BAD_FIELD", f"job_id must be 1..{MAX_ID_LEN} characters", job_id=jid[:MAX_ID_LEN]))
+            return
+        job = s.jobs.get(jid)
+        if job is not None:  # idempotent: a re-sent SUBMIT (after a reconnect) just reports where it is
+            self._send(s, Accepted(jid, self.queue.positions().get(job, 0), job.state))
+            return
+        done = self.results.get((s.sid, jid))
+        if done is not None:
+            self._send_frames(s, done.final_frames)
+            return
+        try:
+            params = JobParams.from_wire(msg.params, max_steps=self.config.max_steps)
+            _check_mask(msg)
+        except PulseError as exc:
+            self._send(s, Failed(jid, exc.code, exc.message, exc.retryable))
+            return
+        job = Job(jid, s.sid, params, msg.image, msg.mask, preview_interval=max(0.0, min(msg.preview_interval, 3600.0)))
+        try:
+            position = self.queue.put(job)
+        except QueueFull as exc:
+            self._send(s, Failed(jid, exc.code, exc.message, True))
+            return
+        s.jobs[jid] = job
+        log.info("job %s from %s: %s %dx%dx%d %s, %d candidates x %d steps (position %d)", jid, s.client, params.mode,
+                 msg.image.width, msg.image.height, msg.image.channels, msg.image.dtype, params.candidates, params.steps, position)
+        self._send(s, Accepted(jid, position, "queued"))
+
+    def _on_cancel(self, s: Session, msg: Cancel) -> None:
+        job = s.jobs.get(msg.job_id)
+        if job is not None:
+            self._cancel_job(job, "cancelled by the client")
+        self._send(s, Ok("CANCEL", msg.job_id))
+
+    def _cancel_job(self, job: Job, reason: str) -> None:
+        if self.queue.remove(job):
+            job.cancel(reason)
+            self._finish(job, Failed(job.job_id, "CANCELLED", reason))
+        else:
+            job.cancel(reason)  # running: the worker stops at its next step and reports FAILED(CANCELLED)
+
+    def _on_status(self, s: Session, msg: Status) -> None:
+        positions = self.queue.positions()
+        jobs = [{"job_id": j.job_id, "state": j.state, "position": positions.get(j, 0), "step": j.step, "total": j.total}
+                for j in s.jobs.values()]
+        jobs += [{"job_id": jid, "state": j.state, "position": 0, "step": j.step, "total": j.total}
+                 for (sid, jid), j in self.results.items() if sid == s.sid]
+        self._send(s, StatusReply(jobs, self._server_info()))
+
+    def _server_info(self) -> dict[str, Any]:
+        running = self.worker.current
+        return {
+            "version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(), "endpoint": self.bound_endpoint,
+            "device": str(self.worker.device), "models": [self.worker.model_summary()], "queued": len(self.queue),
+            "running": 0 if running is None or running.done else 1, "sessions": len(self.sessions),
+            "uptime": round(time.time() - self.started, 1), "kept_results": len(self.results),
+        }
+
+    def _on_fetch(self, s: Session, msg: Fetch) -> None:
+        job = s.jobs.get(msg.job_id)
+        if job is not None:
+            self._send(s, JobState(job.job_id, job.state, self.queue.positions().get(job, 0)))
+            return
+        done = self.results.get((s.sid, msg.job_id))
+        if done is None:
+            self._send(s, Failed(msg.job_id, "NOT_FOUND", f"no job {msg.job_id[:64]!r} here (results are kept {self.config.result_ttl:.0f} s)"))
+        else:
+            self._send_frames(s, done.final_frames)
+
+    def _on_ping(self, s: Session, msg: Ping) -> None:
+        self._send(s, Pong(msg.t), droppable=True)
+
+    def _on_bye(self, s: Session, msg: Bye) -> None:
+        self._drop_session(s, "client said goodbye")
+
+    def _on_shutdown(self, s: Session, msg: Shutdown) -> None:
+        log.info("shutdown requested by %s", s.client)
+        self._send(s, Ok("SHUTDOWN"))
+        self._flush()
+        self.request_stop()
+
+    # ---- worker events ----------------------------------------------------------------------------
+
+    def _drain_events(self) -> None:
+        while self._events:
+            kind, job, payload = self._events.popleft()
+            s = self.sessions.get(job.session)
+            if kind == "final":
+                self._finish(job, payload)
+                continue
+            if job.done:
+                continue
+            if kind == "state":
+                job.state = payload
+                if s is not None:
+                    self._send(s, JobState(job.job_id, payload, 0))
+            elif kind == "progress":
+                job.step, job.total = payload.step, payload.total
+                if s is not None:
+                    s.progress[job.job_id] = encode(payload, self.limits)
+            elif kind == "preview" and s is not None:
+                s.previews[job.job_id] = encode(payload, self.limits)
+
+    def _finish(self, job: Job, msg: Result | Failed) -> None:
+        """A job ended (result, failure, cancel): store its final frames for FETCH and send them."""
+        if job.done:
+            return
+        if isinstance(msg, Result):
+            job.state = "done"
+        else:
+            job.state = "cancelled" if msg.code == "CANCELLED" else "failed"
+        job.finished = time.monotonic()
+        try:
+            frames = encode(msg, self.limits)
+        except ProtocolError as exc:
+            frames = encode(Failed(job.job_id, exc.code, f"result cannot be sent: {exc.message}"), self.limits)
+            job.state = "failed"
+        job.final_frames = frames
+        job.final_bytes = sum(memoryview(f).nbytes for f in frames)
+        job.release_inputs()
+        s = self.sessions.get(job.session)
+        if s is not None:
+            s.jobs.pop(job.job_id, None)
+            s.progress.pop(job.job_id, None)
+            s.previews.pop(job.job_id, None)
+            self._keep_result(job)
+            self._send_frames(s, frames)
+
+    def _keep_result(self, job: Job) -> None:
+        key = (job.session, job.job_id)
+        old = self.results.pop(key, None)
+        if old is not None:
+            self.result_bytes -= old.final_bytes
+        self.results[key] = job
+        self.result_bytes += job.final_bytes
+        while self.results and self.result_bytes > self.config.max_result_bytes:
+            _, dropped = self.results.popitem(last=False)
+            self.result_bytes -= dropped.final_bytes
+
+    # ---- heartbeats and expiry --------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        hb = self.config.heartbeat_ms / 1000.0
+        dead_after = hb * self.config.missed_heartbeats + 0.5
+        for s in list(self.sessions.values()):
+            if now - s.last_seen > dead_after:
+                self._drop_session(s, "client vanished (no heartbeat)" if s.jobs else "idle")
+            elif s.jobs and s.identity is not None:
+                self._send(s, Ping(time.time()), droppable=True)
+        while self.results:
+            key, job = next(iter(self.results.items()))
+            if now - (job.finished or now) <= self.config.result_ttl:
+                break
+            self.results.popitem(last=False)
+            self.result_bytes -= job.final_bytes
+
+    def _drop_session(self, s: Session, reason: str) -> None:
+        if s.jobs:
+            log.info("cancelling %d job(s) of %s: %s", len(s.jobs), s.client, reason)
+        for job in list(s.jobs.values()):
+            self._cancel_job(job, reason)
+            job.release_inputs()
+        s.jobs.clear()
+        s.outbox.clear()
+        s.progress.clear()
+        s.previews.clear()
+        self.sessions.pop(s.sid, None)
+        if s.identity is not None and self.by_identity.get(s.identity) is s:
+            del self.by_identity[s.identity]
+
+    # ---- outgoing ---------------------------------------------------------------------------------
+
+    def _reply(self, identity: bytes, msg: Message) -> None:
+        """Answer a peer that has no session (errors before/at the handshake); dropped if it cannot go now."""
+        self._try_send(identity, encode(msg, self.limits))
+
+    def _send(self, s: Session, msg: Message, droppable: bool = False) -> None:
+        frames = encode(msg, self.limits)
+        if droppable:
+            if s.identity is not None and not s.outbox:
+                if self._try_send(s.identity, frames) == "gone":
+                    self._lost(s)
+            return
+        self._send_frames(s, frames)
+
+    def _send_frames(self, s: Session, frames: list) -> None:
+        s.outbox.append(frames)
+        while len(s.outbox) > MAX_OUTBOX:
+            s.outbox.popleft()
+            log.warning("client %s is not reading; dropped an old message", s.client)
+        self._flush_session(s)
+
+    def _flush(self) -> None:
+        for s in list(self.sessions.values()):
+            self._flush_session(s)
+
+    def _flush_session(self, s: Session) -> None:
+        while s.identity is not None and s.outbox:
+            status = self._try_send(s.identity, s.outbox[0])
+            if status == "ok":
+                s.outbox.popleft()
+            elif status == "gone":
+                self._lost(s)
+            else:
+                return  # HWM reached: keep the rest for the next loop turn
+        if s.identity is None:
+            return
+        # Droppable updates: only the latest per job, only when nothing more important is waiting.
+        for pending in (s.progress, s.previews):
+            for jid in list(pending):
+                frames = pending.pop(jid)
+                if s.identity is not None and self._try_send(s.identity, frames) == "gone":
+                    self._lost(s)
+
+    def _lost(self, s: Session) -> None:
+        # Its connection is gone; the session (and its jobs) wait for a re-HELLO until heartbeats expire.
+        if s.identity is not None:
+            self.by_identity.pop(s.identity, None)
+            s.identity = None
+
+    def _try_send(self, identity: bytes, frames: list) -> str:
+        big = any(memoryview(f).nbytes > 65536 for f in frames)
+        try:
+            self._router.send_multipart([identity, *frames], zmq.NOBLOCK, copy=not big)
+            return "ok"
+        except zmq.Again:
+            return "again"
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH or exc.errno == zmq.EHOSTUNREACH:
+                return "gone"
+            raise
+
+
+def _check_mask(msg: Submit) -> None:
+    m = msg.mask
+    if m is None:
+        return
+    if m.channels != 1 or m.dtype != "u8":
+        raise PulseError("the mask must be 1 channel u8 (0 = not selected, 255 = selected)", "BAD_MASK")
+    if (m.width, m.height) != (msg.image.width, msg.image.height):
+        raise PulseError(f"mask is {m.width}x{m.height} but the image is {msg.image.width}x{msg.image.height}", "BAD_MASK")
+
+
+def run_daemon(config: DaemonConfig) -> int:
+    return Daemon(config).serve()
+
+
+__all__ = ["Daemon", "DaemonConfig", "run_daemon"]

@@ -1,0 +1,194 @@
+"""Jobs, their parameters, and the bounded queue that is fair between clients.
+
+The daemon loop creates jobs and cancels them; worker threads take them. Each job has its own cancel
+event (checked by the solver every step) — never one global interrupt flag, so cancelling one client's
+job cannot touch another's. Fairness: one FIFO per session, served round-robin, so a client that queues
+eight jobs cannot starve a client that queues one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.messages import FINAL_STATES, ImageBlob
+
+from .errors import PulseError
+
+MODES = ("depixelate", "solve")
+PRECISIONS = ("default", "fp32")
+
+
+@dataclass(frozen=True)
+class JobParams:
+    mode: str = "depixelate"
+    candidates: int = 3
+    steps: int = 100
+    seed: int | None = None  # -1 on the wire = random
+    block: int | None = None  # 0 on the wire = auto-detect
+    eps: float = 2e-3
+    precision: str = "default"
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any], *, max_steps: int = 100_000, max_candidates: int = 16) -> "JobParams":
+        """Validate SUBMIT params (unknown keys ignored); PulseError(BAD_PARAMS) names the bad one."""
+
+        def get(name: str, types: tuple[type, ...], default: Any) -> Any:
+            value = raw.get(name, default)
+            if value is None:
+                return default
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise PulseError(f"params.{name}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__}", "BAD_PARAMS")
+            return value
+
+        mode = get("mode", (str,), "depixelate")
+        if mode not in MODES:
+            raise PulseError(f"params.mode must be one of {', '.join(MODES)}, not {mode[:32]!r}", "BAD_PARAMS")
+        candidates = get("candidates", (int,), 3)
+        steps = get("steps", (int,), 100)
+        seed = get("seed", (int,), -1)
+        block = get("block", (int,), 0)
+        eps = float(get("eps", (int, float), 2e-3))
+        precision = get("precision", (str,), "default")
+        if not 1 <= candidates <= max_candidates:
+            raise PulseError(f"params.candidates must be 1..{max_candidates}", "BAD_PARAMS")
+        if not 1 <= steps <= max_steps:
+            raise PulseError(f"params.steps must be 1..{max_steps}", "BAD_PARAMS")
+        if not -1 <= seed < 2**63:
+            raise PulseError("params.seed must be -1 (random) or 0..2^63-1", "BAD_PARAMS")
+        if not 0 <= block <= 4096:
+            raise PulseError("params.block must be 0 (auto) or 1..4096", "BAD_PARAMS")
+        if not 0 < eps < 1:
+            raise PulseError("params.eps must be in (0, 1)", "BAD_PARAMS")
+        if precision not in PRECISIONS:
+            raise PulseError(f"params.precision must be one of {', '.join(PRECISIONS)}", "BAD_PARAMS")
+        return cls(mode, candidates, steps, None if seed < 0 else seed, block or None, eps, precision)
+
+
+@dataclass(eq=False)
+class Job:
+    job_id: str
+    session: str
+    params: JobParams
+    image: ImageBlob | None
+    mask: ImageBlob | None
+    preview_interval: float = 0.0
+    state: str = "queued"
+    step: int = 0
+    total: int = 0
+    created: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = "cancelled"
+    # Set by the loop when the job ends: the encoded RESULT/FAILED frames, kept for FETCH.
+    final_frames: list | None = None
+    final_bytes: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        if not self.cancel_event.is_set():
+            self.cancel_reason = reason
+            self.cancel_event.set()
+
+    def release_inputs(self) -> None:
+        """Drop the pixels (they pin the received zmq frames) once they are no longer needed."""
+        self.image = None
+        self.mask = None
+
+
+class QueueFull(PulseError):
+    code = "QUEUE_FULL"
+    retryable = True
+
+
+class JobQueue:
+    """Bounded, round-robin-between-sessions FIFO; `take()` blocks a worker thread until a job or stop."""
+
+    def __init__(self, max_jobs: int = 32, max_per_session: int = 8) -> None:
+        self.max_jobs = max_jobs
+        self.max_per_session = max_per_session
+        self._by_session: OrderedDict[str, deque[Job]] = OrderedDict()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def __len__(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._by_session.values())
+
+    def put(self, job: Job) -> int:
+        """Enqueue and return the job's 1-based position, or raise QueueFull."""
+        with self._cond:
+            total = sum(len(q) for q in self._by_session.values())
+            mine = self._by_session.get(job.session)
+            if total >= self.max_jobs:
+                raise QueueFull(f"the daemon's queue is full ({self.max_jobs} jobs); try again shortly")
+            if mine is not None and len(mine) >= self.max_per_session:
+                raise QueueFull(f"you already have {self.max_per_session} jobs queued; wait for one to finish")
+            self._by_session.setdefault(job.session, deque()).append(job)
+            self._cond.notify()
+            return self._position_locked(job)
+
+    def take(self, timeout: float | None = None) -> Job | None:
+        """Next job, round-robin over sessions; None on close or timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._closed:
+                for session, q in list(self._by_session.items()):
+                    if q:
+                        job = q.popleft()
+                        # Move this session to the back: the next take() serves someone else first.
+                        self._by_session.move_to_end(session)
+                        if not q:
+                            del self._by_session[session]
+                        return job
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            return None
+
+    def remove(self, job: Job) -> bool:
+        with self._cond:
+            q = self._by_session.get(job.session)
+            if q is None or job not in q:
+                return False
+            q.remove(job)
+            if not q:
+                del self._by_session[job.session]
+            return True
+
+    def drain(self) -> list[Job]:
+        with self._cond:
+            jobs = [j for q in self._by_session.values() for j in q]
+            self._by_session.clear()
+            return jobs
+
+    def positions(self) -> dict[Job, int]:
+        """job -> 1-based position in the order take() will serve them."""
+        with self._cond:
+            return self._positions_locked()
+
+    def _positions_locked(self) -> dict[Job, int]:
+        queues = [list(q) for q in self._by_session.values()]
+        order: dict[Job, int] = {}
+        depth = 0
+        while any(depth < len(q) for q in queues):
+            for q in queues:
+                if depth < len(q):
+                    order[q[depth]] = len(order) + 1
+            depth += 1
+        return order
+
+    def _position_locked(self, job: Job) -> int:
+        return self._positions_locked().get(job, 0)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

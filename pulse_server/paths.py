@@ -1,0 +1,177 @@
+"""Per-user directories and files of the daemon: runtime dir (0700, owner-checked), token (0600), lock, logs.
+
+The runtime dir, socket, token and lock locations come from `protocol.endpoint` (stdlib only) so the
+editors' client and the daemon always agree; platformdirs gives the log and config dirs, which only the
+server needs. platformdirs sets no modes, so directories that hold secrets are created and checked here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+import sys
+from pathlib import Path
+
+from protocol import endpoint as ep
+
+from .errors import PulseError
+
+APP = ep.APP
+
+
+def runtime_dir() -> Path:
+    return ep.runtime_dir()
+
+
+def log_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_log_dir(APP, appauthor=False))
+
+
+def config_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP, appauthor=False))
+
+
+def token_path() -> Path:
+    return ep.token_path()
+
+
+def lock_path() -> Path:
+    return ep.lock_path()
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` 0700 (parents as needed); refuse it if another user owns it or can write to it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if sys.platform == "win32":  # per-user %LOCALAPPDATA% is already private
+        return path
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise PulseError(f"{path} is not a directory; remove it and retry", "UNSAFE_RUNTIME_DIR")
+    if st.st_uid != os.getuid():
+        raise PulseError(f"{path} belongs to another user (uid {st.st_uid}); set XDG_RUNTIME_DIR or PULSE_RUNTIME_DIR", "UNSAFE_RUNTIME_DIR")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)  # ours, merely too open (e.g. made by an old version or by hand)
+    return path
+
+
+def ensure_runtime_dir() -> Path:
+    return ensure_private_dir(runtime_dir())
+
+
+def read_or_create_token(path: Path | None = None) -> str:
+    """`PULSE_TOKEN`, else the 0600 token file (created with a fresh random token if missing)."""
+    env = os.environ.get("PULSE_TOKEN")
+    if env:
+        return env
+    path = path or token_path()
+    ensure_private_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if sys.platform != "win32" and os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o600)
+        token = path.read_text(encoding="ascii").strip()
+        if token:
+            return token
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+class DaemonLock:
+    """An exclusive OS lock on `daemon.lock` (freed by the kernel if the daemon dies) holding pid + endpoint.
+
+    ZeroMQ lets a second process bind the same ipc path and silently steal it, so the lock, not the bind,
+    decides who runs. The file also tells `pulse-server status|stop` which endpoint the daemon uses.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or lock_path()
+        self._fh = None
+
+    def acquire(self, endpoint: str) -> None:
+        ensure_private_dir(self.path.parent)
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            _lock(fh)
+        except OSError:
+            fh.close()
+            info = read_lock_info(self.path)
+            pid = info.get("pid", "?")
+            where = info.get("endpoint", "?")
+            raise PulseError(
+                f"another pulse-server is already running (pid {pid}, endpoint {where}); stop it with `pulse-server stop`",
+                "ALREADY_RUNNING",
+            ) from None
+        if sys.platform != "win32" and not _same_file(fh, self.path):
+            fh.close()  # we locked a file a stopping daemon had just unlinked: lock the new one
+            return self.acquire(endpoint)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "endpoint": endpoint}))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is None:
+            return
+        try:
+            self.path.unlink()  # while still holding the lock, so no newcomer's file is removed
+        except OSError:
+            pass
+        self._fh.close()
+        self._fh = None
+
+
+def read_lock_info(path: Path | None = None) -> dict:
+    try:
+        info = json.loads((path or lock_path()).read_text(encoding="utf-8") or "{}")
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def is_locked(path: Path | None = None) -> bool:
+    """True while some process holds the daemon lock."""
+    path = path or lock_path()
+    if not path.exists():
+        return False
+    try:
+        fh = open(path, "a+", encoding="utf-8")
+    except OSError:
+        return False
+    try:
+        _lock(fh)
+    except OSError:
+        return True
+    finally:
+        fh.close()  # closing drops a lock we may have just taken
+    return False
+
+
+def _same_file(fh, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fh.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _lock(fh) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

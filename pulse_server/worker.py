@@ -1,0 +1,302 @@
+"""One worker thread per device: loads the face prior once, then runs jobs one at a time.
+
+The worker never touches the socket: it reports through `emit(kind, job, payload)` (thread-safe, wakes
+the daemon loop). Per job it calls the pipeline (`mode="depixelate"`) or the solver (`mode="solve"`)
+with `cancel=job.cancel_event.is_set`, so a cancel lands within one solver step. A failing job (bad
+region, GPU out of memory, a bug) becomes one FAILED; the worker and the warm model carry on.
+
+`weights="noop:"` (or `noop:<seconds per step>`) is a model-free echo used by bench/transport.py and
+transport tests: the result is the submitted region, unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+from protocol.messages import Candidate, Failed, ImageBlob, JpegBlob, Preview, Progress, Result
+
+from .errors import Cancelled, ModelError, PulseError
+from .jobs import Job, JobQueue
+
+log = logging.getLogger("pulse.worker")
+
+Emit = Callable[[str, Job, Any], None]
+PREVIEW_MAX_SIDE = 256
+
+
+class Worker(threading.Thread):
+    def __init__(self, queue: JobQueue, emit: Emit, *, weights: str | None, device: str = "auto",
+                 precision: str = "default", preload: bool = False, index: int = 0) -> None:
+        super().__init__(name=f"pulse-worker-{index}", daemon=True)
+        self.queue = queue
+        self.emit = emit
+        self.weights = weights
+        self.requested_device = device
+        self.precision = precision
+        self.preload = preload
+        self.noop = weights is not None and str(weights).startswith("noop:")
+        self.device = "cpu" if self.noop else device  # resolved ("cuda:0"/"cpu") once torch is imported
+        self.prior: Any = None
+        self.info: Any = None
+        self.current: Job | None = None
+        self._stopping = threading.Event()
+
+    # ---- public, called from the loop thread ----------------------------------------------------
+
+    def model_summary(self) -> dict[str, Any]:
+        if self.noop:
+            return {"name": "noop", "family": "noop", "resolution": 0, "loaded": True}
+        if self.info is not None:
+            return {"name": self.info.name, "family": self.info.family, "resolution": self.info.resolution, "loaded": True}
+        name = "default" if not self.weights else str(self.weights).replace("\\", "/").rsplit("/", 1)[-1]
+        return {"name": name, "family": "", "resolution": 0, "loaded": False}
+
+    def stop(self) -> None:
+        self._stopping.set()
+        job = self.current
+        if job is not None:
+            job.cancel("the daemon is stopping")
+
+    # ---- thread -----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if not self.noop:
+            self._resolve_device()
+            if self.preload:
+                try:
+                    self._load()
+                except Exception as exc:  # noqa: BLE001 - retried (and reported) on the first job
+                    log.error("preloading the model failed: %s", exc)
+        while not self._stopping.is_set():
+            job = self.queue.take(timeout=0.5)
+            if job is None:
+                continue
+            self.current = job
+            try:
+                self._run_job(job)
+            finally:
+                self.current = None
+                job.release_inputs()
+
+    def _resolve_device(self) -> None:
+        try:
+            import torch
+
+            if self.requested_device in ("auto", None):
+                self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            else:
+                self.device = self.requested_device
+        except Exception as exc:  # noqa: BLE001 - reported on the first job instead
+            log.error("cannot import torch: %s", exc)
+
+    def _run_job(self, job: Job) -> None:
+        if job.cancel_event.is_set():
+            self.emit("final", job, Failed(job.job_id, "CANCELLED", job.cancel_reason))
+            return
+        t0 = time.monotonic()
+        try:
+            if self.prior is None and not self.noop:
+                self.emit("state", job, "loading")
+                self._load()
+            self.emit("state", job, "running")
+            result = self._noop(job) if self.noop else self._execute(job)
+            if job.cancel_event.is_set():
+                raise Cancelled(job.cancel_reason)
+            self.emit("final", job, result)
+            log.info("job %s done in %.2f s", job.job_id, time.monotonic() - t0)
+        except Cancelled:
+            log.info("job %s cancelled (%s)", job.job_id, job.cancel_reason)
+            self.emit("final", job, Failed(job.job_id, "CANCELLED", job.cancel_reason))
+        except PulseError as exc:
+            log.warning("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
+            self.emit("final", job, Failed(job.job_id, exc.code, exc.message, exc.retryable))
+        except Exception as exc:  # noqa: BLE001 - one job's failure must not kill the worker
+            if _is_oom(exc):
+                _free_device_memory()
+                log.warning("job %s ran out of memory: %s", job.job_id, exc)
+                self.emit("final", job, Failed(job.job_id, "OUT_OF_MEMORY",
+                          "the device ran out of memory: try fewer candidates, a smaller selection, or --device cpu", True))
+            else:
+                log.error("job %s crashed:\n%s", job.job_id, traceback.format_exc())
+                self.emit("final", job, Failed(job.job_id, "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"))
+
+    # ---- model ------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        t0 = time.monotonic()
+        device = "cpu" if self.device in ("auto", None) else self.device
+        try:
+            from .models.loading import load_prior
+        except ImportError:  # TEMPORARY until models/loading.py lands: rosinality .pt files only
+            load_prior = _load_rosinality_fallback
+        self.prior, self.info = load_prior(self.weights, device)
+        log.info("model %s (%s, %d px) loaded on %s in %.1f s", self.info.name, self.info.family,
+                 self.info.resolution, device, time.monotonic() - t0)
+
+    # ---- jobs -------------------------------------------------------------------------------------
+
+    def _precision(self, job: Job) -> str:
+        return self.precision if job.params.precision == "default" else job.params.precision
+
+    def _callbacks(self, job: Job) -> tuple[Callable[[Any], None], Callable[[], bool]]:
+        last_preview = [0.0]
+
+        def progress(p: Any) -> None:
+            losses = {str(k): float(v) for k, v in dict(getattr(p, "losses", {}) or {}).items()}
+            self.emit("progress", job, Progress(job.job_id, int(p.step), int(p.total), losses, float(p.best_error)))
+            preview = getattr(p, "preview", None)
+            now = time.monotonic()
+            if preview is not None and job.preview_interval > 0 and now - last_preview[0] >= job.preview_interval:
+                last_preview[0] = now
+                jpeg = _jpeg(preview)
+                if jpeg is not None:
+                    self.emit("preview", job, Preview(job.job_id, int(p.step), jpeg))
+
+        return progress, job.cancel_event.is_set
+
+    def _execute(self, job: Job) -> Result:
+        import numpy as np
+
+        params = job.params
+        progress, cancel = self._callbacks(job)
+        region = np.array(job.image.to_numpy())  # own, writable copy: the frame is read-only
+        if params.mode == "solve":
+            from .solver import SolveConfig, solve
+
+            lowres = _to_rgb_float(region)
+            config = SolveConfig(candidates=params.candidates, steps=params.steps, eps=params.eps, seed=params.seed,
+                                 precision=self._precision(job), preview_every=_preview_every(job))
+            res = solve(self.prior, lowres, config, progress=progress, cancel=cancel)
+            cands = [Candidate(ImageBlob.from_numpy(np.asarray(c.image, dtype=np.float32)), int(c.seed),
+                               float(c.downscale_mse), bool(c.eps_reached), int(c.steps)) for c in res.candidates]
+            return Result(job.job_id, cands, self.info.name, {"factor": int(res.factor), "resolution": int(res.resolution)})
+        from .pipeline import DepixParams, depixelate
+
+        mask = None if job.mask is None else np.array(job.mask.to_numpy()[:, :, 0])
+        dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=params.seed, block=params.block,
+                         eps=params.eps, precision=self._precision(job))
+        res = depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel)
+        cands = [Candidate(ImageBlob.from_numpy(patch), int(c.seed), float(c.downscale_mse), bool(c.eps_reached), int(c.steps))
+                 for patch, c in zip(res.patches, res.candidates)]
+        m = res.mosaic
+        analysis = {"block": int(m.block), "phase": [int(v) for v in m.phase], "rect": [int(v) for v in m.rect],
+                    "confidence": float(m.confidence), "detected": bool(m.detected)}
+        return Result(job.job_id, cands, str(res.model), analysis)
+
+    def _noop(self, job: Job) -> Result:
+        """Echo the region back: measures transport, queueing and cancellation without a model."""
+        delay = _noop_delay(self.weights)
+        total = job.params.steps if delay > 0 else 1
+        for step in range(1, total + 1):
+            if job.cancel_event.is_set():
+                raise Cancelled(job.cancel_reason)
+            if delay > 0:
+                time.sleep(delay)
+            self.emit("progress", job, Progress(job.job_id, step, total, {}, 0.0))
+        image = job.image
+        cands = [Candidate(image, i, 0.0, True, total) for i in range(job.params.candidates)]
+        return Result(job.job_id, cands, "noop", {})
+
+
+def _noop_delay(weights: str) -> float:
+    try:
+        return max(0.0, float(weights.split(":", 1)[1] or 0))
+    except ValueError:
+        return 0.0
+
+
+def _preview_every(job: Job) -> int:
+    # Render a preview often enough that the time throttle (client's rate) decides, not the step count.
+    return max(1, job.params.steps // 50) if job.preview_interval > 0 else 0
+
+
+def _to_rgb_float(region: Any) -> Any:
+    """Editor pixels (H, W, C) u8/u16/f32 -> (H, W, 3) float32 in [0, 1] for the solver (alpha dropped)."""
+    import numpy as np
+
+    x = region.astype(np.float32)
+    if region.dtype == np.uint8:
+        x /= 255.0
+    elif region.dtype == np.uint16:
+        x /= 65535.0
+    c = x.shape[2]
+    rgb = x[:, :, :3] if c >= 3 else np.repeat(x[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(np.clip(rgb, 0.0, 1.0), dtype=np.float32)
+
+
+def _jpeg(preview: Any) -> JpegBlob | None:
+    try:
+        import numpy as np
+        from PIL import Image
+
+        img = Image.fromarray(np.asarray(preview, dtype=np.uint8)[:, :, :3])
+        img.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=80)
+        return JpegBlob(img.width, img.height, buf.getvalue())
+    except Exception as exc:  # noqa: BLE001 - a preview is optional
+        log.debug("preview encoding failed: %s", exc)
+        return None
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _free_device_memory() -> None:
+    try:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _load_rosinality_fallback(weights: Any, device: str = "cpu") -> tuple[Any, Any]:
+    """TEMPORARY: only until pulse_server.models.loading lands. Rosinality {"g_ema", ...} .pt files."""
+    import re
+    from pathlib import Path
+
+    import torch
+
+    from .models.base import PriorInfo
+    from .models.stylegan2 import Generator, StyleGAN2Prior, fit_gaussian
+
+    if not weights:
+        raise ModelError("no --weights given and the model registry is not available yet", "NO_WEIGHTS")
+    path = Path(weights)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    sd = ckpt.get("g_ema") if isinstance(ckpt, dict) else None
+    if sd is None:
+        raise ModelError(f"{path}: not a rosinality StyleGAN2 checkpoint", "CORRUPT_CHECKPOINT")
+    style_dim = sd["style.1.weight"].shape[1]
+    n_mlp = len({k for k in sd if re.fullmatch(r"style\.\d+\.weight", k)})
+    n_rgb = len({k.split(".")[1] for k in sd if k.startswith("to_rgbs.")})
+    size = 2 ** (n_rgb + 2)
+    channels = {4: sd["input.input"].shape[1]}
+    for i in range(n_rgb):
+        channels[2 ** (i + 3)] = sd[f"convs.{2 * i}.conv.weight"].shape[1]
+    g = Generator(size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
+    g.load_state_dict(sd, strict=False)
+    g = g.to(device).eval()
+    mean, std = fit_gaussian(g, samples=20_000)
+    prior = StyleGAN2Prior(g, mean, std).to(device).freeze()
+    return prior, PriorInfo(path.stem, "stylegan2", size, str(path))
