@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 _TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # pickled torch.save magic number
+# z samples for PULSE's gaussian fit (once per checkpoint; the original drew 1e6 at every start).
+GAUSSIAN_SAMPLES = 100_000
 _META = "__pulse__."  # cache-only tensors (gaussian fit, latent average) in the safetensors file
 
 
@@ -161,8 +163,22 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
+def _check_zip(path: Path) -> None:
+    """torch.load does not check the zip CRCs: flipped bits in a tensor would load as wrong weights."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise ModelError(f"{path}: truncated or corrupt PyTorch checkpoint ({e})", code="CORRUPT_CHECKPOINT") from None
+    if bad is not None:
+        raise ModelError(f"{path}: corrupt PyTorch checkpoint (checksum mismatch in {bad})", code="CORRUPT_CHECKPOINT")
+
+
 def _torch_load(path: Path) -> Any:
     import argparse
+
+    if zipfile.is_zipfile(path):
+        _check_zip(path)
 
     # rosinality's training checkpoints also pickle their argparse Namespace ("args"): harmless data.
     safe = getattr(torch.serialization, "safe_globals", None)
@@ -378,7 +394,7 @@ def _build_prior(family: str, config: dict[str, Any], state: dict[str, Tensor], 
         mean, std = meta.get("gauss_mean"), meta.get("gauss_std")
         if mean is None or std is None:
             log.info("fitting the PULSE latent gaussian for %s (once; cached)", path)
-            mean, std = fit_gaussian(g)
+            mean, std = fit_gaussian(g, samples=GAUSSIAN_SAMPLES)
             fitted = {"gauss_mean": mean.detach().cpu(), "gauss_std": std.detach().cpu()}
         prior: FacePrior = StyleGAN2Prior(g, mean.to(device), std.to(device))
     elif family == "dcgan":
@@ -455,7 +471,8 @@ def _write_cache(path: Path, family: str, config: dict, state: dict[str, Tensor]
         save_file(tensors, str(tmp), metadata={"family": family})
         os.replace(tmp, st_path)
         info = {"cache_format": CACHE_FORMAT, "family": family, "config": config, "source": str(path.resolve()),
-                "sha256": sha, "has_gaussian": "gauss_mean" in meta}
+                "sha256": sha, "has_gaussian": "gauss_mean" in meta,
+                "gaussian_samples": GAUSSIAN_SAMPLES if "gauss_mean" in meta else None}
         tmp = js_path.with_name(f"{js_path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(info, indent=1))
         os.replace(tmp, js_path)  # the JSON is written last: it marks the entry complete
