@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from .client_path import ensure_client_path
+
 PLUGIN_ID = "pulse_depixelate"  # docker objectName, action name, settings group, kritarc key suffix
 CLIENT_NAME = "krita"
 
@@ -125,7 +127,11 @@ def wire_to_krita(data: bytes, fmt: PixelFormat) -> bytes:
     data = _swizzle(data, fmt.channels, wire_size, fmt.order)
     if fmt.depth == "F16":
         n = len(data) // 4
-        return struct.pack(f"={n}e", *struct.unpack(f"<{n}f", data))
+        values = struct.unpack(f"<{n}f", data)
+        try:
+            return struct.pack(f"={n}e", *values)
+        except OverflowError:  # beyond half's range (±65504): saturate like a float→half conversion would
+            return struct.pack(f"={n}e", *(min(max(v, -65504.0), 65504.0) for v in values))
     return _byteswap(data, fmt.krita_size)
 
 
@@ -225,6 +231,7 @@ class Request:
     source: str
 
     def image_blob(self) -> Any:
+        ensure_client_path()
         from protocol.messages import ImageBlob
 
         return ImageBlob(self.rect.w, self.rect.h, self.fmt.channels, self.fmt.dtype,
@@ -289,6 +296,7 @@ class Outcome:
 
 
 def _layer_name(index1: int, err: float) -> str:
+    ensure_client_path()
     try:
         from protocol.layers import layer_name
     except ImportError:  # an older client copy without layers.py: same wording
@@ -366,14 +374,17 @@ def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any]) 
 
 def run_job(request: Request, *, on_progress: Optional[Callable[[Any], None]] = None,
             should_cancel: Optional[Callable[[], bool]] = None,
-            on_preview: Optional[Callable[[bytes], None]] = None, timeout: float = 10.0) -> Outcome:
+            on_preview: Optional[Callable[[bytes], None]] = None,
+            on_state: Optional[Callable[[str], None]] = None, timeout: float = 10.0) -> Outcome:
     """Send the request to the daemon and plan the layers (worker thread: no Krita calls in here)."""
+    ensure_client_path()
     from protocol.client import PulseClient
 
     with PulseClient(request.endpoint, client_name=CLIENT_NAME, client_version=PLUGIN_VERSION,
                      timeout=timeout) as client:
         result = client.run_job(request.image_blob(), request.mask_blob(), request.params,
-                                 on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
+                                 on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview,
+                                 on_state=on_state)
     return plan_layers(request, result)
 
 

@@ -1,0 +1,393 @@
+"""The "PULSE Depixelate" docker: settings, daemon status, progress, cancel, previews.
+
+Threading: Krita's API is only called on the GUI thread (here, in slots). The daemon is only talked to in
+QThreads (`JobThread`, `ProbeThread`), which see plain bytes and dataclasses and report back through Qt
+signals; signals emitted from a worker thread reach these slots queued, on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import traceback
+from typing import Any, Optional
+
+from krita import DockWidget, Krita
+from PyQt5.QtCore import QThread, QTimer, Qt, pyqtSignal
+from PyQt5.QtGui import QPixmap
+from PyQt5.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
+                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from . import client_path, logic
+
+TITLE = "PULSE Depixelate"
+PROBE_INTERVAL_MS = 5000
+PREVIEW_SIZE = 96
+
+
+def _user_message(exc: BaseException) -> str:
+    """One line a user can act on, for the errors the client and the plug-in raise."""
+    if isinstance(exc, logic.PluginError):
+        return str(exc)
+    if isinstance(exc, ImportError):
+        return client_path.dependency_help(client_path.missing_dependencies() or [exc.name or str(exc)])
+    name = type(exc).__name__
+    if name == "DaemonNotRunning":
+        return "The PULSE daemon is not running: press Start (or run `pulse-server run`)."
+    if name == "VersionMismatch":
+        return f"The daemon speaks another protocol version: update the plug-in or the daemon ({exc})."
+    if name == "JobFailed":
+        return f"The daemon could not depixelate this region: {getattr(exc, 'message', exc)}"
+    if name == "ProtocolError" or type(exc).__module__.startswith("protocol"):
+        return f"Daemon error: {exc}"
+    return f"Unexpected error ({name}: {exc}); see Krita's log for details."
+
+
+class JobThread(QThread):
+    """Runs one job against the daemon; never touches Krita."""
+
+    progress = pyqtSignal(int, int, float)  # step, total, best error so far
+    preview = pyqtSignal(bytes)  # small JPEG
+    state = pyqtSignal(str)  # queued | loading | running | ...
+    succeeded = pyqtSignal(object)  # logic.Outcome
+    failed = pyqtSignal(str)
+    cancelled = pyqtSignal()
+
+    def __init__(self, request: logic.Request, parent: Any = None) -> None:
+        super().__init__(parent)
+        self.request = request
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def run(self) -> None:  # worker thread
+        try:
+            outcome = logic.run_job(
+                self.request,
+                on_progress=lambda p: self.progress.emit(int(p.step), int(p.total), float(p.best_error)),
+                should_cancel=self._cancel.is_set,
+                on_preview=lambda jpeg: self.preview.emit(bytes(jpeg)),
+                on_state=lambda state: self.state.emit(str(state)),
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a message in the docker
+            if type(exc).__name__ == "JobCancelled":
+                self.cancelled.emit()
+                return
+            if not isinstance(exc, (logic.PluginError, ImportError)) and not type(exc).__module__.startswith("protocol"):
+                traceback.print_exc()
+            self.failed.emit(_user_message(exc))
+            return
+        self.succeeded.emit(outcome)
+
+
+class ProbeThread(QThread):
+    """Asks the daemon who it is (HELLO/WELCOME) with a short timeout."""
+
+    answered = pyqtSignal(bool, str)
+
+    def __init__(self, endpoint: Optional[str], parent: Any = None) -> None:
+        super().__init__(parent)
+        self.endpoint = endpoint
+
+    def run(self) -> None:  # worker thread
+        try:
+            client_path.ensure_client_path()
+            from protocol.client import PulseClient
+
+            with PulseClient(self.endpoint, client_name=logic.CLIENT_NAME, client_version=logic.PLUGIN_VERSION,
+                             timeout=2.0) as client:
+                welcome = client.connect()
+            models = ", ".join(str(m.get("name", "?")) for m in (getattr(welcome, "models", None) or [])[:2])
+            text = f"connected — {getattr(welcome, 'device', '?')}" + (f", {models}" if models else "")
+            self.answered.emit(True, text)
+        except Exception as exc:  # noqa: BLE001
+            if type(exc).__name__ == "DaemonNotRunning":
+                self.answered.emit(False, "daemon not running")
+            else:
+                self.answered.emit(False, _user_message(exc))
+
+
+class PulseDocker(DockWidget):
+    """One per Krita window; the `pulse_depixelate` action drives the active window's one."""
+
+    jobFinished = pyqtSignal(str, str)  # state ("done" | "failed" | "cancelled" | "refused"), message
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWindowTitle(TITLE)
+        self._job: Optional[JobThread] = None
+        self._probe: Optional[ProbeThread] = None
+        self._request: Optional[logic.Request] = None
+        self.last_layers: list[Any] = []
+        self._build_ui()
+        self._load_settings()
+        self._timer = QTimer(self)
+        self._timer.timeout.connect(self._periodic_probe)
+        self._timer.start(PROBE_INTERVAL_MS)
+        missing = client_path.missing_dependencies()
+        if missing:
+            self._say(client_path.dependency_help(missing), error=True)
+            self._set_status(False, "client libraries missing")
+        else:
+            QTimer.singleShot(0, self.probe)
+
+    # ------------------------------------------------------------------------------------------ UI
+
+    def _build_ui(self) -> None:
+        root = QWidget(self)
+        box = QVBoxLayout(root)
+        status_row = QHBoxLayout()
+        self.status_label = QLabel("daemon: checking…")
+        self.status_label.setWordWrap(True)
+        self.start_button = QPushButton("Start")
+        self.start_button.setToolTip("Start the PULSE daemon (`pulse-server run`) in the background")
+        self.start_button.clicked.connect(self.start_daemon)
+        status_row.addWidget(self.status_label, 1)
+        status_row.addWidget(self.start_button)
+        box.addLayout(status_row)
+
+        form = QFormLayout()
+        self.candidates = QSpinBox(minimum=1, maximum=16, value=3)
+        self.candidates.setToolTip("How many faces to imagine; each becomes a layer, the best one visible")
+        self.steps = QSpinBox(minimum=1, maximum=10000, value=100)
+        self.seed = QSpinBox(minimum=-1, maximum=2**31 - 1, value=-1)
+        self.seed.setSpecialValueText("random")
+        self.block = QSpinBox(minimum=0, maximum=512, value=0)
+        self.block.setSpecialValueText("auto")
+        self.block.setSuffix(" px")
+        self.source = QComboBox()
+        self.source.addItem("Active layer", "layer")
+        self.source.addItem("Whole image (merged)", "projection")
+        self.endpoint = QLineEdit()
+        self.endpoint.setPlaceholderText("default")
+        self.endpoint.setToolTip("Daemon endpoint, e.g. tcp://127.0.0.1:5599; empty: the per-user default")
+        self.endpoint.editingFinished.connect(self.probe)
+        for label, widget in (("Candidates", self.candidates), ("Steps", self.steps), ("Seed", self.seed),
+                              ("Block size", self.block), ("Pixels from", self.source), ("Endpoint", self.endpoint)):
+            form.addRow(label, widget)
+        box.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Depixelate")
+        self.run_button.clicked.connect(self.depixelate)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        box.addLayout(buttons)
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        box.addWidget(self.progress)
+        self.preview = QLabel()
+        self.preview.setFixedSize(PREVIEW_SIZE, PREVIEW_SIZE)
+        self.preview.setAlignment(Qt.AlignCenter)
+        self.preview.setVisible(False)
+        box.addWidget(self.preview, 0, Qt.AlignHCenter)
+        self.message = QLabel("Select a pixelated face, then press Depixelate.")
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        box.addWidget(self.message)
+        box.addStretch(1)
+        self.setWidget(root)
+
+    def canvasChanged(self, canvas: Any) -> None:  # required by DockWidget; nothing is tied to a canvas
+        pass
+
+    def _say(self, text: str, error: bool = False) -> None:
+        self.message.setText(text)
+        self.message.setStyleSheet("color: #d33;" if error else "")
+
+    def _set_status(self, ok: bool, text: str) -> None:
+        self.status_label.setText(f"daemon: {text}")
+        self.start_button.setVisible(not ok)
+
+    # ------------------------------------------------------------------------------------------ settings
+
+    _FIELDS = ("candidates", "steps", "seed", "block")
+
+    def settings(self) -> logic.Settings:
+        return logic.Settings(candidates=self.candidates.value(), steps=self.steps.value(), seed=self.seed.value(),
+                              block=self.block.value(), source=self.source.currentData(),
+                              endpoint=self.endpoint.text().strip())
+
+    def apply_settings(self, s: logic.Settings) -> None:
+        for name in self._FIELDS:
+            getattr(self, name).setValue(int(getattr(s, name)))
+        self.source.setCurrentIndex(max(0, self.source.findData(s.source)))
+        self.endpoint.setText(s.endpoint)
+
+    def _load_settings(self) -> None:
+        app, s = Krita.instance(), logic.Settings()
+        for name in self._FIELDS:
+            try:
+                setattr(s, name, int(app.readSetting(logic.PLUGIN_ID, name, str(getattr(s, name)))))
+            except ValueError:
+                pass
+        s.source = app.readSetting(logic.PLUGIN_ID, "source", s.source)
+        s.endpoint = app.readSetting(logic.PLUGIN_ID, "endpoint", s.endpoint)
+        self.apply_settings(s)
+
+    def _save_settings(self, s: logic.Settings) -> None:
+        app = Krita.instance()
+        for name in self._FIELDS + ("source", "endpoint"):
+            app.writeSetting(logic.PLUGIN_ID, name, str(getattr(s, name)))
+
+    # ------------------------------------------------------------------------------------------ daemon
+
+    def _periodic_probe(self) -> None:
+        if self.isVisible():  # a hidden docker does not poll the daemon
+            self.probe()
+
+    def probe(self) -> None:
+        if self._probe is not None or self._job is not None:
+            return
+        probe = ProbeThread(self.endpoint.text().strip() or None, self)
+        probe.answered.connect(self._on_probe)
+        probe.finished.connect(self._probe_done)
+        self._probe = probe
+        probe.start()
+
+    def _on_probe(self, ok: bool, text: str) -> None:
+        if self._job is None:
+            self._set_status(ok, text)
+
+    def _probe_done(self) -> None:
+        if self._probe is not None:
+            self._probe.deleteLater()
+        self._probe = None
+
+    def start_daemon(self) -> None:
+        endpoint = self.endpoint.text().strip() or None
+        cmd = client_path.server_command(endpoint)
+        if cmd is None:
+            self._say("`pulse-server` was not found: install pulse (pip install pulse-depixelate) or start the "
+                      "daemon yourself with `pulse-server run`.", error=True)
+            return
+        kwargs: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
+                                  "stderr": subprocess.DEVNULL, "env": client_path.daemon_env(), "close_fds": True}
+        if sys.platform == "win32":
+            kwargs["creationflags"] = (subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP
+                                       | subprocess.CREATE_NO_WINDOW)
+        else:
+            kwargs["start_new_session"] = True  # survives Krita; logs go to the daemon's own log file
+        try:
+            subprocess.Popen(cmd, **kwargs)
+        except OSError as exc:
+            self._say(f"Could not start the daemon ({' '.join(cmd)}): {exc}", error=True)
+            return
+        self._set_status(False, "starting…")
+        self._say("Starting the daemon; the first job also loads the model, which can take a while.")
+        for delay in (1500, 4000, 8000):
+            QTimer.singleShot(delay, self.probe)
+
+    # ------------------------------------------------------------------------------------------ jobs
+
+    def depixelate(self) -> bool:
+        """Start a job on the active document's selection; False (with a message) when it cannot start."""
+        if self._job is not None:
+            self._say("A job is already running: wait for it or press Cancel.")
+            return False
+        settings = self.settings()
+        try:
+            missing = client_path.missing_dependencies()
+            if missing:
+                raise logic.PluginError(client_path.dependency_help(missing))
+            request = logic.build_request(Krita.instance().activeDocument(), settings)
+        except logic.PluginError as exc:
+            self._say(str(exc), error=True)
+            self.jobFinished.emit("refused", str(exc))
+            return False
+        self._save_settings(settings)
+        self._request = request
+        self._job = JobThread(request, self)
+        self._job.progress.connect(self._on_progress)
+        self._job.preview.connect(self._on_preview)
+        self._job.state.connect(self._on_state)
+        self._job.succeeded.connect(self._on_success)
+        self._job.failed.connect(self._on_failure)
+        self._job.cancelled.connect(self._on_cancelled)
+        self._job.finished.connect(self._job_done)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)  # busy until the first PROGRESS (queue, model loading)
+        self.preview.setVisible(False)
+        r = request.rect
+        self._say(f"Sending {r.w}×{r.h} pixels at ({r.x}, {r.y}) to the daemon…")
+        self._job.start()
+        return True
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()  # the client sends CANCEL to the daemon at its next event
+            self.cancel_button.setEnabled(False)
+            self._say("Cancelling…")
+
+    def _on_progress(self, step: int, total: int, best: float) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(min(step, total))
+        self.progress.setFormat(f"%v / %m steps (err {best:.1e})" if best == best and best != float("inf")
+                                else "%v / %m steps")
+
+    _STATE_TEXT = {"queued": "Queued behind other jobs…", "loading": "Loading the model (first job only)…",
+                   "running": "Imagining faces…"}
+
+    def _on_state(self, state: str) -> None:
+        if state in self._STATE_TEXT:
+            self._say(self._STATE_TEXT[state])
+
+    def _on_preview(self, jpeg: bytes) -> None:
+        pixmap = QPixmap()
+        if pixmap.loadFromData(jpeg, "JPEG"):
+            self.preview.setPixmap(pixmap.scaled(PREVIEW_SIZE, PREVIEW_SIZE, Qt.KeepAspectRatio,
+                                                 Qt.SmoothTransformation))
+            self.preview.setVisible(True)
+
+    def _on_success(self, outcome: logic.Outcome) -> None:  # GUI thread: Krita calls allowed
+        try:
+            self.last_layers = logic.apply_outcome(self._request, outcome, Krita.instance().documents())
+        except logic.PluginError as exc:
+            self._say(str(exc), error=True)
+            self.jobFinished.emit("failed", str(exc))
+            return
+        best = outcome.layers[0]
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.progress.setFormat("done")
+        self._say(f"Added {len(outcome.layers)} layer(s); the best, “{best.name}”, is visible "
+                  f"(seed {best.seed}). These faces are imagined by the model ({outcome.model}), "
+                  "not recovered: do not use them to identify anyone.")
+        self.message.setToolTip(best.comment)
+        self.jobFinished.emit("done", best.name)
+
+    def _on_failure(self, text: str) -> None:
+        self._say(text, error=True)
+        self._reset_progress()
+        self.jobFinished.emit("failed", text)
+
+    def _on_cancelled(self) -> None:
+        self._say("Cancelled; the image is unchanged.")
+        self._reset_progress()
+        self.jobFinished.emit("cancelled", "")
+
+    def _reset_progress(self) -> None:
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.progress.resetFormat()
+
+    def _job_done(self) -> None:
+        if self._job is not None:
+            self._job.deleteLater()
+        self._job, self._request = None, None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        QTimer.singleShot(0, self.probe)
+
+
+def is_pulse_docker(widget: Any) -> bool:
+    return widget is not None and widget.objectName() == logic.PLUGIN_ID and hasattr(widget, "depixelate")
+

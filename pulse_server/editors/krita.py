@@ -1,0 +1,202 @@
+"""Install the Krita plug-in: `pulse-server install-plugin krita [--dest DIR]`.
+
+Krita loads Python plug-ins from `<resources>/pykrita/`: a `<name>.desktop` file (ServiceTypes=Krita/PythonPlugin,
+X-KDE-Library=<name>) next to the `<name>/` package, enabled in Settings ▸ Configure Krita ▸ Python Plugin
+Manager (kritarc `[python] enable_<name>=true`). Action files (menu text, shortcuts) live in
+`<resources>/actions/`. Into the package the installer adds the `protocol` client (`_client/protocol`),
+pyzmq + msgpack wheels for Krita's own Python where it bundles one (`_client/pyXY/_vendor`: AppImage,
+Windows, macOS — 3.10, 3.13 in recent builds) and `server.json`, the command the docker's Start button runs.
+With a distribution's Krita (system Python) it checks that zmq and msgpack import and names the packages.
+
+`--dest DIR` is the `pykrita` folder to install into; the action file goes to its sibling `actions/` when
+DIR is named `pykrita` (Krita's layout) and stays inside the package otherwise.
+Override the Python detection with PULSE_KRITA_PYTHON: `system`, a path to a python, or a version (`3.10`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..errors import PulseError
+from .common import copy_client, missing_system_deps, vendor_wheels
+
+NAME = "pulse_depixelate"
+FLATPAK_ID = "org.kde.krita"
+# Krita's bundled CPython when we cannot read it from an installation: 5.1/5.2 ship 3.10, newer builds 3.13.
+DEFAULT_BUNDLED = ("3.10", "3.13")
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "_client", "server.json")
+
+
+@dataclass
+class PythonTarget:
+    """Which Python runs Krita's plug-ins: the system one (check it) or bundled ones (vendor wheels)."""
+
+    kind: str  # "system" | "bundled"
+    python: str = "python3"  # system: the interpreter to check
+    versions: tuple[str, ...] = ()  # bundled: CPython versions to vendor for
+    platforms: list[str] = field(default_factory=list)  # bundled: wheel platform tags
+
+
+def plugin_source() -> Path:
+    import krita_plugin
+
+    src = Path(next(iter(krita_plugin.__path__))).resolve()
+    if not (src / NAME / "__init__.py").is_file() or not (src / f"{NAME}.desktop").is_file():
+        raise PulseError(f"the Krita plug-in is missing from this installation ({src})", code="NO_PLUGIN")
+    return src
+
+
+def resources_dir() -> Path:
+    """Krita's per-user resource folder (QStandardPaths::AppDataLocation for the app "krita")."""
+    home = Path.home()
+    if sys.platform.startswith("win"):
+        return Path(os.environ.get("APPDATA") or home / "AppData/Roaming") / "krita"
+    if sys.platform == "darwin":
+        return home / "Library/Application Support/krita"
+    native = Path(os.environ.get("XDG_DATA_HOME") or home / ".local/share") / "krita"
+    flatpak = home / ".var/app" / FLATPAK_ID / "data/krita"
+    if flatpak.parent.parent.is_dir() and not native.exists() and not shutil.which("krita"):
+        return flatpak  # only the Flatpak is installed
+    return native
+
+
+def pykrita_dir() -> Path:
+    return resources_dir() / "pykrita"
+
+
+# ---------------------------------------------------------------------------------------------- Krita's Python
+
+
+def _linux_system_python() -> Optional[str]:
+    """The python3.X a distribution Krita embeds (read from its pykrita plug-in), or None without one."""
+    for pattern in ("/usr/lib/*/kritaplugins/kritapykrita.so", "/usr/lib*/kritaplugins/kritapykrita.so",
+                    "/usr/lib*/qt5/plugins/krita/kritapykrita.so", "/usr/lib/*/qt5/plugins/krita/kritapykrita.so"):
+        for lib in sorted(Path("/").glob(pattern.lstrip("/"))):
+            found = re.search(rb"libpython(3\.\d+)", lib.read_bytes())
+            if found:  # the distribution's libpython: its interpreter is the distribution's too (not pyenv's)
+                exe = f"python{found.group(1).decode()}"
+                return str(Path("/usr/bin") / exe) if (Path("/usr/bin") / exe).exists() else shutil.which(exe) or exe
+    krita = shutil.which("krita")
+    if krita and Path(krita).resolve().is_relative_to("/usr"):
+        return "/usr/bin/python3" if Path("/usr/bin/python3").exists() else shutil.which("python3") or "python3"
+    return None
+
+
+def _bundled_versions(candidates: list[Path]) -> tuple[str, ...]:
+    """Python versions found as pythonXY.dll / Python.framework/Versions/X.Y / libpythonX.Y under Krita."""
+    found: set[str] = set()
+    for root in candidates:
+        if not root.is_dir():
+            continue
+        for path in list(root.glob("bin/python3*.dll")) + list(root.glob("Contents/Frameworks/Python.framework/Versions/3.*")):
+            m = re.search(r"python(3)(\d+)\.dll$", path.name, re.I) or re.fullmatch(r"(3)\.(\d+)", path.name)
+            if m:
+                found.add(f"{m.group(1)}.{m.group(2)}")
+    return tuple(sorted(found)) or DEFAULT_BUNDLED
+
+
+def _machine_tags() -> list[str]:
+    arch = platform.machine().lower()
+    if sys.platform.startswith("win"):
+        return ["win_arm64"] if arch in ("arm64", "aarch64") else ["win_amd64"]
+    if sys.platform == "darwin":
+        return ["macosx_11_0_arm64", "macosx_10_9_universal2", "macosx_10_15_universal2", "macosx_10_9_x86_64"]
+    arch = "aarch64" if arch in ("arm64", "aarch64") else "x86_64"
+    return [f"manylinux_2_28_{arch}", f"manylinux_2_17_{arch}", f"manylinux2014_{arch}"]
+
+
+def detect_python() -> PythonTarget:
+    override = os.environ.get("PULSE_KRITA_PYTHON", "").strip()
+    if override == "system":
+        return PythonTarget("system", python=shutil.which("python3") or "python3")
+    if override and re.fullmatch(r"3\.\d+", override):
+        return PythonTarget("bundled", versions=(override,), platforms=_machine_tags())
+    if override:
+        return PythonTarget("system", python=override)
+    if sys.platform.startswith("win"):
+        roots = [Path(os.environ.get(v, "")) / "Krita (x64)" for v in ("ProgramFiles", "ProgramW6432")]
+        return PythonTarget("bundled", versions=_bundled_versions(roots), platforms=_machine_tags())
+    if sys.platform == "darwin":
+        roots = [Path("/Applications/krita.app"), Path.home() / "Applications/krita.app"]
+        return PythonTarget("bundled", versions=_bundled_versions(roots), platforms=_machine_tags())
+    system = _linux_system_python()
+    if system:
+        return PythonTarget("system", python=system)
+    # No distribution Krita: an AppImage (or the Flatpak), each with its own CPython.
+    return PythonTarget("bundled", versions=DEFAULT_BUNDLED, platforms=_machine_tags())
+
+
+# ---------------------------------------------------------------------------------------------- install
+
+
+def _server_command() -> list[str]:
+    """How the docker's Start button runs `pulse-server` from this very installation."""
+    scripts = Path(sys.executable).parent
+    for name in ("pulse-server", "pulse-server.exe"):
+        if (scripts / name).is_file():
+            return [str(scripts / name)]
+    found = shutil.which("pulse-server")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from pulse_server.cli import main_server; sys.exit(main_server())"]
+
+
+def _actions_dir(pykrita: Path) -> Optional[Path]:
+    return pykrita.parent / "actions" if pykrita.name == "pykrita" else None
+
+
+def install(dest: Optional[Path] = None, *, python: Optional[PythonTarget] = None) -> Path:
+    """Copy the plug-in into `dest` (default: Krita's per-user pykrita folder); returns the package folder."""
+    src = plugin_source()
+    pykrita = Path(dest).expanduser() if dest is not None else pykrita_dir()
+    pykrita.mkdir(parents=True, exist_ok=True)
+    target = pykrita / NAME
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(src / NAME, target, ignore=_IGNORE)
+    shutil.copy2(src / f"{NAME}.desktop", pykrita / f"{NAME}.desktop")
+    actions = _actions_dir(pykrita)
+    if actions is not None:
+        actions.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / NAME / f"{NAME}.action", actions / f"{NAME}.action")
+    client = target / "_client"
+    copy_client(client)
+    (target / "server.json").write_text(json.dumps({"command": _server_command()}, indent=1) + "\n", "utf-8")
+
+    python = python or detect_python()
+    if python.kind == "system":
+        missing = missing_system_deps(python.python)
+        if missing:
+            print(f"Krita's Python ({python.python}) cannot import zmq/msgpack yet: install {' '.join(missing)} "
+                  f"(e.g. `sudo apt install {' '.join(missing)}`), then restart Krita.")
+    else:
+        for version in python.versions:
+            digits = version.replace(".", "")
+            try:
+                wheels = vendor_wheels(client / f"py{digits}", version, python.platforms)
+                print(f"bundled for Krita's Python {version}: {', '.join(wheels)}")
+            except PulseError as exc:  # offline: the plug-in still loads and explains in its docker
+                print(f"warning: {exc}; the docker will say which packages Krita's Python lacks")
+    print("Enable “PULSE Depixelate” in Krita: Settings ▸ Configure Krita ▸ Python Plugin Manager, restart Krita, "
+          "then show Settings ▸ Dockers ▸ PULSE Depixelate (or use Tools ▸ Scripts ▸ Depixelate Face (PULSE)).")
+    return target
+
+
+def uninstall(dest: Optional[Path] = None) -> None:
+    """Remove what install() put there (idempotent)."""
+    pykrita = Path(dest).expanduser() if dest is not None else pykrita_dir()
+    shutil.rmtree(pykrita / NAME, ignore_errors=True)
+    for path in (pykrita / f"{NAME}.desktop",
+                 *([_actions_dir(pykrita) / f"{NAME}.action"] if _actions_dir(pykrita) else [])):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,112 @@
+"""Runs inside `kritarunner -s pulse_adapter_check -f main CONFIG.json` (real Krita, no window, no daemon).
+
+Drives the installed plug-in's logic module against real libkis objects: the channel layouts it assumes, reading
+a selection's pixels in every supported depth, pasting candidates as layers, refusing other colour models.
+kritarunner exits 0 even when this raises, so everything (including a traceback) goes to the JSON result
+that the pytest side reads; raw pixel buffers go to files next to it.
+"""
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+
+def _channels(node):
+    return [(c.name(), c.position(), c.channelSize()) for c in node.channels()]
+
+
+def run(cfg, out_dir):
+    from krita import Krita, Selection
+
+    sys.path.insert(0, cfg["pykrita"])
+    from pulse_depixelate import client_path, logic
+
+    client_path.ensure_client_path()  # the installed protocol client, as the docker does
+    from protocol.messages import Candidate, ImageBlob, Result
+
+    app = Krita.instance()
+    res = {"layouts": {}, "cases": {}}
+
+    # 1. Krita's channel order per colour space vs. what the plug-in assumes.
+    names = {"RGBA": ["Red", "Green", "Blue", "Alpha"], "GRAYA": ["Gray", "Alpha"]}
+    for (model, depth), fmt in sorted(logic._FORMATS.items()):
+        doc = app.createDocument(4, 4, "layout", model, depth, "", 72.0)
+        chans = _channels(doc.topLevelNodes()[0])
+        by_name = {n: pos // s for n, pos, s in chans}
+        res["layouts"][fmt.label] = {"krita": chans, "assumed": [by_name.get(n) for n in names[model]],
+                                     "order": list(fmt.order), "size": chans[0][2]}
+        doc.close()
+
+    # 2. Read a selection of a real image (a PNG the test wrote) in each depth and paste fake candidates.
+    x, y, w, h = cfg["rect"]
+    for model, depth, profile, png in cfg["spaces"]:
+        label = f"{model}-{depth}"
+        doc = app.openDocument(png)
+        if model != "RGBA" or depth != "U8":
+            doc.setColorSpace(model, depth, profile)
+        doc.waitForDone()
+        bg = doc.topLevelNodes()[0]
+        before = bytes(bg.pixelData(0, 0, doc.width(), doc.height()))
+        sel = Selection()
+        sel.select(x, y, w, h, 255)
+        doc.setSelection(sel)
+        case = {"space": [doc.colorModel(), doc.colorDepth(), doc.colorProfile()]}
+        req = logic.build_request(doc, logic.Settings(candidates=3), node=bg)
+        wire = bytes(req.image_blob().data)
+        (out_dir / f"{label}.wire").write_bytes(wire)
+        case["request"] = {"rect": [req.rect.x, req.rect.y, req.rect.w, req.rect.h], "dtype": req.fmt.dtype,
+                           "channels": req.fmt.channels, "mask": req.mask is not None}
+        # candidate i = the request's own pixels shifted by i pixels: every layer distinct and checkable
+        ps = len(wire) // (w * h)
+        cands = [Candidate(ImageBlob(w, h, req.fmt.channels, req.fmt.dtype, wire[i * ps:] + wire[:i * ps]),
+                           seed=i, downscale_error=0.001 * (i + 1), eps_reached=False, steps=1) for i in range(3)]
+        outcome = logic.plan_layers(req, Result(job_id="t", candidates=cands, model="fake"))
+        created = logic.apply_outcome(req, outcome, app.documents())
+        doc.waitForDone()
+        case["stack"] = [[n.name(), n.type(), bool(n.visible())] for n in doc.topLevelNodes()]
+        case["layers"] = []
+        for i, node in enumerate(created):
+            b = node.bounds()
+            back = logic.krita_to_wire(bytes(node.pixelData(x, y, w, h)), req.fmt)
+            case["layers"].append({"name": node.name(), "visible": bool(node.visible()),
+                                   "bounds": [b.x(), b.y(), b.width(), b.height()],
+                                   "space": [node.colorModel(), node.colorDepth(), node.colorProfile()],
+                                   "roundtrip": back == bytes(cands[i].image.data)})
+        case["original_unchanged"] = bytes(bg.pixelData(0, 0, doc.width(), doc.height())) == before
+        case["projection_request"] = len(bytes(logic.build_request(
+            doc, logic.Settings(source="projection"), node=bg).image_blob().data))
+        res["cases"][label] = case
+        doc.setModified(False)
+        doc.close()
+
+    # 3. Other colour models are refused with a message that says what to do; no selection likewise.
+    doc = app.createDocument(16, 16, "cmyk", "CMYKA", "U8", "", 72.0)
+    sel = Selection()
+    sel.select(0, 0, 8, 8, 255)
+    doc.setSelection(sel)
+    try:
+        logic.build_request(doc, logic.Settings(), node=doc.topLevelNodes()[0])
+        res["cmyk"] = "accepted"
+    except logic.UnsupportedFormat as exc:
+        res["cmyk"] = str(exc)
+    doc.close()
+    doc = app.createDocument(16, 16, "nosel", "RGBA", "U8", "", 72.0)
+    try:
+        logic.build_request(doc, logic.Settings(), node=doc.topLevelNodes()[0])
+        res["nosel"] = "accepted"
+    except logic.NoSelection as exc:
+        res["nosel"] = str(exc)
+    doc.close()
+    return res
+
+
+def main(args):
+    cfg_path = Path(args[0])
+    cfg = json.loads(cfg_path.read_text())
+    out_dir = Path(cfg["out"])
+    try:
+        res = run(cfg, out_dir)
+    except BaseException:  # noqa: BLE001 - reported to the test, which fails with it
+        res = {"error": traceback.format_exc()}
+    (out_dir / "result.json").write_text(json.dumps(res, indent=1))

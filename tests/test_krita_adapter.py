@@ -1,0 +1,102 @@
+"""The Krita plug-in's pixel/layer adapter inside real Krita 5.1 (`kritarunner`, offscreen, no daemon).
+
+Checks what the fast mock test takes for granted: Krita's channel order in each supported colour space,
+reading a selection of a real image in U8/U16/F16/F32 RGBA and GRAYA, pasting candidates as layers above
+the layer (names, order, visibility, bounds, colour space, exact round trip), the original layer untouched,
+and clear refusals for other colour models and for no selection.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from krita_env import SCRIPTS, install_plugin, krita_env, mosaic_image, require, write_png
+from protocol.layers import layer_name
+
+pytestmark = pytest.mark.krita
+
+RECT = (8, 8, 32, 32)
+SRGB, GREY = "sRGB-elle-V2-srgbtrc.icc", "Gray-D50-elle-V2-srgbtrc.icc"
+# (model, depth, profile, png): same tone curve as the PNG, so expected values are the PNG's, rescaled.
+SPACES = [("RGBA", "U8", SRGB, "rgb"), ("RGBA", "U16", SRGB, "rgb"), ("RGBA", "F16", SRGB, "rgb"),
+          ("RGBA", "F32", SRGB, "rgb"), ("GRAYA", "U8", GREY, "grey"), ("GRAYA", "U16", GREY, "grey"),
+          ("GRAYA", "F32", GREY, "grey")]
+
+
+@pytest.fixture(scope="module")
+def adapter_run(tmp_path_factory):
+    require("kritarunner")
+    root = tmp_path_factory.mktemp("krita-adapter")
+    env = krita_env(root, {"QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(SCRIPTS)})
+    pykrita = install_plugin(env).parent
+    images = {"rgb": mosaic_image(64, 48, RECT, 4), "grey": mosaic_image(64, 48, RECT, 4, grey=True)}
+    pngs = {kind: str(write_png(root / f"{kind}.png", image)) for kind, image in images.items()}
+    out = root / "out"
+    out.mkdir()
+    cfg = {"pykrita": str(pykrita), "rect": list(RECT), "out": str(out),
+           "spaces": [[m, d, p, pngs[kind]] for m, d, p, kind in SPACES]}
+    (root / "cfg.json").write_text(json.dumps(cfg))
+    t0 = time.monotonic()
+    proc = subprocess.run(["kritarunner", "-s", "pulse_adapter_check", "-f", "main", str(root / "cfg.json")],
+                          env=env, capture_output=True, text=True, timeout=240)
+    res_file = out / "result.json"  # kritarunner exits 0 even when the script raised: read what it wrote
+    assert res_file.is_file(), f"kritarunner wrote no result (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    res = json.loads(res_file.read_text())
+    assert "error" not in res, res.get("error")
+    print(f"kritarunner adapter runs: {time.monotonic() - t0:.1f}s")
+    return res, images, out
+
+
+def test_krita_channel_layouts_match_the_plugin(adapter_run):
+    results, _, _ = adapter_run
+    layouts = results["layouts"]
+    assert set(layouts) == {"RGBA/U8", "RGBA/U16", "RGBA/F16", "RGBA/F32",
+                            "GRAYA/U8", "GRAYA/U16", "GRAYA/F16", "GRAYA/F32"}
+    for label, info in layouts.items():
+        # protocol channel i (R, G, B, A / G, A) sits at Krita channel index order[i]
+        assert info["assumed"] == info["order"], (label, info["krita"])
+        assert info["size"] == {"U8": 1, "U16": 2, "F16": 2, "F32": 4}[label.split("/")[1]]
+
+
+@pytest.mark.parametrize("space", SPACES, ids=lambda s: f"{s[0]}-{s[1]}")
+def test_selection_pixels_and_pasted_layers(adapter_run, space):
+    model, depth, profile, kind = space
+    results, images, out = adapter_run
+    case = results["cases"][f"{model}-{depth}"]
+    assert case["space"] == [model, depth, profile]
+    x, y, w, h = RECT
+    channels = 4 if model == "RGBA" else 2
+    assert case["request"] == {"rect": list(RECT), "dtype": {"U8": "u8", "U16": "u16"}.get(depth, "f32"),
+                               "channels": channels, "mask": False}
+
+    # the pixels read, in protocol order, equal the PNG's (rescaled to the depth)
+    region = images[kind][y:y + h, x:x + w].astype(np.float64) / 255
+    want = region if model == "RGBA" else region[..., [0, 3]]
+    dtype = {"U8": "<u1", "U16": "<u2"}.get(depth, "<f4")
+    got = np.frombuffer((out / f"{model}-{depth}.wire").read_bytes(), dtype).reshape(h, w, channels).astype(np.float64)
+    got /= {"U8": 255, "U16": 65535}.get(depth, 1)
+    assert np.abs(got - want).max() <= 1.01 / 255, f"{model}/{depth}: channels swapped or misread"
+
+    # three layers right above the original, best on top and visible, exactly at the selection
+    names = [layer_name(i + 1, 0.001 * (i + 1)) for i in range(3)]
+    stack = [s for s in case["stack"] if s[1] != "selectionmask"]
+    assert [s[0] for s in stack] == ["Background", names[2], names[1], names[0]]
+    assert [layer["name"] for layer in case["layers"]] == names
+    assert [layer["visible"] for layer in case["layers"]] == [True, False, False]
+    for layer in case["layers"]:
+        assert layer["bounds"] == list(RECT)
+        assert layer["space"] == [model, depth, profile]
+        assert layer["roundtrip"], f"{layer['name']}: pasted pixels differ from the candidate"
+    assert case["original_unchanged"]
+    assert case["projection_request"] == w * h * channels * {"U8": 1, "U16": 2}.get(depth, 4)
+
+
+def test_other_models_and_missing_selection_are_refused(adapter_run):
+    results, _, _ = adapter_run
+    assert "CMYKA/U8" in results["cmyk"] and "Convert Image Color Space" in results["cmyk"]
+    assert "select the pixelated face" in results["nosel"]
