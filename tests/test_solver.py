@@ -12,14 +12,32 @@ import torch
 from pulse_server.errors import Cancelled, SolverError
 from pulse_server.solver import Progress, SolveConfig, solve
 from pulse_server.solver.downsample import BicubicDownsample, downsample_reference
-from tests.solver_priors import load_test_prior
 
 PNG_DIR = Path(os.environ.get("PULSE_TEST_PNG_DIR", "")) if os.environ.get("PULSE_TEST_PNG_DIR") else None
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """2 shared cores: one intra-op thread is faster than two fighting the other test processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def tiny(tiny_weights: Path):
-    return load_test_prior(str(tiny_weights))
+def load(tmp_path_factory: pytest.TempPathFactory):
+    """load_prior with its converted-checkpoint cache in a temp dir (never the user's cache)."""
+    from pulse_server.models.loading import load_prior
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PULSE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield lambda path: load_prior(path, "cpu")[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_weights: Path, load):
+    return load(tiny_weights)
 
 
 def _render(prior, seed: int) -> np.ndarray:
@@ -168,11 +186,11 @@ def test_bad_params(tiny, target8) -> None:
         solve(tiny, bad, SolveConfig(steps=1))
 
 
-def test_real_face_prior_mosaic_4x4(shared_prior_path: Path, tmp_path: Path) -> None:
+def test_real_face_prior_mosaic_4x4(shared_prior_path: Path, load, tmp_path: Path) -> None:
     """A face drawn by the real 32×32 prior, mosaicked to 4×4 blocks of 8×8, is solved within eps."""
     from PIL import Image
 
-    prior = load_test_prior(str(shared_prior_path))
+    prior = load(shared_prior_path)
     face = _render(prior, 7)
     mosaic = face.reshape(4, 8, 4, 8, 3).mean((1, 3))  # block means: what a pixelation filter produces
     res = solve(prior, mosaic, SolveConfig(candidates=4, seed=0, eps=2e-3))

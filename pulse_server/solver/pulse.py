@@ -35,7 +35,9 @@ Precision modes:
              image, its error and step are tracked on the device with `torch.where`; progress syncs only
              when a callback is due, at most every `progress_interval` s), noise preallocated, bf16
              autocast for the synthesis network on CUDA only (latents, losses, downscaler in fp32),
-             optional `torch.compile` of the renderer on CUDA (`compile=True`; never on CPU, never at import).
+             optional `torch.compile` of the renderer on CUDA (`compile=True`; never on CPU, never at import),
+             StyleGAN2's unfused modulated convolution (shared-weight convs over the whole batch: 2.7× faster
+             than the grouped form for K=4 on CPU, tiny config).
   "fp32"     the faithful baseline: the original loop's structure: fp32, eager, one candidate at a time,
              the loss read back to the host at every step.
 Both modes compute the same function: on CPU they agree to float rounding (tests/test_solver.py).
@@ -85,7 +87,7 @@ class SolveConfig:
     progress_interval: float = 0.1  # default mode: seconds between progress callbacks (first/last always)
     preview_size: int = 128  # previews are at most this many pixels wide
     compile: bool = False  # torch.compile the renderer (CUDA, default precision only)
-    fused: bool | None = None  # StyleGAN2 modulated-conv form for this solve; None = the prior's own
+    fused: bool | None = None  # StyleGAN2 modulated-conv form; None: unfused in "default", the prior's own in "fp32"
 
 
 @dataclass
@@ -312,8 +314,9 @@ def _solve(prior: FacePrior, lowres: np.ndarray, config: SolveConfig | None,
     if fast and on_cuda and config.compile:
         render = torch.compile(prior.render, dynamic=False)
     old_fused = getattr(prior, "fused", None)
-    if config.fused is not None and old_fused is not None:
-        prior.fused = config.fused
+    fused = config.fused if config.fused is not None else (False if fast else old_fused)
+    if old_fused is not None:
+        prior.fused = fused
     t0 = time.perf_counter()
     try:
         if fast:
@@ -339,7 +342,7 @@ def _solve(prior: FacePrior, lowres: np.ndarray, config: SolveConfig | None,
             results.extend(search.results(batch))
             best_so_far = min(best_so_far, min(r.downscale_mse for r in results))
     finally:
-        if config.fused is not None and old_fused is not None:
+        if old_fused is not None:
             prior.fused = old_fused
     results.sort(key=lambda r: (r.downscale_mse, r.seed))
     return SolveResult(candidates=results, factor=factor, resolution=prior.resolution,
