@@ -510,3 +510,46 @@ def test_method_of_another_os_is_refused(home, capsys):
     assert main_server(["install-autostart", "--weights", str(home / "missing.pt")]) == 2
     assert "weights file not found" in capsys.readouterr().err
     assert _files(home) == []
+
+
+# -- end to end: the entry starts a working daemon ---------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("gio"), reason="gio (GLib) not installed")
+def test_xdg_entry_starts_a_daemon_that_answers(tmp_path, tiny_weights):
+    """Install with the real CLI as a user would, let GLib launch the written entry the way a desktop
+    session does, and talk to the daemon it started; then stop it."""
+    from daemon_fixture import free_tcp_port, isolated_env
+
+    env = common.login_like_env(isolated_env(tmp_path))  # no PYTHONPATH: only an installed pulse works
+    env["PULSE_TOKEN"] = "autostart-test-token"
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    home = env["HOME"]
+    server = [*_expected_program()]
+
+    def pulse_server(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*server, *args], env=env, cwd=home, capture_output=True, text=True, timeout=timeout)
+
+    proc = pulse_server("install-autostart", "--method", "xdg", "--endpoint", endpoint, "--weights", str(tiny_weights),
+                        "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    entry = Path(env["XDG_CONFIG_HOME"]) / "autostart" / "pulse-server.desktop"
+    log = tmp_path / "launched.log"
+    try:
+        with open(log, "wb") as out:  # the daemon inherits gio's output: a file, not a pipe we would wait on
+            launch = subprocess.run(["gio", "launch", str(entry)], env=env, cwd=home, stdout=out,
+                                    stderr=subprocess.STDOUT, timeout=60)
+        assert launch.returncode == 0, log.read_text()
+        deadline = time.monotonic() + 90
+        while True:
+            status = pulse_server("status", "--endpoint", endpoint, "--timeout", "2")
+            if status.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert status.returncode == 0, f"{status.stdout}{status.stderr}\n{log.read_text(errors='replace')}"
+        assert "running (pid" in status.stdout
+    finally:
+        stop = pulse_server("stop", "--endpoint", endpoint, timeout=60)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert pulse_server("uninstall-autostart").returncode == 0
+    assert not entry.exists()
