@@ -104,7 +104,12 @@ def unmount_all(root: Path) -> None:
 
 @contextlib.contextmanager
 def mounted(root: Path) -> Iterator[Path]:
-    """/proc and a bind of /dev inside `root`, for exactly as long as the `with` block runs."""
+    """/proc and a bind of /dev inside `root`, for exactly as long as the `with` block runs.
+
+    Serialised per root by a lock file: a second user must not unmount under the first one's feet.
+    """
+    lock = open(root.parent / f".{root.name}.mount.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     done: list[str] = []
     try:
         for target, cmd in (
@@ -119,6 +124,7 @@ def mounted(root: Path) -> Iterator[Path]:
         yield root
     finally:
         unmount_all(root)
+        lock.close()  # releases the flock
 
 
 def remove_tree(root: Path) -> None:

@@ -29,8 +29,14 @@ import pulse_gimp as logic  # noqa: E402
 
 
 def _fail(procedure, message, status=Gimp.PDBStatusType.EXECUTION_ERROR):
-    """Tell the user (message bar / console) and return an error: nothing in the image was changed."""
-    Gimp.message(message)
+    """Return an error whose text says what to do; nothing in the image was changed.
+
+    GIMP itself shows the error of a failed procedure as a message ("Calling error for procedure …", in the
+    GUI and on the console alike), so an extra Gimp.message() here would only say it twice. A cancelled run
+    gets one short Gimp.message, as GIMP shows nothing for CANCEL.
+    """
+    if status == Gimp.PDBStatusType.CANCEL:
+        Gimp.message(message)
     return procedure.new_return_values(status, GLib.Error(message))
 
 
@@ -60,6 +66,33 @@ def read_region(image, drawable):
     return region, fmt, pixels, mask
 
 
+class CancelFlag:
+    """Set by SIGTERM/SIGINT (GIMP quitting, a terminal's Ctrl-C): the client then sends CANCEL and we stop.
+
+    GIMP's own Cancel button on the progress bar SIGKILLs the plug-in after 10 ms, which no code can catch;
+    the daemon sees the session vanish (missed heartbeats, ~3 s) and cancels the job itself.
+    """
+
+    def __init__(self):
+        self.set = False
+
+    def install(self):
+        import signal
+
+        def handler(signum, frame):
+            self.set = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, OSError):  # not the main thread / not supported here
+                pass
+        return self
+
+    def __call__(self):
+        return self.set
+
+
 def solve(settings, region, fmt, pixels, mask):
     """Send the region to the daemon; progress into GIMP's progress bar. Returns the protocol Result."""
     from protocol.client import PulseClient  # imports zmq: ImportError is explained to the user
@@ -68,6 +101,9 @@ def solve(settings, region, fmt, pixels, mask):
     image = ImageBlob(region.width, region.height, fmt.channels, fmt.dtype, pixels)
     mask_blob = None if mask is None else ImageBlob(region.width, region.height, 1, "u8", mask)
 
+    def on_state(state):
+        Gimp.progress_set_text("PULSE: %s…" % state.replace("_", " "))
+
     def on_progress(p):
         Gimp.progress_set_text(logic.progress_text(p.step, p.total, p.best_error))
         Gimp.progress_update(logic.progress_fraction(p.step, p.total))
@@ -75,7 +111,8 @@ def solve(settings, region, fmt, pixels, mask):
     Gimp.progress_init("PULSE: sending the region to the daemon…")
     with PulseClient(settings.endpoint or None, client_name=logic.CLIENT_NAME,
                      client_version=logic.PLUGIN_VERSION) as client:
-        result = client.run_job(image, mask_blob, settings.params(), on_progress=on_progress)
+        result = client.run_job(image, mask_blob, settings.params(), on_progress=on_progress,
+                                on_state=on_state, should_cancel=CancelFlag().install())
     Gimp.progress_update(1.0)
     return result
 
@@ -126,8 +163,8 @@ def run(procedure, run_mode, image, drawables, config, data):
         plans = logic.plan_layers(result, region, fmt)
         paste(image, drawable, plans, fmt)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a message; the image stays untouched
-        if not isinstance(exc, logic.UserError):
-            traceback.print_exc(file=sys.stderr)
+        if not isinstance(exc, (logic.UserError, ImportError)) and getattr(exc, "code", None) is None:
+            traceback.print_exc(file=sys.stderr)  # a bug, not a user problem: keep the trace for reports
         cancelled = getattr(exc, "code", None) == "CANCELLED"
         return _fail(procedure, logic.user_message(exc),
                      Gimp.PDBStatusType.CANCEL if cancelled else Gimp.PDBStatusType.EXECUTION_ERROR)

@@ -1,0 +1,87 @@
+"""Safety of the GIMP chroot helpers: mirror from the host's APT config, mounts always undone, no rm through mounts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gimp_chroot  # noqa: E402
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mount/umount need root")
+
+
+def test_mirror_from_deb822_skips_the_security_archive(tmp_path, monkeypatch):
+    monkeypatch.delenv("PULSE_DEBIAN_MIRROR", raising=False)
+    src = tmp_path / "debian.sources"
+    src.write_text(
+        "Types: deb\n# comment: line\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n"
+    )
+    assert gimp_chroot.debian_mirror(src, tmp_path / "none") == "http://mirror.example/debian"
+
+
+def test_mirror_from_one_line_sources_and_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("PULSE_DEBIAN_MIRROR", raising=False)
+    legacy = tmp_path / "sources.list"
+    legacy.write_text("# x\ndeb [arch=amd64] http://m.example/debian bookworm main\n"
+                      "deb http://m.example/debian-security bookworm-security main\n")
+    assert gimp_chroot.debian_mirror(tmp_path / "none", legacy) == "http://m.example/debian"
+    with pytest.raises(gimp_chroot.ChrootUnavailable):
+        gimp_chroot.debian_mirror(tmp_path / "none", tmp_path / "none2")
+    monkeypatch.setenv("PULSE_DEBIAN_MIRROR", "http://other.example/debian")
+    assert gimp_chroot.debian_mirror(tmp_path / "none", tmp_path / "none2") == "http://other.example/debian"
+
+
+def test_host_mirror_is_readable():
+    if not gimp_chroot.DEB822_SOURCES.exists() and not gimp_chroot.LEGACY_SOURCES.exists():
+        pytest.skip("no APT sources on this host")
+    assert "://" in gimp_chroot.debian_mirror()
+
+
+@needs_root
+def test_mounts_are_undone_even_when_the_block_raises(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(RuntimeError, match="boom"):
+        with gimp_chroot.mounted(root):
+            assert os.path.ismount(root / "proc") and os.path.ismount(root / "dev")
+            assert (root / "dev" / "null").exists()
+            raise RuntimeError("boom")
+    assert gimp_chroot.mounts_below(root) == []
+    gimp_chroot.remove_tree(root)
+    assert not root.exists()
+
+
+@needs_root
+def test_remove_tree_refuses_a_tree_with_a_live_mount(tmp_path, monkeypatch):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("host data")
+    root = tmp_path / "root"
+    (root / "mnt").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(precious), str(root / "mnt")], check=True)
+    try:
+        monkeypatch.setattr(gimp_chroot, "_umount", lambda point: None)  # an unmount that fails
+        with pytest.raises(RuntimeError, match="refusing to delete"):
+            gimp_chroot.remove_tree(root)
+        assert (precious / "keep.txt").read_text() == "host data"
+        monkeypatch.undo()
+        gimp_chroot.remove_tree(root)  # with working unmounts it cleans up, still sparing the bind source
+        assert not root.exists() and (precious / "keep.txt").exists()
+    finally:
+        if os.path.ismount(root / "mnt"):
+            subprocess.run(["umount", "-l", str(root / "mnt")])
+
+
+def test_cached_chroot_is_complete_or_absent():
+    root = gimp_chroot.chroot_root()
+    if not root.exists():
+        pytest.skip(f"no cached chroot at {root}")
+    assert gimp_chroot.is_ready(root), f"{root} exists but has no completion marker"
+    assert gimp_chroot.mounts_below(root) == [], "nothing may stay mounted in the cached chroot between runs"
