@@ -223,3 +223,37 @@ def test_cache_dir_defaults_to_platformdirs(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.delenv("PULSE_CACHE_DIR")
     assert registry.cache_dir() == Path(platformdirs.user_cache_dir("pulse"))
+
+
+def test_concurrent_first_runs_download_once(server: Server, data: bytes, cache: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PULSE_WEIGHTS_URL", server.url)
+    monkeypatch.setenv("PULSE_WEIGHTS_SHA256", sha(data))
+    results: list[object] = []
+
+    def run() -> None:
+        try:
+            results.append(ensure_weights(progress=False))
+        except Exception as e:  # surfaced by the assertion below
+            results.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [weights_path()] * 3
+    assert weights_path().read_bytes() == data and len(server.requests) == 1
+
+
+def test_registry_name_as_weights(server: Server, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pulse_server.models.testing import latent_average, make_tiny_generator
+
+    g = make_tiny_generator(16)
+    blob = write_ada_pickle(tmp_path / "src.pkl", ada_tensors_from_rosinality(g.state_dict(), 16), 16,
+                            latent_average(g, 256)).read_bytes()
+    server.data = blob
+    monkeypatch.setenv("PULSE_WEIGHTS_URL", server.url)
+    monkeypatch.setattr(loading, "GAUSSIAN_SAMPLES", 10_000)
+    prior, info = loading.load_prior("ffhq-1024")
+    assert info.name == "stylegan2-ffhq-1024" and info.source == str(weights_path()) and prior.resolution == 16

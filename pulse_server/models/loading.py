@@ -49,13 +49,17 @@ _META = "__pulse__."  # cache-only tensors (gaussian fit, latent average) in the
 
 
 def load_prior(weights: str | Path | None, device: str | torch.device = "cpu") -> tuple[FacePrior, PriorInfo]:
-    """Load a checkpoint (None = the registry's default model, downloaded on first use) as a frozen prior."""
-    name: str | None = None
-    if weights is None:
-        from .registry import DEFAULT_MODEL, ensure_weights, get_spec
+    """Load a checkpoint as a frozen prior on `device`.
 
-        path = ensure_weights(DEFAULT_MODEL)
-        name = get_spec(DEFAULT_MODEL).model_name
+    `weights`: a file path, a registry name ("ffhq-1024"), or None for the registry's default model
+    (downloaded on first use)."""
+    from .registry import DEFAULT_MODEL, REGISTRY, ensure_weights, get_spec
+
+    name: str | None = None
+    if weights is None or (isinstance(weights, str) and weights in REGISTRY and not Path(weights).exists()):
+        key = DEFAULT_MODEL if weights is None else str(weights)  # a registry name, e.g. "ffhq-1024"
+        path = ensure_weights(key)
+        name = get_spec(key).model_name
     else:
         path = Path(weights).expanduser()
     if not path.is_file():

@@ -32,8 +32,10 @@ import os
 import socket
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import ModelError
 
@@ -104,10 +106,39 @@ def ensure_weights(name: str = DEFAULT_MODEL, progress: bool = True) -> Path:
     """Path of the model's checkpoint, downloading it on first use (resumable, verified)."""
     spec = get_spec(name)
     dest = weights_path(name)
-    if dest.is_file() and (spec.size is None or dest.stat().st_size == spec.size):
-        return dest  # verified before it was renamed into place
-    download(spec.url, dest, size=spec.size, sha256=spec.sha256, progress=progress, label=spec.filename)
+    if _present(dest, spec):
+        return dest
+    with _download_lock(dest):  # a daemon and a CLI starting together must not append to one .part
+        if not _present(dest, spec):  # the other process may have finished it meanwhile
+            download(spec.url, dest, size=spec.size, sha256=spec.sha256, progress=progress, label=spec.filename)
     return dest
+
+
+def _present(dest: Path, spec: WeightsSpec) -> bool:
+    # Only verified downloads are renamed into place, so presence (and the size, when pinned) suffices.
+    return dest.is_file() and (spec.size is None or dest.stat().st_size == spec.size)
+
+
+@contextmanager
+def _download_lock(dest: Path) -> Iterator[None]:
+    """An advisory lock beside the file (POSIX flock; elsewhere none: concurrent first runs are rare)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        f = open(dest.with_name(dest.name + ".lock"), "a+")
+    except OSError:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def sha256_file(path: Path) -> str:

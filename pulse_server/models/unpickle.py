@@ -137,6 +137,8 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     ("collections", "OrderedDict"): OrderedDict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "set"): set,  # protocol-2 pickles name builtins the Python 2 way
+    ("__builtin__", "frozenset"): frozenset,
     **{(m, n): Inert for m in _NUMPY for n in ("scalar", "dtype", "ndarray", "_reconstruct")},
 }
 
