@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from protocol.messages import Candidate, Failed, ImageBlob, JpegBlob, Preview, Progress, Result
 
-from .errors import Cancelled, ModelError, PulseError
+from .errors import Cancelled, PulseError
 from .jobs import Job, JobQueue
 
 log = logging.getLogger("pulse.worker")
@@ -111,7 +111,10 @@ class Worker(threading.Thread):
             log.info("job %s done in %.2f s", job.job_id, time.monotonic() - t0)
         except Cancelled:
             log.info("job %s cancelled (%s)", job.job_id, job.cancel_reason)
-            self.emit("final", job, Failed(job.job_id, "CANCELLED", job.cancel_reason))
+            if self._stopping.is_set():  # not the user's doing: the client may retry on a new daemon
+                self.emit("final", job, Failed(job.job_id, "SHUTDOWN", job.cancel_reason, True))
+            else:
+                self.emit("final", job, Failed(job.job_id, "CANCELLED", job.cancel_reason))
         except PulseError as exc:
             log.warning("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
             self.emit("final", job, Failed(job.job_id, exc.code, exc.message, exc.retryable))
@@ -130,10 +133,8 @@ class Worker(threading.Thread):
     def _load(self) -> None:
         t0 = time.monotonic()
         device = "cpu" if self.device in ("auto", None) else self.device
-        try:
-            from .models.loading import load_prior
-        except ImportError:  # TEMPORARY until models/loading.py lands: rosinality .pt files only
-            load_prior = _load_rosinality_fallback
+        from .models.loading import load_prior
+
         self.prior, self.info = load_prior(self.weights, device)
         log.info("model %s (%s, %d px) loaded on %s in %.1f s", self.info.name, self.info.family,
                  self.info.resolution, device, time.monotonic() - t0)
@@ -268,35 +269,3 @@ def _free_device_memory() -> None:
             torch.cuda.empty_cache()
     except Exception:  # noqa: BLE001
         pass
-
-
-def _load_rosinality_fallback(weights: Any, device: str = "cpu") -> tuple[Any, Any]:
-    """TEMPORARY: only until pulse_server.models.loading lands. Rosinality {"g_ema", ...} .pt files."""
-    import re
-    from pathlib import Path
-
-    import torch
-
-    from .models.base import PriorInfo
-    from .models.stylegan2 import Generator, StyleGAN2Prior, fit_gaussian
-
-    if not weights:
-        raise ModelError("no --weights given and the model registry is not available yet", "NO_WEIGHTS")
-    path = Path(weights)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    sd = ckpt.get("g_ema") if isinstance(ckpt, dict) else None
-    if sd is None:
-        raise ModelError(f"{path}: not a rosinality StyleGAN2 checkpoint", "CORRUPT_CHECKPOINT")
-    style_dim = sd["style.1.weight"].shape[1]
-    n_mlp = len({k for k in sd if re.fullmatch(r"style\.\d+\.weight", k)})
-    n_rgb = len({k.split(".")[1] for k in sd if k.startswith("to_rgbs.")})
-    size = 2 ** (n_rgb + 2)
-    channels = {4: sd["input.input"].shape[1]}
-    for i in range(n_rgb):
-        channels[2 ** (i + 3)] = sd[f"convs.{2 * i}.conv.weight"].shape[1]
-    g = Generator(size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
-    g.load_state_dict(sd, strict=False)
-    g = g.to(device).eval()
-    mean, std = fit_gaussian(g, samples=20_000)
-    prior = StyleGAN2Prior(g, mean, std).to(device).freeze()
-    return prior, PriorInfo(path.stem, "stylegan2", size, str(path))

@@ -1,0 +1,302 @@
+"""The daemon as a real subprocess on real tcp sockets, with the tiny StyleGAN2 (one shared daemon).
+
+Covers: results equal to the in-process solver, 8 concurrent clients, cancel (queued and running), a
+killed client's job cancelled, hostile input answered or dropped (then a normal job still works),
+queue limits, FETCH and idempotent SUBMIT after a reconnect, previews.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from protocol.client import PulseClient
+from protocol.codec import MAGIC, decode, encode
+from protocol.errors import JobCancelled, JobFailed, ProtocolError
+from protocol.messages import Error, Hello, ImageBlob, Progress, Result, Submit, Welcome
+from daemon_fixture import REPO, start_daemon
+
+pytestmark = pytest.mark.timeout(180)
+
+HEARTBEAT_MS = 500
+MAX_BLOB = 4 << 20  # small frame cap (and ZMQ_MAXMSGSIZE) so an oversized frame is cheap to send
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, tiny_weights):
+    d = start_daemon(tmp_path_factory.mktemp("daemon"), weights=tiny_weights, endpoint="tcp",
+                     args=["--heartbeat-ms", str(HEARTBEAT_MS), "--max-blob-bytes", str(MAX_BLOB)])
+    yield d
+    d.stop()
+
+
+def lowres(seed: int, size: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).random((size, size, 3)).astype(np.float32)
+
+
+def quick(seed: int = 0, **kw) -> dict:
+    return {"mode": "solve", "candidates": 1, "steps": 1, "seed": seed, **kw}
+
+
+def wait_running(c: PulseClient, job_id: str, timeout: float = 60.0) -> None:
+    """Iterate a job's events until its first PROGRESS (it is on the worker)."""
+    deadline = time.monotonic() + timeout
+    for ev in c.events(job_id):
+        if isinstance(ev, Progress):
+            return
+        assert not isinstance(ev, (Result,)), "job finished before it could be observed running"
+        assert time.monotonic() < deadline, "job never started"
+    raise AssertionError("job ended before running")
+
+
+def drain(c: PulseClient, job_id: str):
+    last = None
+    for ev in c.events(job_id):
+        last = ev if ev is not None else last
+    return last
+
+
+def test_round_trip_equals_in_process_solver(daemon, tiny_weights):
+    from pulse_server.models.loading import load_prior
+    from pulse_server.solver import SolveConfig, solve
+
+    x = lowres(1)
+    with daemon.client() as c:
+        welcome = c.connect()
+        assert welcome.protocol == 1 and welcome.heartbeat_ms == HEARTBEAT_MS
+        states = []
+        res = c.run_job(ImageBlob.from_numpy(x), None, quick(seed=7, candidates=2, steps=3), on_state=states.append)
+    assert states[0] == "queued" and "running" in states
+    prior, info = load_prior(tiny_weights, "cpu")
+    ref = solve(prior, x, SolveConfig(candidates=2, steps=3, seed=7))
+    assert res.model == info.name and res.analysis["factor"] == 4
+    assert [c.seed for c in res.candidates] == [c.seed for c in ref.candidates]
+    for got, want in zip(res.candidates, ref.candidates):
+        img = got.image.to_numpy()
+        assert img.shape == (32, 32, 3) and got.image.dtype == "f32"
+        np.testing.assert_allclose(img, want.image, atol=1e-5)
+        assert got.downscale_error == pytest.approx(want.downscale_mse, rel=1e-4, abs=1e-7)
+        assert got.steps == want.steps and got.eps_reached == want.eps_reached
+
+
+def test_depixelate_round_trip_equals_in_process_pipeline(daemon, tiny_weights):
+    pipeline = pytest.importorskip("pulse_server.pipeline")
+    if not hasattr(pipeline, "depixelate"):
+        pytest.skip("pulse_server.pipeline.depixelate has not landed yet")
+    from pulse_server.models.loading import load_prior
+
+    rng = np.random.default_rng(3)
+    blocks = (rng.random((8, 8, 3)) * 255).astype(np.uint8)
+    region = np.repeat(np.repeat(blocks, 6, 0), 6, 1)  # a 48×48 mosaic of 6-px blocks
+    region = np.concatenate([region, np.full((48, 48, 1), 255, np.uint8)], axis=2)  # RGBA
+    params = {"mode": "depixelate", "candidates": 1, "steps": 2, "seed": 11, "block": 6}
+    with daemon.client() as c:
+        res = c.run_job(ImageBlob.from_numpy(region), None, params)
+    prior, _ = load_prior(tiny_weights, "cpu")
+    ref = pipeline.depixelate(prior, region.copy(), None, pipeline.DepixParams(candidates=1, steps=2, seed=11, block=6))
+    got = res.candidates[0].image.to_numpy()
+    assert got.shape == region.shape and got.dtype == region.dtype
+    np.testing.assert_allclose(got.astype(np.int16), ref.patches[0].astype(np.int16), atol=1)
+    assert res.analysis["block"] == ref.mosaic.block
+
+
+def test_eight_concurrent_clients_get_their_own_results(daemon):
+    results: dict[int, Result] = {}
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            with daemon.client(client_name=f"c{i}") as c:
+                results[i] = c.run_job(ImageBlob.from_numpy(lowres(100 + i)), None, quick(seed=1000 + i), job_id=f"conc-{i}")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert sorted(results) == list(range(8))
+    for i, res in results.items():
+        assert res.job_id == f"conc-{i}" and res.candidates[0].seed == 1000 + i
+    # Different inputs and seeds: no two clients got the same image back.
+    images = {res.candidates[0].image.to_numpy().tobytes() for res in results.values()}
+    assert len(images) == 8
+
+
+def test_cancel_running_and_queued_jobs(daemon):
+    with daemon.client() as c:
+        running = c.submit(ImageBlob.from_numpy(lowres(2)), None, quick(steps=100_000)).job_id
+        wait_running(c, running)
+        queued = c.submit(ImageBlob.from_numpy(lowres(3)), None, quick(steps=100_000))
+        assert queued.position >= 1 and queued.state == "queued"
+        c.cancel(queued.job_id)
+        end = drain(c, queued.job_id)
+        assert end.code == "CANCELLED"
+        t0 = time.monotonic()
+        c.cancel(running)
+        end = drain(c, running)
+        assert end.code == "CANCELLED" and time.monotonic() - t0 < 10
+        c.cancel(running)  # idempotent: cancelling a finished job is fine
+        jobs = {j["job_id"]: j["state"] for j in c.status().jobs}
+        assert jobs[running] == "cancelled" and jobs[queued.job_id] == "cancelled"
+        # run_job's should_cancel path raises JobCancelled.
+        with pytest.raises(JobCancelled):
+            c.run_job(ImageBlob.from_numpy(lowres(4)), None, quick(steps=100_000), should_cancel=lambda: True)
+
+
+def test_killed_client_has_its_job_cancelled(daemon):
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        from protocol.client import PulseClient
+        from protocol.messages import ImageBlob, Progress
+        with PulseClient({daemon.endpoint!r}, token={daemon.token!r}, client_name="doomed") as c:
+            jid = c.submit(ImageBlob.from_numpy(np.zeros((8, 8, 3), np.float32)), None,
+                           {{"mode": "solve", "candidates": 1, "steps": 100000}}).job_id
+            for ev in c.events(jid):
+                if isinstance(ev, Progress):
+                    print("RUNNING", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=str(REPO),
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert proc.stdout.readline().strip() == "RUNNING"
+        with daemon.client() as c:
+            assert c.status().server["running"] == 1
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            deadline = time.monotonic() + 20
+            while True:
+                server = c.status().server
+                if server["running"] == 0 and server["queued"] == 0:
+                    break
+                assert time.monotonic() < deadline, f"killed client's job still running: {server}"
+                time.sleep(0.2)
+            assert server["sessions"] == 1  # only us: the dead client's session is gone
+            res = c.run_job(ImageBlob.from_numpy(lowres(5)), None, quick())
+            assert len(res.candidates) == 1
+    finally:
+        proc.kill()
+    assert "client vanished" in daemon.output()
+
+
+def _raw(endpoint: str) -> zmq.Socket:
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.linger = 0
+    s.connect(endpoint)
+    return s
+
+
+def _ask(s: zmq.Socket, frames, timeout: float = 10.0):
+    s.send_multipart(frames)
+    if not s.poll(int(timeout * 1000)):
+        return None
+    return decode(s.recv_multipart())
+
+
+def test_hostile_input_is_answered_or_dropped_and_daemon_survives(daemon):
+    s = _raw(daemon.endpoint)
+    try:
+        cases = [
+            ([b"garbage bytes"], "MALFORMED"),
+            ([b"NOTPULSE", b"\x80"], "BAD_MAGIC"),
+            ([MAGIC, msgpack.packb({"type": "HELLO", "protocol": 1})[:-4]], "MALFORMED"),  # truncated msgpack
+            ([MAGIC, msgpack.packb({"type": "HELLO", "protocol": "one"})], "BAD_FIELD"),  # wrong type
+            ([MAGIC, msgpack.packb({"type": "EXPLODE"})], "UNKNOWN_TYPE"),
+            ([MAGIC, msgpack.packb({"type": "WELCOME", "protocol": 1})], "UNEXPECTED_TYPE"),
+            ([MAGIC, msgpack.packb({"type": "HELLO", "client": "x" * 100_000})], "HEADER_TOO_LARGE"),
+            (encode(Submit("early", ImageBlob(1, 1, 3, "u8", b"abc"))), "HANDSHAKE_REQUIRED"),
+            (encode(Hello(protocol=99, min_protocol=99, token=daemon.token)), "VERSION_MISMATCH"),
+            (encode(Hello(token="wrong-token")), "BAD_TOKEN"),
+            (encode(Hello(token=None)), "BAD_TOKEN"),
+        ]
+        for frames, code in cases:
+            reply = _ask(s, frames)
+            assert isinstance(reply, Error) and reply.code == code, (frames[:2], reply)
+            if code == "VERSION_MISMATCH":
+                assert reply.supported == [1]
+        # Authenticated, then a header claiming 100000×100000 pixels: refused before any allocation.
+        assert isinstance(_ask(s, encode(Hello(token=daemon.token, client="raw"))), Welcome)
+        claim = {"type": "SUBMIT", "job_id": "huge", "image": 0, "params": {},
+                 "blobs": [{"kind": "image", "w": 100_000, "h": 100_000, "c": 4, "dtype": "u8", "nbytes": 4 * 10**10}]}
+        reply = _ask(s, [MAGIC, msgpack.packb(claim), b"\x00" * 64])
+        assert isinstance(reply, Error) and reply.code == "TOO_LARGE"
+        # A frame over ZMQ_MAXMSGSIZE: libzmq drops the connection, nothing is answered or allocated.
+        too_big = encode(Submit("big", ImageBlob(1024, 1024, 4, "u16", bytes(1024 * 1024 * 8))))
+        assert _ask(s, too_big, timeout=2.0) is None
+    finally:
+        s.close(0)
+    with pytest.raises(ProtocolError) as err:
+        with daemon.client(token="not-the-token") as c:
+            c.connect()
+    assert err.value.code == "BAD_TOKEN"
+    with daemon.client() as c:
+        res = c.run_job(ImageBlob.from_numpy(lowres(6)), None, quick())
+        assert len(res.candidates) == 1
+
+
+def test_bad_params_mask_and_queue_full(daemon):
+    img = ImageBlob.from_numpy(lowres(7))
+    with daemon.client() as c:
+        for params, code in [(quick(steps=0), "BAD_PARAMS"), (quick(mode="dream"), "BAD_PARAMS"),
+                             (quick(candidates="3"), "BAD_PARAMS"), (quick(eps=-1), "BAD_PARAMS")]:
+            with pytest.raises(JobFailed) as err:
+                c.run_job(img, None, params)
+            assert err.value.code == code
+        with pytest.raises(JobFailed) as err:
+            c.run_job(img, ImageBlob.from_numpy(np.zeros((4, 4), np.uint8)), quick())
+        assert err.value.code == "BAD_MASK"
+        long = quick(steps=100_000)
+        first = c.submit(img, None, long).job_id
+        wait_running(c, first)
+        queued = [c.submit(img, None, long).job_id for _ in range(8)]  # the per-client cap
+        with pytest.raises(JobFailed) as err:
+            c.submit(img, None, long)
+        assert err.value.code == "QUEUE_FULL" and err.value.retryable
+        for jid in [*queued, first]:
+            c.cancel(jid)
+        for jid in [*queued, first]:
+            assert drain(c, jid).code == "CANCELLED"
+
+
+def test_fetch_and_idempotent_submit_after_reconnect(daemon):
+    job_id = f"fetch-{uuid.uuid4().hex[:8]}"
+    img = ImageBlob.from_numpy(lowres(8))
+    with daemon.client() as c:
+        res = c.run_job(img, None, quick(seed=3), job_id=job_id)
+        session = c.session
+    with daemon.client() as c2:  # a new connection (new socket identity) with the same session secret
+        c2.session = session
+        c2.connect()
+        again = c2.fetch(job_id)
+        assert again.job_id == job_id
+        assert again.candidates[0].image.to_numpy().tobytes() == res.candidates[0].image.to_numpy().tobytes()
+        assert c2.submit(img, None, quick(seed=3), job_id=job_id).state == "done"  # not run twice
+        with pytest.raises(JobFailed) as err:
+            c2.fetch("no-such-job")
+        assert err.value.code == "NOT_FOUND"
+    with daemon.client() as stranger:  # another session cannot fetch it
+        with pytest.raises(JobFailed):
+            stranger.fetch(job_id)
+
+
+def test_previews_are_small_jpegs_at_the_clients_rate(daemon):
+    previews: list[bytes] = []
+    progress: list[Progress] = []
+    with daemon.client() as c:
+        c.run_job(ImageBlob.from_numpy(lowres(9)), None, quick(steps=12), on_preview=previews.append,
+                  on_progress=progress.append, preview_interval=0.01)
+    assert progress and progress[-1].total == 12 and all(p.job_id for p in progress)
+    assert previews and all(p[:2] == b"\xff\xd8" for p in previews)
