@@ -1,0 +1,227 @@
+"""`pulse solve LOWRES.png -o OUT.png`: PULSE on a whole low-res face image, in-process or via the daemon.
+
+The scale factor follows from the input size and the generator's resolution (a 4×4 input on a 32×32
+generator: ×8). Writes the best candidate to OUT.png and the others to OUT-2.png … OUT-K.png, best first;
+`--report` writes per-candidate file, seed, downscale_mse, eps_reached and steps as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("solve", help="imagine high-resolution faces whose downscaled versions match LOWRES",
+                       description="PULSE latent search on a whole low-resolution face image. The faces are "
+                                   "imagined by the model: they are not the identity of the person pictured.")
+    p.add_argument("input", metavar="LOWRES", help="low-resolution face image (square; its size must divide the "
+                                                   "generator resolution)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="best candidate; others go to OUT-2.png …")
+    p.add_argument("--weights", metavar="PATH", default=None,
+                   help="face prior checkpoint (default: the FFHQ StyleGAN2, downloaded on first use)")
+    p.add_argument("--candidates", "-k", type=_positive_int, default=1, metavar="K", help="faces to produce (default 1)")
+    p.add_argument("--steps", type=_positive_int, default=100, metavar="S", help="optimizer steps (default 100)")
+    p.add_argument("--eps", type=_positive_float, default=2e-3, metavar="E",
+                   help="target downscale MSE in [0,1] units (default 2e-3)")
+    p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of candidate 1 (candidate i: N+i-1)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--precision", choices=("default", "fp32"), default="default",
+                   help="default: fast batched path; fp32: the original loop's structure (baseline)")
+    p.add_argument("--report", metavar="REPORT.json", default=None, help="write a JSON report of the candidates")
+    p.add_argument("--endpoint", default=None, help="daemon endpoint for --via-daemon (default: $PULSE_ENDPOINT, "
+                                                    "else the per-user default)")
+    p.add_argument("--via-daemon", action="store_true", help="run the job on the running `pulse-server` daemon")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    v = float(s)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def read_image(path: str | Path) -> "Any":
+    """-> (h, w, 3) float32 in [0, 1]; PulseError(BAD_INPUT) for anything that is not a readable image."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from ..errors import PulseError
+
+    path = Path(path)
+    if not path.is_file():
+        raise PulseError(f"input not found: {path}", code="BAD_INPUT")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                a = np.asarray(im, dtype=np.float32) / (65535.0 if im.mode.startswith("I;16") else max(1, im.getextrema()[1]))
+                a = np.repeat(a[:, :, None], 3, axis=2)
+            else:
+                a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise PulseError(f"cannot read {path} as an image: {exc}", code="BAD_INPUT") from None
+    if a.size == 0:
+        raise PulseError(f"{path} is an empty image", code="BAD_INPUT")
+    h, w = a.shape[:2]
+    if h != w:
+        raise PulseError(f"{path} is {w}×{h}: the low-res face must be square", code="BAD_SIZE")
+    return np.ascontiguousarray(a.clip(0, 1))
+
+
+def output_paths(out: str | Path, k: int) -> list[Path]:
+    """OUT.png, OUT-2.png, …, OUT-K.png."""
+    out = Path(out)
+    return [out] + [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(2, k + 1)]
+
+
+def write_png(path: Path, image: "Any") -> None:
+    import numpy as np
+    from PIL import Image
+
+    from ..errors import PulseError
+
+    a = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a, "RGB").save(path)
+    except OSError as exc:
+        raise PulseError(f"cannot write {path}: {exc}", code="BAD_OUTPUT") from None
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> int:
+    lowres = read_image(args.input)
+    if args.via_daemon:
+        rows, meta = _solve_via_daemon(args, lowres)
+    else:
+        rows, meta = _solve_here(args, lowres)
+    paths = output_paths(args.output, len(rows))
+    report = []
+    for path, row in zip(paths, rows):
+        write_png(path, row.pop("image"))
+        report.append({"file": str(path), **row})
+    for r in report:
+        flag = "reached" if r["eps_reached"] else "MISSED"
+        print(f"{r['file']}: seed {r['seed']}, downscale mse {r['downscale_mse']:.2e} ({flag} eps {args.eps:g}), "
+              f"best at step {r['steps']}")
+    if args.report:
+        doc = {"input": str(args.input), **meta, "eps": args.eps, "candidates": report}
+        try:
+            Path(args.report).write_text(json.dumps(doc, indent=2) + "\n")
+        except OSError as exc:
+            from ..errors import PulseError
+
+            raise PulseError(f"cannot write {args.report}: {exc}", code="BAD_OUTPUT") from None
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+
+    from ..errors import PulseError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PulseError("--device cuda: no CUDA device is available (use --device cpu)", code="NO_DEVICE")
+    return name
+
+
+class _Bar:
+    """A tqdm bar opened on the first progress event (a bad input fails before any bar is drawn)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar: Any = None
+
+    def __call__(self, p: Any) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=p.total, unit="step", desc="solving", disable=self.quiet, file=sys.stderr,
+                            leave=False)
+        self.bar.total = p.total
+        self.bar.update(p.step - self.bar.n)
+        self.bar.set_postfix(best=f"{p.best_error:.2e}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _solve_here(args: argparse.Namespace, lowres: Any) -> tuple[list[dict], dict]:
+    from ..models.loading import load_prior
+    from ..solver import SolveConfig, solve
+
+    prior, info = load_prior(args.weights, _device(args.device))
+    cfg = SolveConfig(candidates=args.candidates, steps=args.steps, eps=args.eps, seed=args.seed,
+                      precision=args.precision)
+    bar = _Bar(args.quiet)
+    try:
+        result = solve(prior, lowres, cfg, progress=bar)
+    finally:
+        bar.close()
+    rows = [{"image": c.image, "seed": c.seed, "downscale_mse": c.downscale_mse, "eps_reached": c.eps_reached,
+             "steps": c.steps} for c in result.candidates]
+    meta = {"model": info.name, "weights": info.source, "factor": result.factor, "resolution": result.resolution,
+            "seconds": round(result.seconds, 3), "precision": args.precision, "device": str(prior.device)}
+    return rows, meta
+
+
+def _solve_via_daemon(args: argparse.Namespace, lowres: Any) -> tuple[list[dict], dict]:
+    import numpy as np
+
+    from protocol.client import PulseClient
+    from protocol.messages import ImageBlob
+
+    if args.weights:
+        print("pulse: note: --weights is ignored with --via-daemon (the daemon uses its own model)", file=sys.stderr)
+    h, w = lowres.shape[:2]
+    blob = ImageBlob(width=w, height=h, channels=3, dtype="f32", data=lowres.astype("<f4").tobytes())
+    params = {"mode": "solve", "candidates": args.candidates, "steps": args.steps,
+              "seed": -1 if args.seed is None else args.seed, "eps": args.eps, "precision": args.precision}
+    bar = _Bar(args.quiet)
+    with PulseClient(args.endpoint, client_name="pulse-cli") as client:
+        try:
+            result = client.run_job(blob, None, params, on_progress=bar)
+        finally:
+            bar.close()
+    rows = [{"image": blob_to_rgb(c.image), "seed": c.seed, "downscale_mse": c.downscale_error,
+             "eps_reached": c.eps_reached, "steps": c.steps} for c in result.candidates]
+    size = rows[0]["image"].shape[0] if rows else 0
+    meta = {"model": result.model, "endpoint": client.endpoint, "factor": size // h if h else 0,
+            "resolution": size, "precision": args.precision, "via_daemon": True}
+    return rows, meta
+
+
+def blob_to_rgb(blob: Any) -> Any:
+    """ImageBlob (any channels/dtype) -> (h, w, 3) float32 in [0, 1]."""
+    import numpy as np
+
+    dt = {"u8": "<u1", "u16": "<u2", "f32": "<f4"}[blob.dtype]
+    a = np.frombuffer(blob.data, dtype=dt).reshape(blob.height, blob.width, blob.channels).astype(np.float32)
+    if blob.dtype == "u8":
+        a /= 255.0
+    elif blob.dtype == "u16":
+        a /= 65535.0
+    if blob.channels in (1, 2):
+        a = np.repeat(a[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(a[:, :, :3])
