@@ -12,11 +12,13 @@ server announces (Content-Length / Content-Range) and the loader then checks tha
 well-formed 1024² StyleGAN2 network pickle (read without running its code, see `unpickle.py`). Set
 PULSE_WEIGHTS_SHA256 to enforce a digest you trust.
 
-Licence (README: "Weights"): NVIDIA Source Code License (NC) — "The Work and any derivative works thereof
-only may be used or intended for use non-commercially ... 'non-commercially' means for research or
-evaluation purposes only" (NVlabs/stylegan3 LICENSE.txt §3.3; the same terms cover the
-stylegan2-ada-pytorch release). The training images (FFHQ) are themselves under CC BY-NC-SA 4.0 as a
-dataset. The file is therefore downloaded by the user on first use, never bundled.
+Licence (for the README): NVIDIA's StyleGAN2 work, networks included, "is made available under the Nvidia
+Source Code License-NC" (NVlabs/stylegan2 README, "License"); the PyTorch releases that list this pickle
+use the NVIDIA Source Code License whose §3.3 reads "The Work and any derivative works thereof only may be
+used or intended for use non-commercially ... 'non-commercially' means for research or evaluation purposes
+only" (NVlabs/stylegan3 LICENSE.txt). The FFHQ training set is CC BY-NC-SA 4.0 as a dataset (its
+images: CC BY 2.0, CC BY-NC 2.0, PDM 1.0, CC0 1.0 or U.S. Government Works). So the file is downloaded
+by the user on first use, never bundled, and images made with it inherit the non-commercial terms.
 
 Environment (tests, mirrors, air-gapped installs):
   PULSE_CACHE_DIR      cache root instead of platformdirs.user_cache_dir("pulse")
