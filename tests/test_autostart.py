@@ -415,6 +415,12 @@ def test_launchd_plist(home, tmp_path):
     assert logs.is_dir()  # launchd creates the files but not the folder
     assert not stat.S_IMODE(path.stat().st_mode) & 0o022  # launchd ignores group/world-writable plists
 
+    # The per-user TMPDIR (home of the default ipc socket on macOS) is pinned when installing on a Mac.
+    pinned = plistlib.loads(launchd.render(res.command, {"TMPDIR": "/var/folders/ab/cd/T/"}))
+    assert pinned["EnvironmentVariables"]["TMPDIR"] == "/var/folders/ab/cd/T/"
+    assert launchd.login_env("darwin") == ({"TMPDIR": os.environ["TMPDIR"]} if sys.platform == "darwin"
+                                           and os.environ.get("TMPDIR") else {})
+
     assert service.uninstall("auto", platform="darwin", say=lambda s: None) == ["launchd"]
     assert not path.exists()
     assert service.uninstall("launchd", platform="darwin", say=lambda s: None) == []

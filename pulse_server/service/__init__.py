@@ -74,7 +74,8 @@ def install(method: str = "auto", options: DaemonOptions = DaemonOptions(), *, p
     elif method == "xdg":
         path = xdg.install(command, say, dry_run=dry_run)
     elif method == "launchd":
-        path = launchd.install(command, say, dry_run=dry_run, load=_native(platform))
+        path = launchd.install(command, say, dry_run=dry_run, load=_native(platform),
+                               extra_env=launchd.login_env(platform))
     else:
         path = windows.install(command, say, dry_run=dry_run)
     return InstallResult(method, path, command)

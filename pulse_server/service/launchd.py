@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import plistlib
 import shutil
+import sys
 from pathlib import Path
 
 from platformdirs.macos import MacOS
@@ -30,7 +31,15 @@ def log_dir() -> Path:
     return Path(MacOS(APP_NAME).user_log_dir)
 
 
-def render(command: LaunchCommand) -> bytes:
+def login_env(platform: str) -> dict[str, str]:
+    """Variables to pin from the installing session. The daemon's default ipc socket lives under
+    $TMPDIR on macOS (protocol.endpoint), so the agent must see the same per-user TMPDIR as the editors;
+    pinning it also covers a launchd that leaves TMPDIR unset (the daemon would fall back to /tmp)."""
+    tmpdir = os.environ.get("TMPDIR")
+    return {"TMPDIR": tmpdir} if platform == "darwin" and sys.platform == "darwin" and tmpdir else {}
+
+
+def render(command: LaunchCommand, extra_env: dict[str, str] | None = None) -> bytes:
     folder = os.path.dirname(command.program[0])
     path = [folder] + [p for p in _BASE_PATH if p != folder]
     logs = log_dir()
@@ -42,7 +51,7 @@ def render(command: LaunchCommand) -> bytes:
         "KeepAlive": {"SuccessfulExit": False},
         "ThrottleInterval": 30,  # seconds between restarts, so a broken install does not spin
         "WorkingDirectory": str(home()),
-        "EnvironmentVariables": {"PATH": ":".join(path), "PYTHONUNBUFFERED": "1"},
+        "EnvironmentVariables": {"PATH": ":".join(path), "PYTHONUNBUFFERED": "1", **(extra_env or {})},
         "StandardOutPath": str(logs / f"{SERVICE_NAME}.out.log"),
         "StandardErrorPath": str(logs / f"{SERVICE_NAME}.err.log"),
     }
@@ -53,9 +62,10 @@ def _domain() -> str:
     return f"gui/{os.getuid()}"
 
 
-def install(command: LaunchCommand, say: Say, *, dry_run: bool = False, load: bool = True) -> Path:
+def install(command: LaunchCommand, say: Say, *, dry_run: bool = False, load: bool = True,
+            extra_env: dict[str, str] | None = None) -> Path:
     """Write the plist; with `load` (on macOS) also (re)load it so it runs now, not only at next login."""
-    path, data = plist_path(), render(command)
+    path, data = plist_path(), render(command, extra_env)
     if dry_run:
         say(f"would write {path}:\n{data.decode()}")
         if load:
