@@ -163,7 +163,12 @@ class PulseDocker(DockWidget):
         self.endpoint = QLineEdit()
         self.endpoint.setPlaceholderText("default")
         self.endpoint.setToolTip("Daemon endpoint, e.g. tcp://127.0.0.1:5599; empty: the per-user default")
-        self.endpoint.editingFinished.connect(self.probe)
+        # Re-check the daemon shortly after the endpoint changes (typed or set by the action's caller).
+        self._endpoint_timer = QTimer(self)
+        self._endpoint_timer.setSingleShot(True)
+        self._endpoint_timer.setInterval(400)
+        self._endpoint_timer.timeout.connect(self.probe)
+        self.endpoint.textChanged.connect(lambda _text: self._endpoint_timer.start())
         for label, widget in (("Candidates", self.candidates), ("Steps", self.steps), ("Seed", self.seed),
                               ("Block size", self.block), ("Pixels from", self.source), ("Endpoint", self.endpoint)):
             form.addRow(label, widget)
@@ -355,6 +360,7 @@ class PulseDocker(DockWidget):
             self.jobFinished.emit("failed", str(exc))
             return
         best = outcome.layers[0]
+        self._set_status(True, f"connected — {outcome.model}")
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.progress.setFormat("done")
@@ -366,6 +372,8 @@ class PulseDocker(DockWidget):
 
     def _on_failure(self, text: str) -> None:
         self._say(text, error=True)
+        if "not running" in text:
+            self._set_status(False, "daemon not running")
         self._reset_progress()
         self.jobFinished.emit("failed", text)
 

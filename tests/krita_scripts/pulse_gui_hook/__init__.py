@@ -1,0 +1,198 @@
+"""Test-only Krita plug-in: drives the real PULSE docker and action in a full Krita GUI, then exits.
+
+Installed (with its .desktop) next to pulse_depixelate in an isolated profile and enabled in kritarc by
+tests/test_krita_gui.py. Config: JSON file named by $PULSE_KRITA_TEST. Scenario, in one Krita session:
+  1. the docker exists (Krita.instance().dockers(), objectName pulse_depixelate) and shows the daemon status;
+  2. `pulse_depixelate` action with no selection     -> "refused", message in the docker, no new layer;
+  3. action against a dead endpoint (if configured)    -> "failed" with a "not running" message, UI responsive;
+  4. action against the live daemon, with a selection -> "done": layers, pixels, progress, previews recorded;
+  5. a long job cancelled after its first PROGRESS     -> "cancelled", no new layer (if configured).
+The result goes to cfg["out"] as JSON (tracebacks included), then os._exit: QApplication.exit() can crash
+Krita 5.1 on the way out, and a hook that never finishes is caught by the test's own timeout.
+"""
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+from krita import Krita, Selection
+from PyQt5.QtCore import QTimer
+
+_state = {}
+
+
+def _cfg():
+    return json.loads(Path(os.environ["PULSE_KRITA_TEST"]).read_text())
+
+
+def _finish(result, code=0):
+    cfg = _cfg()
+    Path(cfg["out"]).write_text(json.dumps(result, indent=1))
+    os._exit(code)
+
+
+class Driver:
+    """A small state machine pumped by Qt signals and timers: the GUI thread is never blocked here."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.app = Krita.instance()
+        self.res = {"steps": [], "t0": time.monotonic()}
+        self.gaps = []  # GUI-thread timer gaps during jobs: a frozen UI shows up as a long gap
+        self._tick_last = None
+        self.ticker = QTimer()
+        self.ticker.setInterval(20)
+        self.ticker.timeout.connect(self._tick)
+        self.pending = None
+        self.docker = None
+        self.progress_seen, self.preview_seen = set(), False
+
+    # ---- helpers
+    def _tick(self):
+        now = time.monotonic()
+        if self._tick_last is not None:
+            self.gaps.append(now - self._tick_last)
+        self._tick_last = now
+        d = self.docker
+        if d is not None and d.progress.maximum() > 0:
+            self.progress_seen.add((d.progress.value(), d.progress.maximum()))
+        if d is not None and d.preview.isVisible():
+            self.preview_seen = True
+
+    def step(self, name, **info):
+        info["name"] = name
+        info["t"] = round(time.monotonic() - self.res["t0"], 2)
+        self.res["steps"].append(info)
+
+    def fail(self, why):
+        self.res["error"] = why
+        _finish(self.res, 3)
+
+    def guard(self, fn):
+        def wrapped(*args):
+            try:
+                fn(*args)
+            except BaseException:  # noqa: BLE001
+                self.fail(traceback.format_exc())
+        return wrapped
+
+    def layers(self):
+        return [[n.name(), n.type(), bool(n.visible())] for n in self.doc.topLevelNodes()]
+
+    # ---- scenario
+    def start(self):
+        from pulse_depixelate.docker import is_pulse_docker
+
+        window = self.app.activeWindow()
+        if window is None:
+            QTimer.singleShot(200, self.guard(self.start))  # main window not up yet
+            return
+        dockers = [d for d in self.app.dockers() if is_pulse_docker(d)]
+        self.res["dockers"] = [d.objectName() for d in self.app.dockers() if d.objectName().startswith("pulse")]
+        if not dockers:
+            self.fail("no pulse_depixelate docker among Krita.instance().dockers()")
+            return
+        self.docker = dockers[0]
+        self.docker.show()
+        self.res["docker_title"] = self.docker.windowTitle()
+        self.res["action_text"] = self.app.action("pulse_depixelate").text() if self.app.action("pulse_depixelate") else None
+        self.doc = self.app.openDocument(self.cfg["png"])
+        window.addView(self.doc)
+        self.bg = self.doc.topLevelNodes()[0]
+        self.doc.setActiveNode(self.bg)
+        w, h = self.doc.width(), self.doc.height()
+        self.before = bytes(self.bg.pixelData(0, 0, w, h))
+        self.progress_seen, self.preview_seen = set(), False
+        self.docker.jobFinished.connect(self.guard(self.on_finished))
+        s = self.cfg["settings"]
+        from pulse_depixelate.logic import Settings
+
+        self.docker.apply_settings(Settings(**s))
+        self.queue = ["nosel"] + (["dead"] if self.cfg.get("dead_endpoint") else []) + ["live"] + \
+            (["cancel"] if self.cfg.get("cancel_steps") else [])
+        QTimer.singleShot(500, self.guard(self.next))
+
+    def next(self):
+        if not self.queue:
+            self.finish()
+            return
+        self.pending = self.queue.pop(0)
+        d, s = self.docker, self.cfg["settings"]
+        if self.pending == "nosel":
+            self.doc.setSelection(None) if self.doc.selection() is not None else None
+        else:
+            x, y, w, h = self.cfg["rect"]
+            sel = Selection()
+            sel.select(x, y, w, h, 255)
+            self.doc.setSelection(sel)
+        if self.pending == "dead":
+            d.endpoint.setText(self.cfg["dead_endpoint"])
+        else:
+            d.endpoint.setText(s["endpoint"])
+        d.steps.setValue(self.cfg["cancel_steps"] if self.pending == "cancel" else s["steps"])
+        self.layers_before = self.layers()
+        self.gaps, self._tick_last, self.progress_seen, self.preview_seen = [], None, set(), False
+        self.ticker.start()
+        self.job_t0 = time.monotonic()
+        self.app.action("pulse_depixelate").trigger()
+        if self.pending == "cancel":
+            QTimer.singleShot(50, self.guard(self.cancel_when_running))
+
+    def cancel_when_running(self):
+        if self.pending != "cancel":
+            return
+        if self.docker.progress.maximum() > 1 and self.docker.progress.value() >= 1:
+            self.step("cancel_pressed", at=self.docker.progress.value())
+            self.docker.cancel_button.click()  # what a user does
+        else:
+            QTimer.singleShot(20, self.guard(self.cancel_when_running))
+
+    def on_finished(self, state, message):
+        self.ticker.stop()
+        name, self.pending = self.pending, None
+        self.doc.waitForDone()
+        info = {"state": state, "message": message, "docker_message": self.docker.message.text(),
+                "seconds": round(time.monotonic() - self.job_t0, 2),
+                "max_gui_gap": round(max(self.gaps), 3) if self.gaps else None,
+                "layers_before": self.layers_before, "layers_after": self.layers(),
+                "progress_seen": sorted(self.progress_seen)[-3:], "progress_count": len(self.progress_seen),
+                "preview_seen": self.preview_seen, "status": self.docker.status_label.text()}
+        if name == "live" and state == "done":
+            out = Path(self.cfg["out"]).parent
+            x, y, w, h = self.cfg["rect"]
+            info["new_layers"] = []
+            for i, node in enumerate(self.docker.last_layers):
+                b = node.bounds()
+                raw = bytes(node.pixelData(x, y, w, h))
+                (out / f"layer{i}.raw").write_bytes(raw)
+                info["new_layers"].append({"name": node.name(), "visible": bool(node.visible()),
+                                           "bounds": [b.x(), b.y(), b.width(), b.height()],
+                                           "space": [node.colorModel(), node.colorDepth()]})
+            W, H = self.doc.width(), self.doc.height()
+            info["original_unchanged"] = bytes(self.bg.pixelData(0, 0, W, H)) == self.before
+            info["active_is_original"] = self.doc.activeNode() is not None and \
+                self.doc.activeNode().uniqueId() == self.bg.uniqueId()
+        self.step(name, **info)
+        QTimer.singleShot(100, self.guard(self.next))
+
+    def finish(self):
+        self.res["total_seconds"] = round(time.monotonic() - self.res["t0"], 2)
+        _finish(self.res, 0)
+
+
+def _boot():
+    try:
+        cfg = _cfg()
+    except (KeyError, OSError, ValueError):
+        return  # not under the test: stay inert
+    driver = Driver(cfg)
+    _state["driver"] = driver
+    QTimer.singleShot(int(cfg.get("timeout", 120) * 1000), lambda: (driver.res.update(error="hook timeout",
+                                                                                       pending=driver.pending),
+                                                                  _finish(driver.res, 4)))
+    QTimer.singleShot(1000, driver.guard(driver.start))
+
+
+_boot()

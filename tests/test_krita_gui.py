@@ -1,0 +1,131 @@
+"""The Krita plug-in end to end: full Krita 5.1 GUI under Xvfb, the real daemon on tcp loopback, tiny generator.
+
+A test-only startup plug-in (tests/krita_scripts/pulse_gui_hook) opens an image with a mosaic, triggers the
+`pulse_depixelate` action without a selection, against a dead endpoint, against the live daemon with a
+selection, and once more to cancel mid-job; it writes what happened to a JSON file and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from daemon_fixture import free_tcp_port, start_daemon
+from krita_env import SCRIPTS, block_means, install_plugin, krita_env, mosaic_image, pykrita_dir, require, write_png
+
+pytestmark = [pytest.mark.krita, pytest.mark.slow]
+
+W, H, RECT, BLOCK = 64, 48, (8, 8, 32, 32), 4  # 32×32 face region = the tiny generator's size, 8×8 mosaic
+
+
+@pytest.fixture(scope="module")
+def gui_run(tmp_path_factory, tiny_weights):
+    require("krita", "xvfb-run", "xauth")
+    root = tmp_path_factory.mktemp("krita-gui")
+    daemon = start_daemon(root / "daemon", weights=tiny_weights, endpoint="tcp")
+    try:
+        image = mosaic_image(W, H, RECT, BLOCK, seed=3)
+        out = root / "out"
+        out.mkdir()
+        cfg = {"png": str(write_png(root / "face.png", image)), "rect": list(RECT), "out": str(out / "result.json"),
+               "settings": {"candidates": 3, "steps": 10, "seed": 1, "block": 0, "source": "layer",
+                            "endpoint": daemon.endpoint},
+               "dead_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}", "cancel_steps": 5000, "timeout": 150}
+        (root / "cfg.json").write_text(json.dumps(cfg))
+        env = krita_env(root / "krita", {"PULSE_TOKEN": daemon.token, "PULSE_KRITA_TEST": str(root / "cfg.json")})
+        install_plugin(env)
+        pykrita = pykrita_dir(env)
+        shutil.copytree(SCRIPTS / "pulse_gui_hook", pykrita / "pulse_gui_hook")
+        shutil.copy(SCRIPTS / "pulse_gui_hook.desktop", pykrita / "pulse_gui_hook.desktop")
+        (root / "krita/home/.config/kritarc").write_text(
+            "[python]\nenable_pulse_depixelate=true\nenable_pulse_gui_hook=true\n")
+        t0 = time.monotonic()
+        proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", "krita", "--nosplash"],
+                              env=env, capture_output=True, text=True, timeout=240)
+        seconds = time.monotonic() - t0
+        result_file = out / "result.json"
+        assert result_file.is_file(), f"Krita wrote no result (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+        res = json.loads(result_file.read_text())
+        assert "error" not in res, f"{res.get('error')}\nsteps: {res.get('steps')}\n{proc.stderr[-3000:]}"
+        res["wall_seconds"] = seconds
+        print(f"\nKrita GUI run: {seconds:.1f}s wall; hook {res['total_seconds']}s; "
+              + ", ".join(f"{s['name']} {s.get('seconds')}s (max GUI gap {s.get('max_gui_gap')}s)" for s in res["steps"]))
+        yield res, image, out
+    finally:
+        daemon.stop()
+
+
+def _step(res, name):
+    found = [s for s in res["steps"] if s["name"] == name]
+    assert found, f"step {name} missing: {res['steps']}"
+    return found[0]
+
+
+def test_docker_and_action_are_registered(gui_run):
+    res, _, _ = gui_run
+    assert res["dockers"] == ["pulse_depixelate"]
+    assert res["docker_title"] == "PULSE Depixelate"
+    assert res["action_text"] == "Depixelate Face (PULSE)"
+
+
+def test_no_selection_is_refused_in_the_docker(gui_run):
+    step = _step(gui_run[0], "nosel")
+    assert step["state"] == "refused"
+    assert "select the pixelated face" in step["docker_message"]
+    assert step["layers_after"] == step["layers_before"]
+
+
+def test_dead_daemon_is_explained_without_freezing(gui_run):
+    step = _step(gui_run[0], "dead")
+    assert step["state"] == "failed"
+    assert "not running" in step["docker_message"] and "Start" in step["docker_message"]
+    assert step["layers_after"] == step["layers_before"]
+    assert step["max_gui_gap"] < 1.0, "the GUI thread blocked while the client waited for a dead daemon"
+
+
+def test_live_job_adds_ranked_layers_above_the_original(gui_run):
+    res, image, out = gui_run
+    step = _step(res, "live")
+    assert step["state"] == "done", step
+    assert step["progress_count"] >= 2, "no PROGRESS reached the progress bar"
+    assert step["max_gui_gap"] < 1.0
+    names = [layer["name"] for layer in step["new_layers"]]
+    assert len(names) == 3
+    errs = []
+    for rank, name in enumerate(names, 1):
+        m = re.fullmatch(rf"PULSE face {rank} \(err ([0-9.e+-]+|0)\)", name)
+        assert m, name
+        errs.append(float(m.group(1)))
+    assert errs == sorted(errs)
+    stack = [s for s in step["layers_after"] if s[1] != "selectionmask"]
+    before = [s for s in step["layers_before"] if s[1] != "selectionmask"]
+    assert [s[0] for s in stack] == [before[0][0]] + names[::-1]  # the three right above the original, best on top
+    assert [layer["visible"] for layer in step["new_layers"]] == [True, False, False]
+    for layer in step["new_layers"]:
+        assert layer["bounds"] == list(RECT) and layer["space"] == ["RGBA", "U8"]
+    assert step["original_unchanged"]
+    assert step["active_is_original"]
+    assert step["status"].startswith("daemon: connected"), step["status"]
+
+    # re-mosaic invariant: the best face, averaged over the mosaic cells, gives the mosaic back
+    x, y, w, h = RECT
+    bgra = np.frombuffer((out / "layer0.raw").read_bytes(), np.uint8).reshape(h, w, 4)
+    best = bgra[..., [2, 1, 0, 3]].astype(np.float64)
+    mosaic = image[y:y + h, x:x + w].astype(np.float64)
+    err = np.abs(block_means(best, BLOCK) - block_means(mosaic, BLOCK)).mean((0, 1))
+    assert (err <= 2.0).all(), f"mean abs error per channel over mosaic cells: {err}"
+    assert np.abs(best - mosaic).mean() > 1.0, "the best layer is just the mosaic: nothing was imagined"
+
+
+def test_cancel_mid_job_leaves_the_image_alone(gui_run):
+    step = _step(gui_run[0], "cancel")
+    assert step["state"] == "cancelled", step
+    assert step["layers_after"] == step["layers_before"]
+    assert step["seconds"] < 30
+    assert step["max_gui_gap"] < 1.0

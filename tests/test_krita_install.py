@@ -1,0 +1,92 @@
+"""`pulse-server install-plugin krita` / `uninstall-plugin krita`: files, layout, dependency checks (no Krita needed)."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from pulse_server.cli import main_server
+from pulse_server.editors import krita
+
+
+def test_install_lays_out_a_pykrita_plugin_and_uninstall_removes_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PULSE_KRITA_PYTHON", sys.executable)  # a Python that has zmq + msgpack
+    pykrita = tmp_path / "krita" / "pykrita"
+    assert main_server(["install-plugin", "krita", "--dest", str(pykrita)]) == 0
+    out = capsys.readouterr().out
+    assert "Python Plugin Manager" in out and "cannot import" not in out
+
+    desktop = configparser.ConfigParser(interpolation=None)
+    desktop.read(pykrita / "pulse_depixelate.desktop", encoding="utf-8")
+    entry = desktop["Desktop Entry"]
+    assert entry["ServiceTypes"] == "Krita/PythonPlugin" and entry["X-KDE-Library"] == "pulse_depixelate"
+    pkg = pykrita / "pulse_depixelate"
+    for name in ("__init__.py", "logic.py", "docker.py", "extension.py", "client_path.py",
+                 "_client/protocol/client.py", "_client/protocol/layers.py", "server.json"):
+        assert (pkg / name).is_file(), name
+    assert not list(pkg.rglob("__pycache__"))
+    action = (tmp_path / "krita" / "actions" / "pulse_depixelate.action").read_text()
+    assert '<Action name="pulse_depixelate">' in action and "Depixelate Face (PULSE)" in action
+
+    # the docker's Start button runs this: it must be a working `pulse-server run`
+    cmd = json.loads((pkg / "server.json").read_text())["command"]
+    assert Path(cmd[0]).exists()
+    help_run = subprocess.run(cmd + ["run", "--help"], capture_output=True, text=True, timeout=120)
+    assert help_run.returncode == 0 and "--endpoint" in help_run.stdout
+
+    # reinstalling replaces, uninstalling removes everything it put there (and is idempotent)
+    (pkg / "stale.py").write_text("")
+    krita.install(pykrita)
+    assert not (pkg / "stale.py").exists()
+    capsys.readouterr()
+    assert main_server(["uninstall-plugin", "krita", "--dest", str(pykrita)]) == 0
+    assert sorted(p.name for p in pykrita.iterdir()) == []
+    assert not (tmp_path / "krita" / "actions" / "pulse_depixelate.action").exists()
+    krita.uninstall(pykrita)
+
+
+def test_installed_plugin_finds_its_client_and_server_command(tmp_path):
+    pkg = krita.install(tmp_path / "pykrita", python=krita.PythonTarget("system", python=sys.executable))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pulse_depixelate import client_path as c; "
+            "c.ensure_client_path(); import protocol; print(protocol.__file__); print(c.missing_dependencies()); "
+            "print(c.server_command('tcp://127.0.0.1:1'))")
+    # -I: the repository's own protocol package must not be what gets imported
+    res = subprocess.run([sys.executable, "-I", "-c", code, str(pkg.parent)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stderr
+    proto, missing, cmd = res.stdout.splitlines()
+    assert Path(proto).is_relative_to(pkg / "_client")
+    assert missing == "[]"
+    assert cmd.endswith("'run', '--endpoint', 'tcp://127.0.0.1:1']")
+
+
+def test_system_python_without_zmq_gets_the_package_names(tmp_path, capsys):
+    bare = tmp_path / "bare"
+    venv.EnvBuilder(with_pip=False, system_site_packages=False).create(bare)
+    python = bare / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    krita.install(tmp_path / "pykrita", python=krita.PythonTarget("system", python=str(python)))
+    out = capsys.readouterr().out
+    assert "python3-zmq" in out and "python3-msgpack" in out
+
+
+@pytest.mark.parametrize("value,kind,versions", [("3.10", "bundled", ("3.10",)), ("system", "system", ()),
+                                                  ("/opt/krita/python", "system", ())])
+def test_python_override(monkeypatch, value, kind, versions):
+    monkeypatch.setenv("PULSE_KRITA_PYTHON", value)
+    target = krita.detect_python()
+    assert (target.kind, target.versions) == (kind, versions)
+    if kind == "bundled":
+        assert target.platforms
+
+
+def test_default_folders(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    if sys.platform.startswith("linux"):
+        assert krita.pykrita_dir() == tmp_path / "data" / "krita" / "pykrita"
