@@ -18,7 +18,8 @@ use the NVIDIA Source Code License whose §3.3 reads "The Work and any derivativ
 used or intended for use non-commercially ... 'non-commercially' means for research or evaluation purposes
 only" (NVlabs/stylegan3 LICENSE.txt). The FFHQ training set is CC BY-NC-SA 4.0 as a dataset (its
 images: CC BY 2.0, CC BY-NC 2.0, PDM 1.0, CC0 1.0 or U.S. Government Works). So the file is downloaded
-by the user on first use, never bundled, and images made with it inherit the non-commercial terms.
+by the user on first use and never bundled; the README must tell users the model's use is limited to
+research or evaluation (not legal advice: the licence texts are authoritative).
 
 Environment (tests, mirrors, air-gapped installs):
   PULSE_CACHE_DIR      cache root instead of platformdirs.user_cache_dir("pulse")
