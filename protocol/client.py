@@ -158,6 +158,14 @@ class PulseClient:
         self._sock.send_multipart(frames, copy=not big)
         self._last_send = time.monotonic()
 
+    def _send_nowait(self, msg: Message) -> None:
+        """Best effort (heartbeats): silently skipped while no connection is up."""
+        try:
+            self._sock.send_multipart(encode(msg, self.limits), zmq.NOBLOCK)
+            self._last_send = time.monotonic()
+        except zmq.Again:
+            pass
+
     def _recv(self, timeout: float) -> Message | None:
         """One message (PINGs answered here), or None after `timeout` seconds."""
         if not self._sock.poll(int(max(0.0, timeout) * 1000), zmq.POLLIN):
@@ -166,7 +174,7 @@ class PulseClient:
         self._last_recv = time.monotonic()
         msg = decode(frames, self.limits, allowed=SERVER_TYPES)
         if isinstance(msg, Ping):
-            self._send(Pong(msg.t))
+            self._send_nowait(Pong(msg.t))
         return msg
 
     def _wait(self, accept: Callable[[Message], bool], timeout: float, what: str) -> Message:
@@ -217,7 +225,8 @@ class PulseClient:
 
         Heartbeats are sent while waiting; a silent daemon triggers a reconnect and an idempotent re-submit.
         """
-        silent_limit = idle_timeout if idle_timeout is not None else max(self.timeout, 4 * self.heartbeat)
+        # The daemon PINGs every heartbeat while we have a job: a few missed ones mean it is gone.
+        silent_limit = idle_timeout if idle_timeout is not None else max(2.0, 4 * self.heartbeat)
         lost_since: float | None = None
         while True:
             try:
@@ -242,13 +251,16 @@ class PulseClient:
                 return _as_event(m)
         if self._sock is None:
             raise _Lost()
-        now = time.monotonic()
-        if now - self._last_send >= self.heartbeat:
-            self._send(Ping(time.time()))
-        if now - self._last_recv > silent_limit:
-            raise _Lost()
+        # Receive first: a daemon that sent FAILED(SHUTDOWN) and closed must still be heard.
         msg = self._recv(POLL_MS / 1000.0)
-        if msg is None or isinstance(msg, (Ping, Pong, Ok, Welcome, StatusReply)):
+        if msg is None:
+            now = time.monotonic()
+            if now - self._last_recv > silent_limit:
+                raise _Lost()
+            if now - self._last_send >= self.heartbeat:
+                self._send_nowait(Ping(time.time()))
+            return None
+        if isinstance(msg, (Ping, Pong, Ok, Welcome, StatusReply)):
             return None
         if isinstance(msg, Error):
             if msg.code == "HANDSHAKE_REQUIRED":

@@ -1,0 +1,218 @@
+"""Daemon lifecycle on real ipc and tcp sockets: private runtime dir, lock, second daemon, stop, status,
+restart with a reconnecting client, refusal of non-loopback binds, and DaemonNotRunning."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from daemon_fixture import free_tcp_port, server_command, start_daemon
+from protocol.client import PulseClient
+from protocol.errors import DaemonNotRunning, JobFailed
+from protocol.messages import ImageBlob, Progress
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _rgba(seed: int, size: int = 64) -> np.ndarray:
+    return (np.random.default_rng(seed).random((size, size, 4)) * 255).astype(np.uint8)
+
+
+def _cli(d, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(server_command(*args), env=d.env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ipc_daemon_round_trip_private_files_and_status(tmp_path, tiny_weights):
+    d = start_daemon(tmp_path, weights=tiny_weights, endpoint="ipc")
+    try:
+        sock = d.endpoint[len("ipc://"):]
+        run_dir = os.path.dirname(sock)
+        assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        assert d.endpoint == d.env["PULSE_ENDPOINT"]
+        with PulseClient(d.endpoint, timeout=15) as c:  # ipc: no token needed, the directory is private
+            res = c.run_job(ImageBlob.from_numpy(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)), None,
+                            {"mode": "solve", "candidates": 1, "steps": 1, "seed": 1})
+            assert res.candidates[0].image.width == 32
+        out = _cli(d, "status")
+        assert out.returncode == 0, out.stderr
+        assert "running" in out.stdout and str(d.proc.pid) in out.stdout and "device: cpu" in out.stdout
+    finally:
+        d.stop()
+
+
+def test_second_daemon_refuses_and_stop_cleans_up(tmp_path):
+    d = start_daemon(tmp_path, weights="noop:0.02", endpoint="ipc")
+    sock = d.endpoint[len("ipc://"):]
+    lock = os.path.join(os.path.dirname(sock), "daemon.lock")
+    try:
+        assert os.path.exists(lock)
+        for endpoint in (d.endpoint, f"tcp://127.0.0.1:{free_tcp_port()}"):
+            second = _cli(d, "run", "--endpoint", endpoint, "--weights", "noop:", "--no-log-file", timeout=60)
+            assert second.returncode == 2
+            assert f"already running (pid {d.proc.pid}" in second.stderr
+        # The first daemon still owns its socket (a second bind would have stolen it silently).
+        with PulseClient(d.endpoint, timeout=10) as c:
+            c.connect()
+            # A running job is cancelled by `stop`, and its client is told so.
+            outcome: list[BaseException | object] = []
+            started = threading.Event()
+
+            def job() -> None:
+                try:
+                    outcome.append(c.run_job(ImageBlob.from_numpy(_rgba(1)), None, {"steps": 5000},
+                                             on_progress=lambda p: started.set()))
+                except BaseException as exc:  # noqa: BLE001
+                    outcome.append(exc)
+
+            t = threading.Thread(target=job)
+            t.start()
+            assert started.wait(30)
+            stop = _cli(d, "stop")
+            assert stop.returncode == 0, stop.stderr
+            assert "stopped" in stop.stdout
+            t.join(30)
+        assert isinstance(outcome[0], JobFailed) and outcome[0].code == "SHUTDOWN", outcome
+        assert d.proc.wait(15) == 0
+        assert not os.path.exists(sock) and not os.path.exists(lock)
+        status = _cli(d, "status")
+        assert status.returncode == 3 and "not running" in status.stdout
+        assert _cli(d, "stop").returncode == 0  # stopping a stopped daemon is fine
+        log_file = os.path.join(d.env["XDG_STATE_HOME"], "pulse", "log", "daemon.log")
+        assert "stopped" in open(log_file, encoding="utf-8").read()  # the rotating file log in the user log dir
+    finally:
+        d.stop()
+
+
+def test_client_reconnects_and_resubmits_when_the_daemon_restarts(tmp_path):
+    port = free_tcp_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    d1 = start_daemon(tmp_path / "a", weights="noop:0.01", endpoint=endpoint, args=["--heartbeat-ms", "300"])
+    d2 = None
+    try:
+        events: list[object] = []
+        first_progress = threading.Event()
+        result: list[object] = []
+        client = PulseClient(endpoint, token=d1.token, timeout=20)
+
+        def job() -> None:
+            try:
+                result.append(client.run_job(ImageBlob.from_numpy(_rgba(2)), None, {"steps": 300}, job_id="survivor",
+                                             on_progress=lambda p: (events.append(p), first_progress.set())))
+            except BaseException as exc:  # noqa: BLE001
+                result.append(exc)
+
+        t = threading.Thread(target=job)
+        t.start()
+        assert first_progress.wait(30)
+        d1.kill()  # a crash: no goodbye, socket file and lock left to the OS
+        d2 = start_daemon(tmp_path / "b", weights="noop:0.001", endpoint=endpoint,
+                          env={"PULSE_TOKEN": d1.token}, args=["--heartbeat-ms", "300"])
+        t.join(60)
+        client.close()
+        assert result and not isinstance(result[0], BaseException), result
+        res = result[0]
+        assert res.job_id == "survivor" and np.array_equal(res.candidates[0].image.to_numpy(), _rgba(2))
+        assert "survivor" in d2.output()  # the idempotent re-SUBMIT ran it on the new daemon
+    finally:
+        d1.kill()
+        if d2 is not None:
+            d2.stop()
+
+
+def test_eight_noop_clients_get_their_own_bytes_back_over_ipc(tmp_path):
+    d = start_daemon(tmp_path, weights="noop:0.002", endpoint="ipc")
+    try:
+        out: dict[int, object] = {}
+
+        def one(i: int) -> None:
+            with PulseClient(d.endpoint, timeout=30) as c:
+                out[i] = c.run_job(ImageBlob.from_numpy(_rgba(10 + i, 96 + i)), None, {"steps": 20})
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(out) == list(range(8))
+        for i, res in out.items():
+            assert np.array_equal(res.candidates[0].image.to_numpy(), _rgba(10 + i, 96 + i))
+    finally:
+        d.stop()
+
+
+def test_non_loopback_bind_needs_allow_remote(tmp_path):
+    from daemon_fixture import isolated_env
+
+    env = isolated_env(tmp_path)
+    out = subprocess.run(server_command("run", "--endpoint", f"tcp://0.0.0.0:{free_tcp_port()}", "--weights", "noop:",
+                                        "--no-log-file"), env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--allow-remote" in out.stderr
+
+
+def test_remote_bind_with_curve(tmp_path):
+    import zmq
+
+    if not zmq.has("curve"):
+        pytest.skip("libzmq without CURVE")
+    from daemon_fixture import isolated_env
+
+    # By hand: start_daemon's readiness probe speaks plain tcp, CURVE needs the server's public key first.
+    port = free_tcp_port()
+    env = isolated_env(tmp_path, {"PULSE_TOKEN": "curve-token"})
+    proc = subprocess.Popen(server_command("run", "--endpoint", f"tcp://0.0.0.0:{port}", "--weights", "noop:",
+                                           "--allow-remote", "--no-log-file"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        key_file = os.path.join(env["XDG_CONFIG_HOME"], "pulse", "curve.public")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(key_file):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.3)
+        server_key = open(key_file, encoding="ascii").read().strip()
+        with PulseClient(f"tcp://127.0.0.1:{port}", token="curve-token", server_key=server_key, timeout=15) as c:
+            res = c.run_job(ImageBlob.from_numpy(_rgba(3, 16)), None, {})
+            assert np.array_equal(res.candidates[0].image.to_numpy(), _rgba(3, 16))
+        # Without the server key the plain-text handshake never completes.
+        with pytest.raises(DaemonNotRunning):
+            with PulseClient(f"tcp://127.0.0.1:{port}", token="curve-token", timeout=1.5) as c:
+                c.connect()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_daemon_not_running_is_clear_and_quick(tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(DaemonNotRunning) as err:
+        with PulseClient(f"ipc://{tmp_path}/nobody.sock", timeout=5) as c:
+            c.connect()
+    assert "pulse-server run" in str(err.value) and time.monotonic() - t0 < 1
+    t0 = time.monotonic()
+    with pytest.raises(DaemonNotRunning):
+        with PulseClient(f"tcp://127.0.0.1:{free_tcp_port()}", token="x", timeout=1) as c:
+            c.connect()
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_killed_daemon_mid_job_gives_daemon_not_running(tmp_path):
+    d = start_daemon(tmp_path, weights="noop:0.05", endpoint="tcp", args=["--heartbeat-ms", "300"])
+    try:
+        with d.client(timeout=2) as c:
+            jid = c.submit(ImageBlob.from_numpy(_rgba(4)), None, {"steps": 10_000}).job_id
+            t0 = time.monotonic()
+            with pytest.raises(DaemonNotRunning):
+                for ev in c.events(jid):
+                    if isinstance(ev, Progress) and d.alive():
+                        d.kill()
+                        t0 = time.monotonic()
+            assert time.monotonic() - t0 < 15
+    finally:
+        d.kill()
