@@ -174,7 +174,7 @@ def test_module_entry_runs_pulse_server_from_home(home):
     assert proc.stdout.startswith("pulse-server ")
 
 
-def test_bad_interpreters_fail_clearly_and_write_nothing(home, tmp_path):
+def test_bad_interpreters_fail_clearly_and_write_nothing(home, tmp_path, monkeypatch):
     missing = tmp_path / "gone" / "python3"
     with pytest.raises(AutostartError, match="does not exist") as e:
         service.install("xdg", python=str(missing), platform="linux", say=lambda s: None)
@@ -186,13 +186,15 @@ def test_bad_interpreters_fail_clearly_and_write_nothing(home, tmp_path):
     with pytest.raises(AutostartError, match="not executable"):
         service.install("xdg", python=str(not_exec), platform="linux", say=lambda s: None)
 
-    # Executable, but not a Python that has pulse: the login-like probe catches it.
-    impostor = tmp_path / "imp" / "python3"
-    impostor.parent.mkdir()
-    impostor.write_text("#!/bin/sh\necho 'No module named pulse_server' >&2\nexit 1\n")
-    impostor.chmod(0o755)
-    with pytest.raises(AutostartError, match="No module named pulse_server"):
-        service.install("xdg", python=str(impostor), platform=sys.platform, say=lambda s: None)
+    # A real Python without pulse installed (as when running from a checkout via PYTHONPATH): the
+    # login-like probe (from HOME, no PYTHONPATH) catches it before anything is written.
+    venv = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    bare = venv / "bin" / "python"
+    monkeypatch.setenv("PYTHONPATH", str(Path(service.__file__).parents[2]))  # importable here, not at login
+    with pytest.raises(AutostartError, match="No module named") as e:
+        service.install("xdg", python=str(bare), platform=sys.platform, say=lambda s: None)
+    assert e.value.code == "BAD_INTERPRETER" and "pip install" in e.value.message
     assert _files(home) == []
 
 
