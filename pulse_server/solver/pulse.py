@@ -212,7 +212,9 @@ class _Search:
         self.spec = parse_loss(config.loss)
         self.schedule = get_schedule(config.schedule)
         self.latent, self.noises, trainable = _initial_state(prior, seeds, config, device)
-        self.opt = SphericalOptimizer([self.latent, *trainable], lr=config.lr)
+        # CUDA fast path: the fused Adam kernel (one launch for all tensors; same update rule)
+        extra = {"fused": True} if (autocast and device.type == "cuda") else {}
+        self.opt = SphericalOptimizer([self.latent, *trainable], lr=config.lr, **extra)
         self.to_wplus = getattr(prior, "to_wplus", None)  # GEOCROSS acts on W+ (the original's latent_in)
         k, r = len(seeds), prior.resolution
         self.best_score = torch.full((k,), math.inf, device=device)
