@@ -290,6 +290,7 @@ if args[:2] == ["--user", "is-active"]:
 """)
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(systemd, "START_SETTLE_S", 0.05)  # the stand-in's state is settled at once
     return log
 
 

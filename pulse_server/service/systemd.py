@@ -18,6 +18,7 @@ from .common import DESCRIPTION, SERVICE_NAME, AutostartError, LaunchCommand, Sa
 
 UNIT = f"{SERVICE_NAME}.service"
 WANTED_BY = "default.target"
+START_SETTLE_S = 1.5  # how long after `enable --now` we look whether the daemon stayed up
 _SAFE = re.compile(r"[A-Za-z0-9_@%$+=:,./-]+")  # after doubling `%` and `$`
 
 
@@ -132,10 +133,10 @@ def install(command: LaunchCommand, say: Say, *, dry_run: bool = False, session:
     return path
 
 
-def _state_after_start(session: UserSession, settle_s: float = 1.5) -> str:
+def _state_after_start(session: UserSession) -> str:
     # Type=simple counts as started once forked; a daemon that exits at once (lock held by a daemon
     # started by hand, unreadable weights) shows up as failed/activating within a second or so.
-    time.sleep(settle_s)
+    time.sleep(START_SETTLE_S)
     assert session.systemctl
     return run_tool([session.systemctl, "--user", "is-active", UNIT], timeout=30).stdout.strip()
 
