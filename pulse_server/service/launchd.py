@@ -11,6 +11,7 @@ import os
 import plistlib
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from platformdirs.macos import MacOS
@@ -79,7 +80,11 @@ def install(command: LaunchCommand, say: Say, *, dry_run: bool = False, load: bo
         say("hint: launchctl not found; the agent loads at your next login.")
     if launchctl:
         run_tool([launchctl, "bootout", f"{_domain()}/{LAUNCHD_LABEL}"])  # an older copy; fails if none
-        proc = run_tool([launchctl, "bootstrap", _domain(), str(path)])
+        for attempt in range(5):
+            proc = run_tool([launchctl, "bootstrap", _domain(), str(path)])
+            if proc.returncode == 0:
+                break
+            time.sleep(0.5)  # bootout returns before the old job is gone ("Bootstrap failed: 5")
         if proc.returncode != 0:
             raise AutostartError(f"`launchctl bootstrap {_domain()} {path}` failed: {tool_error(proc)}")
         say(f"loaded {LAUNCHD_LABEL}; logs in {log_dir()}")
