@@ -80,7 +80,7 @@ def install(command: LaunchCommand, say: Say, *, dry_run: bool = False, load: bo
         say("hint: launchctl not found; the agent loads at your next login.")
     if launchctl:
         run_tool([launchctl, "bootout", f"{_domain()}/{LAUNCHD_LABEL}"])  # an older copy; fails if none
-        for attempt in range(5):
+        for _ in range(5):
             proc = run_tool([launchctl, "bootstrap", _domain(), str(path)])
             if proc.returncode == 0:
                 break
