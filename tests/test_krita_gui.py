@@ -36,7 +36,8 @@ def gui_run(tmp_path_factory, tiny_weights):
         cfg = {"png": str(write_png(root / "face.png", image)), "rect": list(RECT), "out": str(out / "result.json"),
                "settings": {"candidates": 3, "steps": 10, "seed": 1, "block": 0, "source": "layer",
                             "endpoint": daemon.endpoint},
-               "dead_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}", "cancel_steps": 5000, "timeout": 150}
+               "dead_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}", "cancel_steps": 5000, "timeout": 150,
+               "start_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}"}
         (root / "cfg.json").write_text(json.dumps(cfg))
         env = krita_env(root / "krita", {"PULSE_TOKEN": daemon.token, "PULSE_KRITA_TEST": str(root / "cfg.json")})
         install_plugin(env)
@@ -59,6 +60,20 @@ def gui_run(tmp_path_factory, tiny_weights):
         yield res, image, out
     finally:
         daemon.stop()
+        _stop_started_daemon(cfg["start_endpoint"], daemon.token)
+
+
+def _stop_started_daemon(endpoint: str, token: str) -> None:
+    """The daemon the Start button launched outlives Krita by design; the hook stops it, this is the backstop."""
+    from protocol.client import PulseClient
+    from protocol.errors import ProtocolError
+
+    try:
+        with PulseClient(endpoint, token=token, timeout=2.0, client_name="test") as c:
+            c.connect()
+            c.shutdown()
+    except ProtocolError:
+        pass
 
 
 def _step(res, name):
@@ -72,6 +87,16 @@ def test_docker_and_action_are_registered(gui_run):
     assert res["dockers"] == ["pulse_depixelate"]
     assert res["docker_title"] == "PULSE Depixelate"
     assert res["action_text"] == "Depixelate Face (PULSE)"
+
+
+def test_start_button_launches_the_daemon_detached(gui_run):
+    step = _step(gui_run[0], "start")
+    assert step["status_right_after_change"] == "daemon: checking…", step
+    assert step["button_visible_before"] and "not running" in step["status_before"], step
+    assert step["status_after_click"] == "daemon: starting…"
+    assert step["status"].startswith("daemon: connected"), step
+    assert not step["button_visible_after"]
+    assert step["stopped"] is True
 
 
 def test_no_selection_is_refused_in_the_docker(gui_run):

@@ -119,6 +119,7 @@ class PulseDocker(DockWidget):
         self.setWindowTitle(TITLE)
         self._job: Optional[JobThread] = None
         self._probe: Optional[ProbeThread] = None
+        self._probe_again = False
         self._request: Optional[logic.Request] = None
         self.last_layers: list[Any] = []
         self._build_ui()
@@ -168,7 +169,7 @@ class PulseDocker(DockWidget):
         self._endpoint_timer.setSingleShot(True)
         self._endpoint_timer.setInterval(400)
         self._endpoint_timer.timeout.connect(self.probe)
-        self.endpoint.textChanged.connect(lambda _text: self._endpoint_timer.start())
+        self.endpoint.textChanged.connect(self._endpoint_changed)
         for label, widget in (("Candidates", self.candidates), ("Steps", self.steps), ("Seed", self.seed),
                               ("Block size", self.block), ("Pixels from", self.source), ("Endpoint", self.endpoint)):
             form.addRow(label, widget)
@@ -248,23 +249,38 @@ class PulseDocker(DockWidget):
         if self.isVisible():  # a hidden docker does not poll the daemon
             self.probe()
 
+    def _endpoint_changed(self, _text: str) -> None:
+        if self._job is None:
+            self.status_label.setText("daemon: checking…")  # whatever we knew was about another endpoint
+        self._endpoint_timer.start()
+
+    def _current_endpoint(self) -> Optional[str]:
+        return self.endpoint.text().strip() or None
+
     def probe(self) -> None:
-        if self._probe is not None or self._job is not None:
+        if self._job is not None:
             return
-        probe = ProbeThread(self.endpoint.text().strip() or None, self)
+        if self._probe is not None:
+            self._probe_again = True  # the endpoint may have changed meanwhile: ask again afterwards
+            return
+        probe = ProbeThread(self._current_endpoint(), self)
         probe.answered.connect(self._on_probe)
         probe.finished.connect(self._probe_done)
         self._probe = probe
         probe.start()
 
     def _on_probe(self, ok: bool, text: str) -> None:
-        if self._job is None:
+        stale = self._probe is not None and self._probe.endpoint != self._current_endpoint()
+        if self._job is None and not stale:
             self._set_status(ok, text)
 
     def _probe_done(self) -> None:
         if self._probe is not None:
             self._probe.deleteLater()
         self._probe = None
+        if self._probe_again:
+            self._probe_again = False
+            QTimer.singleShot(0, self.probe)
 
     def start_daemon(self) -> None:
         endpoint = self.endpoint.text().strip() or None

@@ -110,7 +110,7 @@ class Driver:
         from pulse_depixelate.logic import Settings
 
         self.docker.apply_settings(Settings(**s))
-        self.queue = ["nosel"] + (["dead"] if self.cfg.get("dead_endpoint") else []) + ["live"] + \
+        self.queue = (["start"] if self.cfg.get("start_endpoint") else []) + ["nosel"] + (["dead"] if self.cfg.get("dead_endpoint") else []) + ["live"] + \
             (["cancel"] if self.cfg.get("cancel_steps") else [])
         QTimer.singleShot(500, self.guard(self.next))
 
@@ -120,6 +120,9 @@ class Driver:
             return
         self.pending = self.queue.pop(0)
         d, s = self.docker, self.cfg["settings"]
+        if self.pending == "start":
+            self.do_start()
+            return
         if self.pending == "nosel":
             self.doc.setSelection(None) if self.doc.selection() is not None else None
         else:
@@ -139,6 +142,46 @@ class Driver:
         self.app.action("pulse_depixelate").trigger()
         if self.pending == "cancel":
             QTimer.singleShot(50, self.guard(self.cancel_when_running))
+
+    def do_start(self):
+        """Start button: launches `pulse-server run --endpoint E` detached; the status turns to connected."""
+        d = self.docker
+        d.endpoint.setText(self.cfg["start_endpoint"])
+        self.start_info = {"status_right_after_change": d.status_label.text()}
+        self.start_t0 = time.monotonic()
+        QTimer.singleShot(100, self.guard(self.press_start))
+
+    def press_start(self):
+        text = self.docker.status_label.text()
+        if "not running" not in text and time.monotonic() - self.start_t0 < 15:
+            QTimer.singleShot(100, self.guard(self.press_start))  # the new endpoint's probe is still on its way
+            return
+        self.start_info["status_before"] = text
+        self.start_info["button_visible_before"] = self.docker.start_button.isVisible()
+        self.docker.start_button.click()
+        self.start_info["status_after_click"] = self.docker.status_label.text()
+        QTimer.singleShot(200, self.guard(self.wait_started))
+
+    def wait_started(self):
+        text = self.docker.status_label.text()
+        waited = time.monotonic() - self.start_t0
+        if not text.startswith("daemon: connected") and waited < 60:
+            QTimer.singleShot(200, self.guard(self.wait_started))
+            return
+        self.start_info.update(status=text, seconds=round(waited, 2),
+                               button_visible_after=self.docker.start_button.isVisible())
+        from protocol.client import PulseClient  # stop the daemon we started (test only: blocking is fine)
+
+        try:
+            with PulseClient(self.cfg["start_endpoint"], client_name="test", timeout=5.0) as c:
+                c.connect()
+                c.shutdown()
+            self.start_info["stopped"] = True
+        except Exception as exc:  # noqa: BLE001
+            self.start_info["stopped"] = repr(exc)
+        self.step("start", **self.start_info)
+        self.pending = None
+        QTimer.singleShot(100, self.guard(self.next))
 
     def cancel_when_running(self):
         if self.pending != "cancel":
