@@ -1,0 +1,144 @@
+"""Transport overhead of the daemon: a full job round trip with the no-op model vs a raw pyzmq echo.
+
+    python bench/transport.py [--transport tcp|ipc] [--sizes 256 1024 4096] [--repeat N]
+
+For each RGBA u8 region size it measures, in one run and on the same transport,
+  * daemon: PulseClient.run_job(region) against `pulse-server run --weights noop:` (HELLO done once;
+    SUBMIT with the region, ACCEPTED, JOB_STATE, PROGRESS, RESULT carrying the same bytes back), and
+  * raw: a DEALER sending the same bytes to a ROUTER echo process and receiving them back,
+and prints the median round-trip times and their ratio (daemon / raw).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ECHO = """
+import sys, zmq
+ctx = zmq.Context()
+s = ctx.socket(zmq.ROUTER)
+s.setsockopt(zmq.LINGER, 0)
+s.bind(sys.argv[1])
+print("ready", flush=True)
+while True:
+    frames = s.recv_multipart(copy=False)
+    s.send_multipart(frames, copy=False)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _endpoint(kind: str, run_dir: str) -> str:
+    return f"tcp://127.0.0.1:{_free_port()}" if kind == "tcp" else f"ipc://{run_dir}/{secrets.token_hex(4)}.sock"
+
+
+def _interleaved(a, b, repeat: int) -> tuple[list[float], list[float]]:
+    """Alternate a and b so that load on a shared machine hits both alike; one warm-up each."""
+    a()
+    b()
+    ta, tb = [], []
+    for _ in range(repeat):
+        for fn, out in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return ta, tb
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--transport", choices=("tcp", "ipc"), default="tcp")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
+    ap.add_argument("--repeat", type=int, default=0, help="round trips per size (default: 30 / 10 / 5 by size)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import zmq
+
+    from protocol.client import PulseClient
+    from protocol.messages import ImageBlob
+
+    run_dir = tempfile.mkdtemp(prefix="pulse-bench-")
+    token = secrets.token_urlsafe(16)
+    env = {**os.environ, "PULSE_RUNTIME_DIR": run_dir, "PULSE_TOKEN": token, "PYTHONPATH": str(REPO)}
+    daemon_ep, echo_ep = _endpoint(args.transport, run_dir), _endpoint(args.transport, run_dir)
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pulse_server.cli import main_server; sys.exit(main_server())",
+         "run", "--weights", "noop:", "--endpoint", daemon_ep, "--no-log-file", "--log-level", "WARNING"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    echo = subprocess.Popen([sys.executable, "-c", ECHO, echo_ep], env=env, stdout=subprocess.PIPE, text=True)
+    rows = []
+    try:
+        echo.stdout.readline()
+        client = PulseClient(daemon_ep, token=token, timeout=60, client_name="bench")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.connect()
+                break
+            except Exception:  # noqa: BLE001 - still starting
+                if time.monotonic() > deadline or daemon.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        ctx = zmq.Context()
+        raw = ctx.socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(echo_ep)
+        for size in args.sizes:
+            region = np.random.default_rng(size).integers(0, 256, (size, size, 4), dtype=np.uint8)
+            blob = ImageBlob.from_numpy(region)
+            payload = memoryview(region).cast("B")
+            repeat = args.repeat or (30 if size <= 256 else 10 if size <= 1024 else 5)
+
+            def via_daemon() -> None:
+                res = client.run_job(blob, None, {"mode": "depixelate", "candidates": 1, "steps": 1})
+                assert res.candidates[0].image.nbytes == region.nbytes
+
+            def via_raw() -> None:
+                raw.send_multipart([payload], copy=False)
+                back = raw.recv_multipart(copy=False)
+                assert len(back[0]) == region.nbytes
+
+            td, tr = _interleaved(via_daemon, via_raw, repeat)
+            d_med, d_min, r_med, r_min = statistics.median(td), min(td), statistics.median(tr), min(tr)
+            rows.append({"size": size, "mib": region.nbytes / 2**20, "repeat": repeat, "daemon_ms": d_med * 1e3,
+                         "raw_ms": r_med * 1e3, "ratio": d_med / r_med, "daemon_min_ms": d_min * 1e3, "raw_min_ms": r_min * 1e3})
+        client.close()
+        raw.close()
+        ctx.term()
+    finally:
+        daemon.terminate()
+        echo.kill()
+        daemon.wait(20)
+        echo.wait(20)
+    if args.json:
+        print(json.dumps({"transport": args.transport, "rows": rows}, indent=1))
+        return 0
+    print(f"transport: {args.transport} (loopback), RGBA u8 regions, median round trip; daemon = noop job via PulseClient")
+    print(f"{'region':>10} {'MiB':>7} {'n':>3} {'daemon ms':>10} {'raw ms':>9} {'ratio':>6} {'min ratio':>9}")
+    for r in rows:
+        print(f"{r['size']:>5}x{r['size']:<4} {r['mib']:7.2f} {r['repeat']:3d} {r['daemon_ms']:10.2f} {r['raw_ms']:9.2f} "
+              f"{r['ratio']:6.2f} {r['daemon_min_ms'] / r['raw_min_ms']:9.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

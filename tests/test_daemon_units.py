@@ -1,0 +1,181 @@
+"""Daemon parts in-process: the fair bounded queue, parameter checks, per-user paths, the lock, and the
+worker's failure handling (GPU out-of-memory fails one job; the worker carries on)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import numpy as np
+import pytest
+
+from protocol import endpoint as ep
+from protocol.messages import Failed, ImageBlob, Result
+from pulse_server import paths
+from pulse_server.errors import PulseError
+from pulse_server.jobs import Job, JobParams, JobQueue, QueueFull
+
+
+def _job(session: str, jid: str) -> Job:
+    return Job(jid, session, JobParams(), None, None)
+
+
+def test_queue_is_fifo_per_client_and_round_robin_between_clients():
+    q = JobQueue(max_jobs=10, max_per_session=5)
+    for jid in ("a1", "a2", "a3"):
+        q.put(_job("A", jid))
+    b1 = _job("B", "b1")
+    assert q.put(b1) == 2  # served right after a1, not after a3
+    assert {j.job_id: p for j, p in q.positions().items()} == {"a1": 1, "b1": 2, "a2": 3, "a3": 4}
+    assert [q.take(0).job_id for _ in range(4)] == ["a1", "b1", "a2", "a3"]
+    assert q.take(0.01) is None
+
+
+def test_queue_bounds_remove_and_close():
+    q = JobQueue(max_jobs=3, max_per_session=2)
+    q.put(_job("A", "1"))
+    q.put(_job("A", "2"))
+    with pytest.raises(QueueFull):
+        q.put(_job("A", "3"))  # per client
+    q.put(_job("B", "1"))
+    with pytest.raises(QueueFull) as err:
+        q.put(_job("C", "1"))  # total
+    assert err.value.code == "QUEUE_FULL" and err.value.retryable
+    first = q.take(0)
+    assert not q.remove(first) and len(q) == 2
+    got: list = []
+    t = threading.Thread(target=lambda: got.append([q.take(), q.take(), q.take()]))
+    t.start()
+    t.join(0.2)
+    q.close()
+    t.join(5)
+    assert got and got[0][2] is None
+
+
+@pytest.mark.parametrize("raw,bad", [
+    ({"mode": "x"}, "mode"), ({"steps": 0}, "steps"), ({"steps": 1.5}, "steps"), ({"candidates": True}, "candidates"),
+    ({"seed": -2}, "seed"), ({"block": -1}, "block"), ({"eps": 0}, "eps"), ({"precision": "fp8"}, "precision"),
+])
+def test_job_params_are_validated(raw, bad):
+    with pytest.raises(PulseError) as err:
+        JobParams.from_wire(raw)
+    assert err.value.code == "BAD_PARAMS" and bad in err.value.message
+
+
+def test_job_params_defaults_and_wire_conventions():
+    p = JobParams.from_wire({"seed": -1, "block": 0, "future": 1})
+    assert (p.mode, p.candidates, p.steps, p.seed, p.block, p.eps) == ("depixelate", 3, 100, None, None, 2e-3)
+    p = JobParams.from_wire({"seed": 5, "block": 8, "eps": 0.01})
+    assert (p.seed, p.block, p.eps) == (5, 8, 0.01)
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch):
+    run = tmp_path / "xdg-run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    for k in ("PULSE_RUNTIME_DIR", "PULSE_TOKEN", "PULSE_ENDPOINT"):
+        monkeypatch.delenv(k, raising=False)
+    return run
+
+
+def test_paths_agree_with_the_stdlib_endpoint_module_and_platformdirs(runtime):
+    import platformdirs
+
+    assert paths.runtime_dir() == ep.runtime_dir() == runtime / "pulse"
+    assert str(paths.runtime_dir()) == platformdirs.user_runtime_dir("pulse")
+    assert ep.default_endpoint() == f"ipc://{runtime / 'pulse' / 'daemon.sock'}"
+    assert paths.token_path() == ep.token_path() and paths.lock_path() == ep.lock_path()
+
+
+def test_runtime_dir_is_private_and_owner_checked(runtime):
+    d = paths.ensure_runtime_dir()
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    os.chmod(d, 0o755)
+    paths.ensure_runtime_dir()
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700  # ours but too open: tightened
+    if os.getuid() != 0:
+        pytest.skip("needs root to create a directory owned by someone else")
+    os.chown(d, 4242, 4242)
+    with pytest.raises(PulseError) as err:
+        paths.ensure_runtime_dir()
+    assert err.value.code == "UNSAFE_RUNTIME_DIR"
+
+
+def test_token_file_is_0600_stable_and_env_wins(runtime, monkeypatch):
+    tok = paths.read_or_create_token()
+    assert len(tok) >= 32 and stat.S_IMODE(os.stat(paths.token_path()).st_mode) == 0o600
+    assert paths.read_or_create_token() == tok and ep.read_token() == tok
+    monkeypatch.setenv("PULSE_TOKEN", "from-env")
+    assert paths.read_or_create_token() == "from-env" and ep.read_token() == "from-env"
+
+
+def test_lock_refuses_a_second_holder_and_names_the_first(runtime):
+    first = paths.DaemonLock()
+    first.acquire("ipc://x")
+    try:
+        assert paths.is_locked() and paths.read_lock_info() == {"pid": os.getpid(), "endpoint": "ipc://x"}
+        with pytest.raises(PulseError) as err:
+            paths.DaemonLock().acquire("tcp://127.0.0.1:1")
+        assert err.value.code == "ALREADY_RUNNING" and f"pid {os.getpid()}" in err.value.message
+    finally:
+        first.release()
+    assert not paths.lock_path().exists() and not paths.is_locked()
+    again = paths.DaemonLock()
+    again.acquire("ipc://y")  # free again after release
+    again.release()
+
+
+def test_endpoint_helpers():
+    assert ep.is_loopback("tcp://127.0.0.1:5") and ep.is_loopback("tcp://[::1]:5") and ep.is_loopback("ipc:///tmp/x")
+    assert not ep.is_loopback("tcp://0.0.0.0:5") and not ep.is_loopback("tcp://192.168.1.2:5")
+    assert not ep.is_loopback("tcp://*:5") and ep.is_loopback("tcp://localhost:5")
+
+
+# ---- worker failure handling ----------------------------------------------------------------------
+
+
+def test_out_of_memory_fails_one_job_and_the_worker_carries_on(tiny_weights):
+    import torch
+
+    from pulse_server.models.loading import load_prior
+    from pulse_server.worker import Worker
+
+    prior, info = load_prior(tiny_weights, "cpu")
+    real_render = prior.render
+    calls = {"n": 0}
+
+    def render_ooms_once(latent, noises=None):
+        # The CUDA allocator's error, as torch raises it: the one thing a CPU-only machine cannot produce.
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_render(latent, noises)
+
+    prior.render = render_ooms_once
+    events: list = []
+    done = threading.Event()
+
+    def emit(kind, job, payload):
+        events.append((kind, job.job_id, payload))
+        if kind == "final" and job.job_id == "second":
+            done.set()
+
+    q = JobQueue()
+    w = Worker(q, emit, weights=str(tiny_weights), device="cpu")
+    w.prior, w.info = prior, info  # warm model, as after the first load
+    lowres = ImageBlob.from_numpy(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32))
+    for jid in ("first", "second"):
+        q.put(Job(jid, "s", JobParams.from_wire({"mode": "solve", "candidates": 1, "steps": 1, "seed": 1}), lowres, None))
+    w.start()
+    try:
+        assert done.wait(120)
+    finally:
+        w.stop()
+        q.close()
+        w.join(10)
+    finals = {jid: p for kind, jid, p in events if kind == "final"}
+    assert isinstance(finals["first"], Failed) and finals["first"].code == "OUT_OF_MEMORY" and finals["first"].retryable
+    assert isinstance(finals["second"], Result) and len(finals["second"].candidates) == 1
+    assert ("state", "first", "loading") not in events  # warm model: no reload
