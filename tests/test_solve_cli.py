@@ -139,3 +139,36 @@ def test_real_prior_cli_4x4(shared_prior_path: Path, tmp_path: Path) -> None:
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["candidates"][0]["eps_reached"] and r["factor"] == 8
     assert _load(tmp_path / "face.png").shape == (32, 32, 3)
+
+
+def test_via_daemon(tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pulse solve --via-daemon` against a real `pulse-server run` subprocess on a loopback tcp port."""
+    from tests.daemon_fixture import start_daemon
+
+    low = _tiny_target(tiny_weights, tmp_path / "low.png")
+    daemon = start_daemon(tmp_path / "d", weights=tiny_weights, env={"OMP_NUM_THREADS": "1"})
+    try:
+        monkeypatch.setenv("PULSE_TOKEN", daemon.token or "")
+        rc = pulse("solve", str(low), "-o", "v.png", "--via-daemon", "--endpoint", daemon.endpoint, "-k", "2",
+                   "--seed", "5", "--steps", "30", "--report", "v.json", "-q")
+        assert rc == 0, daemon.output()
+        r = json.loads((tmp_path / "v.json").read_text())
+        assert r["via_daemon"] and r["factor"] == 8 and r["resolution"] == 32
+        assert sorted(c["seed"] for c in r["candidates"]) == [5, 6]
+        target = _load(low)
+        for c in r["candidates"]:
+            img = _load(tmp_path / c["file"])
+            mse = float(((downsample_reference(img, 8) - target) ** 2).mean())
+            assert mse == pytest.approx(c["downscale_mse"], abs=2e-5)
+        # the daemon ran the same solver: the same seeds give the same errors as in-process
+        here = pulse("solve", str(low), "-o", "h.png", "--weights", str(tiny_weights), "-k", "2", "--seed", "5",
+                     "--steps", "30", "--report", "h.json", "-q")
+        assert here == 0
+        h = json.loads((tmp_path / "h.json").read_text())
+        for a, b in zip(r["candidates"], h["candidates"]):
+            assert a["seed"] == b["seed"] and a["downscale_mse"] == pytest.approx(b["downscale_mse"], rel=1e-3, abs=1e-6)
+        # a daemon-side refusal (size not dividing 32) is one line and exit 2 as well
+        _save(np.zeros((5, 5, 3)), tmp_path / "five.png")
+        assert pulse("solve", "five.png", "-o", "f.png", "--via-daemon", "--endpoint", daemon.endpoint, "-q") == 2
+    finally:
+        daemon.stop()

@@ -147,8 +147,11 @@ def test_cancel_between_steps(tiny, target8) -> None:
 
 def test_progress_and_previews(tiny, target8) -> None:
     seen: list[Progress] = []
-    solve(tiny, target8, SolveConfig(candidates=2, steps=12, seed=0, preview_every=4, preview_size=16),
-          progress=seen.append)
+    solve(tiny, target8, SolveConfig(candidates=2, steps=12, seed=0, preview_every=4, preview_size=16,
+                                     progress_interval=0.0), progress=seen.append)
+    assert [p.step for p in seen] == list(range(1, 13))
+    assert all(b.best_error <= a.best_error for a, b in zip(seen, seen[1:]))
+    assert seen[-1].best_error <= min(p.losses["MSE"] for p in seen)
     assert seen[0].step == 1 and seen[-1].step == 12 and all(p.total == 12 for p in seen)
     with_preview = [p for p in seen if p.preview is not None]
     assert [p.step for p in with_preview] == [4, 8, 12]

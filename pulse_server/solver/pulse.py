@@ -95,7 +95,7 @@ class Progress:
     step: int
     total: int
     losses: dict[str, float]  # this step, mean over candidates: each loss term, "TOTAL", "MSE" (downscale)
-    best_error: float
+    best_error: float  # lowest downscale MSE seen so far, any candidate, any step (never rises)
     preview: np.ndarray | None = None  # (h, w, 3) uint8
 
 
@@ -219,7 +219,8 @@ class _Search:
         k, r = len(seeds), prior.resolution
         self.best_score = torch.full((k,), math.inf, device=device)
         self.best_hit = torch.zeros(k, dtype=torch.bool, device=device)
-        self.best_mse = torch.full((k,), math.inf, device=device)
+        self.best_mse = torch.full((k,), math.inf, device=device)  # error of the step each candidate returns
+        self.min_mse = torch.full((k,), math.inf, device=device)  # lowest error seen (progress: never rises)
         self.best_step = torch.zeros(k, dtype=torch.long, device=device)
         self.eps_step = torch.zeros(k, dtype=torch.long, device=device)
         self.best_image = torch.zeros(k, 3, r, r, device=device)
@@ -256,6 +257,7 @@ class _Search:
             self.best_score = torch.where(better, score, self.best_score)
             self.best_hit = self.best_hit | hit
             self.best_mse = torch.where(better, mse, self.best_mse)
+            self.min_mse = torch.minimum(self.min_mse, mse)
             self.best_step = torch.where(better, j + 1, self.best_step)
             self.eps_step = torch.where(hit & (self.eps_step == 0), j + 1, self.eps_step)
             self.best_image = torch.where(better[:, None, None, None], shown.detach(), self.best_image)
@@ -342,7 +344,7 @@ def _solve(prior: FacePrior, lowres: np.ndarray, config: SolveConfig | None,
                     _ = float(search.last_losses["TOTAL"].sum())
                 reporter.maybe(done, search, best_so_far)
             results.extend(search.results(batch))
-            best_so_far = min(best_so_far, min(r.downscale_mse for r in results))
+            best_so_far = min(best_so_far, float(search.min_mse.min()))
     finally:
         if old_fused is not None:
             prior.fused = old_fused
@@ -367,7 +369,7 @@ class _Reporter:
         if not (done == 1 or done == self.total or want_preview or now - self.last >= self.interval):
             return
         self.last = now
-        best = min(best_before, float(search.best_mse.min()))
+        best = min(best_before, float(search.min_mse.min()))
         preview = search.preview(cfg.preview_size) if want_preview else None
         self.progress(Progress(step=done, total=self.total, losses=search.losses_now(), best_error=best,
                                preview=preview))
