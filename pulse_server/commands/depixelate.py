@@ -1,0 +1,256 @@
+"""`pulse depixelate IMAGE --box X,Y,W,H -o OUT.png`: depixelate a face in an image file.
+
+Runs the pipeline in-process (loads the prior itself) or, with --via-daemon, sends the region to the running
+daemon like an editor plug-in does. Writes the whole image with the best candidate in place (OUT.png), the
+others as OUT-2.png … OUT-K.png, and optionally a JSON report (mosaic analysis, per-candidate errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "depixelate",
+        help="replace a pixelated face in an image with imagined faces (PULSE)",
+        description="Find the mosaic inside --box, search K faces whose pixelation matches it, and write the image "
+                    "with each face in place. The faces are imagined by the model, not the hidden person.",
+    )
+    p.add_argument("image", type=Path, help="input image (PNG, JPEG, TIFF, ...)")
+    p.add_argument("--box", required=True, type=_box, metavar="X,Y,W,H", help="region holding the pixelated face")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.png",
+                   help="output image (best candidate); others go to OUT-2.png …")
+    p.add_argument("--weights", default=None, help="face prior checkpoint (default: the registry's FFHQ model)")
+    p.add_argument("--candidates", type=_positive, default=3, metavar="K", help="number of faces (default 3)")
+    p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of candidate 1 (candidate i: N+i-1)")
+    p.add_argument("--block", type=_block, default=None, metavar="auto|N",
+                   help="mosaic block size in pixels (default: auto-detect)")
+    p.add_argument("--steps", type=_positive, default=100, metavar="S", help="solver steps per candidate (default 100)")
+    p.add_argument("--eps", type=float, default=2e-3, help="target downscale error (default 2e-3)")
+    p.add_argument("--report", type=Path, default=None, metavar="R.json", help="write a JSON report here")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="in-process device (default auto)")
+    p.add_argument("--precision", choices=("default", "fp32"), default="default", help="solver precision")
+    p.add_argument("--endpoint", default=None, help="daemon endpoint for --via-daemon (default: per-user; env PULSE_ENDPOINT)")
+    p.add_argument("--via-daemon", action="store_true", help="send the job to the running pulse-server")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _box(text: str) -> tuple[int, int, int, int]:
+    try:
+        parts = [int(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"box must be X,Y,W,H integers, got {text!r}") from None
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"box must be X,Y,W,H (4 integers), got {text!r}")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _block(text: str) -> int | None:
+    if text.lower() in ("auto", "0"):
+        return None
+    return _positive(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..errors import PipelineError
+
+    image = read_image(args.image)
+    h, w = image.shape[:2]
+    x, y, bw, bh = args.box
+    if bw <= 0 or bh <= 0:
+        raise PipelineError(f"box {x},{y},{bw},{bh} is empty: width and height must be positive", code="BAD_REGION")
+    if x < 0 or y < 0 or x + bw > w or y + bh > h:
+        raise PipelineError(f"box {x},{y},{bw},{bh} is not inside the {w}×{h} image "
+                            f"(x+w must be <= {w}, y+h must be <= {h})", code="BAD_REGION")
+    region = np.ascontiguousarray(image[y : y + bh, x : x + bw])
+
+    bar = _progress_bar(args)
+    try:
+        if args.via_daemon:
+            patches, cands, analysis, model = _via_daemon(args, region, bar)
+        else:
+            patches, cands, analysis, model = _in_process(args, region, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    outputs = output_paths(args.output, len(patches))
+    for path, patch in zip(outputs, patches):
+        full = image.copy()
+        full[y : y + bh, x : x + bw] = patch
+        write_image(path, full)
+    ax, ay, aw, ah = analysis["rect"]
+    report = {
+        "image": str(args.image),
+        "box": [x, y, bw, bh],
+        "model": model,
+        "mosaic": {
+            "block": analysis["block"],
+            "phase": list(analysis["phase"]),
+            "rect": [ax, ay, aw, ah],  # inside the box
+            "rect_in_image": [x + ax, y + ay, aw, ah],
+            "confidence": analysis["confidence"],
+            "detected": analysis["detected"],
+        },
+        "candidates": [dict(c, file=str(p)) for c, p in zip(cands, outputs)],
+        "note": "imagined faces consistent with the mosaic, not the identity of the person",
+    }
+    if args.report is not None:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    if not args.quiet:
+        m = report["mosaic"]
+        found = f"block {m['block']} px, phase {m['phase']}, rect {m['rect_in_image']}" if m["detected"] else "no mosaic found (one sample per pixel)"
+        print(f"{found}; confidence {m['confidence']:.2f}", file=sys.stderr)
+        for c in report["candidates"]:
+            print(f"{c['file']}: seed {c['seed']}, downscale error {c['downscale_error']:.2e}", file=sys.stderr)
+    return 0
+
+
+def _in_process(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, list[dict], dict, str]:
+    import torch
+
+    from ..models.loading import load_prior
+    from ..pipeline import DepixParams, depixelate
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    prior, info = load_prior(args.weights, device=device)
+    params = DepixParams(candidates=args.candidates, steps=args.steps, seed=args.seed, block=args.block, eps=args.eps,
+                         precision=args.precision)
+
+    def progress(p: Any) -> None:
+        if bar is not None:
+            bar.total = p.total
+            bar.n = p.step
+            bar.set_postfix(err=f"{p.best_error:.2e}", refresh=False)
+            bar.refresh()
+
+    res = depixelate(prior, region, None, params, progress=progress, model=info.name)
+    cands = [{"seed": int(c.seed), "downscale_error": float(c.downscale_mse), "eps_reached": bool(c.eps_reached),
+              "steps": int(c.steps)} for c in res.candidates]
+    return res.patches, cands, res.mosaic.as_dict(), info.name
+
+
+def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, list[dict], dict, str]:
+    import numpy as np
+
+    from protocol.client import PulseClient
+    from protocol.messages import ImageBlob
+
+    if args.weights is not None:
+        print("pulse: note: --weights is ignored with --via-daemon (the daemon has its model loaded)", file=sys.stderr)
+    params = {"mode": "depixelate", "candidates": args.candidates, "steps": args.steps,
+              "seed": -1 if args.seed is None else args.seed, "block": args.block or 0, "eps": args.eps,
+              "precision": args.precision}
+
+    def progress(p: Any) -> None:
+        if bar is not None:
+            bar.total = p.total
+            bar.n = p.step
+            bar.refresh()
+
+    endpoint = args.endpoint or os.environ.get("PULSE_ENDPOINT") or None
+    with PulseClient(endpoint, client_name="pulse-cli", client_version=_version()) as client:
+        client.connect()
+        res = client.run_job(ImageBlob.from_numpy(region), None, params, on_progress=progress)
+    patches = []
+    for c in res.candidates:
+        patch = np.array(c.image.to_numpy())
+        if patch.shape != region.shape:
+            from ..errors import PipelineError
+
+            raise PipelineError(f"daemon returned a {patch.shape} patch for a {region.shape} region", code="BAD_RESULT")
+        patches.append(patch.astype(region.dtype, copy=False))
+    cands = [{"seed": int(c.seed), "downscale_error": float(c.downscale_error), "eps_reached": bool(c.eps_reached),
+              "steps": int(c.steps)} for c in res.candidates]
+    a = dict(res.analysis)
+    analysis = {"block": int(a.get("block", 1)), "phase": [int(v) for v in a.get("phase", (0, 0))],
+                "rect": [int(v) for v in a.get("rect", (0, 0, region.shape[1], region.shape[0]))],
+                "confidence": float(a.get("confidence", 0.0)), "detected": bool(a.get("detected", False))}
+    return patches, cands, analysis, res.model
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _progress_bar(args: argparse.Namespace) -> Any:
+    if args.quiet:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=args.steps * args.candidates, desc="solving", unit="step", file=sys.stderr, leave=False)
+
+
+def output_paths(out: Path, k: int) -> list[Path]:
+    """OUT.png, OUT-2.png, … OUT-K.png."""
+    return [out] + [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(2, k + 1)]
+
+
+def read_image(path: Path) -> Any:
+    """An image file -> (H, W, C) array in the editor formats the pipeline takes (u8, u16 grey, f32 grey)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from ..errors import PipelineError
+
+    try:
+        im = Image.open(path)
+        im.load()
+    except FileNotFoundError:
+        raise PipelineError(f"image not found: {path}", code="BAD_IMAGE") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise PipelineError(f"cannot read image {path}: {exc}", code="BAD_IMAGE") from None
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        arr = np.asarray(im).astype(np.uint16)[..., None]
+    elif mode == "I":
+        arr = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)[..., None]
+    elif mode == "F":
+        arr = np.asarray(im).astype(np.float32)[..., None]
+    elif mode in ("L", "LA", "RGB", "RGBA"):
+        arr = np.asarray(im)
+    elif mode == "1":
+        arr = np.asarray(im.convert("L"))
+    else:  # P, CMYK, YCbCr, ...: palette transparency survives as alpha
+        has_alpha = "transparency" in im.info or mode in ("PA", "RGBa", "La")
+        arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    return np.ascontiguousarray(arr)
+
+
+def write_image(path: Path, arr: Any) -> None:
+    """(H, W, C) u8 / u16 grey / f32 grey -> an image file of the same kind (float grey -> 16-bit)."""
+    import numpy as np
+    from PIL import Image
+
+    c = arr.shape[2]
+    if arr.dtype == np.float32:
+        arr = np.rint(np.clip(arr, 0.0, 1.0) * 65535).astype(np.uint16)
+    if arr.dtype == np.uint16:
+        if c != 1:
+            arr = (arr // 257).astype(np.uint8)  # PIL has no 16-bit RGB(A) PNG writer
+        else:
+            Image.fromarray(arr[..., 0]).save(path)
+            return
+    Image.fromarray(arr[..., 0] if c == 1 else arr).save(path)  # u8: L, LA, RGB, RGBA by channel count

@@ -1,0 +1,396 @@
+"""Mosaic analysis: where in the region is the pixelated area, how big are its blocks, where is its grid.
+
+A mosaic is a grid of b×b cells, each filled with one colour (possibly softened by JPEG). Two signals find
+it, both from the absolute neighbour differences |I(x+1) - I(x)| (max over channels):
+  * the column (row) profile of those differences is large on the grid lines x ≡ phase (mod b) and
+    near zero between them: for each b we score every phase at once with one bincount over x mod b,
+    as  mean(profile on grid lines) / mean(profile elsewhere).  Divisors of the true b lose (half their
+    "lines" are flat), multiples lose (true lines land in their "elsewhere");
+  * inside each cell of that grid the image is flat, while a photograph is not: cells that are flat
+    relative to their borders mark the mosaic's rectangle inside a larger box.
+Grid and rectangle are refined alternately (the profile is recomputed on the rectangle only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_BLOCK = 64  # larger blocks hold too little of a face to be worth solving
+MIN_RECT = 12  # pixels per side: a smaller "mosaic" is texture, not a face
+MIN_CELLS = 4  # per axis: fewer cells hold too little of a face (and a photo can fake them)
+_FLOOR = 0.5 / 255  # below this a difference is "zero" (rounding noise of 8-bit mosaics)
+_DETECT_SCORE = 1.4  # evidence (line score on the rectangle + half-cell shift score) a mosaic must reach
+
+
+@dataclass(frozen=True)
+class MosaicInfo:
+    """Result of the analysis, in region pixel coordinates.
+
+    block: cell side in pixels (1 = no mosaic: one sample per pixel); phase: (x, y) of the first grid line,
+    0 <= phase < block; rect: (x, y, w, h) of the pixelated area, whole cells; confidence in [0, 1];
+    detected: False when no mosaic was found (or the client forced a block size without one being seen).
+    """
+
+    block: int
+    phase: tuple[int, int]
+    rect: tuple[int, int, int, int]
+    confidence: float
+    detected: bool
+
+    def as_dict(self) -> dict:
+        return {
+            "block": self.block,
+            "phase": list(self.phase),
+            "rect": list(self.rect),
+            "confidence": round(float(self.confidence), 4),
+            "detected": self.detected,
+        }
+
+
+def neighbour_differences(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dx (H, W-1), dy (H-1, W)): max over channels of |I(x+1)-I(x)| and |I(y+1)-I(y)|, float32."""
+    dx = np.abs(np.diff(rgb, axis=1)).mean(axis=2)
+    dy = np.abs(np.diff(rgb, axis=0)).mean(axis=2)
+    return dx, dy
+
+
+def _line_scores(profile: np.ndarray, block: int) -> np.ndarray:
+    """Per phase 0..block-1: how much a 1-D difference profile peaks on the lines x ≡ phase (mod block).
+
+    profile[i] is the mean difference between pixels i and i+1, i.e. across the line at position i+1.
+    The profile is folded modulo `block`; a phase scores log(folded mean there / largest folded mean at the
+    other phases, its immediate neighbours excepted). The true grid has one clear peak; a multiple of it has two equal peaks (score ≈ 0); a
+    divisor has a peak of half height; a photograph has no peak that stands out.
+    """
+    pos = np.arange(1, len(profile) + 1)
+    res = pos % block
+    on_sum = np.bincount(res, weights=profile, minlength=block)
+    on_n = np.bincount(res, minlength=block)
+    folded = on_sum / np.maximum(on_n, 1)
+    # runner-up: the largest folded mean at least `gap` phases away (JPEG smears a block edge over its
+    # neighbour lines; a multiple of the true block has its second peak block/2 or more away)
+    gap = max(2, block // 5) if block >= 5 else 1
+    r = np.arange(block)
+    dist = np.abs(r[:, None] - r[None, :])
+    dist = np.minimum(dist, block - dist)
+    runner_up = np.where(dist >= gap, folded[None, :], 0.0).max(axis=1) if block > 1 else np.zeros(1)
+    score = np.log((folded + _FLOOR) / (runner_up + _FLOOR))
+    score[on_n < 2] = -np.inf  # fewer than two grid lines cannot show a period
+    return score
+
+
+def _grid_scores(dx: np.ndarray, dy: np.ndarray, blocks: list[int]) -> list[tuple[float, int, int, int, float, float]]:
+    """(key, block, phase_x, phase_y, score_x, score_y) for every candidate block size, best key first.
+
+    Both axes must show the grid: the weaker axis decides, the sum breaks ties. A divisor d of a better
+    block b wins when it scores almost as well: on the true grid every multiple of it only gains noise,
+    while a true grid of b loses log(b/d) when probed at d (half of its "lines" are flat).
+    """
+    px_profile = dx.mean(axis=0).astype(np.float64)
+    py_profile = dy.mean(axis=1).astype(np.float64)
+    rows = []
+    for b in blocks:
+        sx = _line_scores(px_profile, b)
+        sy = _line_scores(py_profile, b)
+        ix, iy = int(np.argmax(sx)), int(np.argmax(sy))
+        key = float(min(sx[ix], sy[iy]) + 0.25 * (sx[ix] + sy[iy]))
+        rows.append((key, b, ix, iy, float(sx[ix]), float(sy[iy])))
+    rows.sort(key=lambda r: -r[0])
+    return rows
+
+
+def _prefer_divisors(rows: list[tuple[float, int, int, int, float, float]], top: int) -> tuple[float, int, int, int, float, float]:
+    """The entry rows[top], replaced by its smallest divisor grid (same lines) that scores nearly as well."""
+    return rows[top]
+
+
+def _best_grid(dx: np.ndarray, dy: np.ndarray, blocks: list[int], top: int = 0) -> tuple[int, int, int, float, float]:
+    """The top-th best (block, phase_x, phase_y, score_x, score_y) over the candidate block sizes."""
+    rows = _grid_scores(dx, dy, blocks)
+    r = _prefer_divisors(rows, min(top, len(rows) - 1))
+    return r[1], r[2], r[3], r[4], r[5]
+
+
+def _cell_flatness(dx: np.ndarray, dy: np.ndarray, block: int, px: int, py: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per full cell of the grid: inner difference level, border difference level, and cell origins.
+
+    Returns (inner (ny, nx), border (ny, nx), (xs, ys)) with xs/ys the pixel origins of the cell columns/rows.
+    """
+    h, w = dy.shape[0] + 1, dx.shape[1] + 1
+    xs = np.arange(px, w - block + 1, block)
+    ys = np.arange(py, h - block + 1, block)
+    if len(xs) == 0 or len(ys) == 0:
+        return np.zeros((0, 0)), np.zeros((0, 0)), (xs, ys)
+    x0, x1 = xs[0], xs[-1] + block
+    y0, y1 = ys[0], ys[-1] + block
+    ny, nx = len(ys), len(xs)
+    # inner: differences between two pixels of the same cell
+    cdx = dx[y0:y1, x0 : x1 - 1]  # (ny*b, nx*b-1): diff i is between pixels i and i+1
+    cdx = np.concatenate([cdx, np.zeros((cdx.shape[0], 1), cdx.dtype)], axis=1).reshape(ny, block, nx, block)
+    cdy = dy[y0 : y1 - 1, x0:x1]
+    cdy = np.concatenate([cdy, np.zeros((1, cdy.shape[1]), cdy.dtype)], axis=0).reshape(ny, block, nx, block)
+    # the last diff column of each cell crosses the cell's right border; the padded one is zero
+    inner_x = cdx[:, :, :, : block - 1].sum(axis=(1, 3))
+    inner_y = cdy[:, : block - 1, :, :].sum(axis=(1, 3))
+    inner = (inner_x + inner_y) / (2 * block * (block - 1))
+    bx = cdx[:, :, :, block - 1].mean(axis=1)  # (ny, nx): right border of each cell (last one: outside/zero)
+    by = cdy[:, block - 1, :, :].mean(axis=2)  # (ny, nx): bottom border
+    if x1 < w:  # the last column's right border exists in the image
+        bx[:, -1] = dx[y0:y1, x1 - 1].reshape(ny, block).mean(axis=1)
+    if y1 < h:
+        by[-1, :] = dy[y1 - 1, x0:x1].reshape(nx, block).mean(axis=1)
+    border = np.zeros((ny, nx))
+    border_n = np.zeros((ny, nx))
+    border += bx
+    border_n += 1
+    border[:, 1:] += bx[:, :-1]
+    border_n[:, 1:] += 1
+    border += by
+    border_n += 1
+    border[1:, :] += by[:-1, :]
+    border_n[1:, :] += 1
+    return inner, border / border_n, (xs, ys)
+
+
+def _longest_run(flags: np.ndarray) -> tuple[int, int]:
+    """[start, stop) of the longest run of True values (0, 0 if none)."""
+    best, start = (0, 0), None
+    for i, f in enumerate(list(flags) + [False]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = None
+    return best
+
+
+def _grow(band: tuple[int, int, int, int], loose: np.ndarray) -> tuple[int, int, int, int]:
+    """Extend the band by whole rows/columns whose cells mostly pass a looser test (JPEG smears the photo
+    into the mosaic's outermost cells, which then fail the strict one)."""
+    r0, r1, c0, c1 = band
+    ny, nx = loose.shape
+    grown = True
+    while grown:
+        grown = False
+        if r0 > 0 and loose[r0 - 1, c0:c1].mean() >= 0.5:
+            r0, grown = r0 - 1, True
+        if r1 < ny and loose[r1, c0:c1].mean() >= 0.5:
+            r1, grown = r1 + 1, True
+        if c0 > 0 and loose[r0:r1, c0 - 1].mean() >= 0.5:
+            c0, grown = c0 - 1, True
+        if c1 < nx and loose[r0:r1, c1].mean() >= 0.5:
+            c1, grown = c1 + 1, True
+    return r0, r1, c0, c1
+
+
+def _band(cells: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The rows/columns of cells that are mostly mosaic: (r0, r1, c0, c1), or None.
+
+    First rows that hold at least half as many mosaic cells as the best row (the mosaic may be narrower
+    than half the box), then columns that are mostly mosaic inside those rows, and so on until it settles.
+    """
+    rows = cells.mean(axis=1)
+    if rows.max() <= 0:
+        return None
+    r0, r1 = _longest_run(rows >= 0.5 * rows.max())
+    c0, c1 = 0, cells.shape[1]
+    for _ in range(3):
+        c0, c1 = _longest_run(cells[r0:r1].mean(axis=0) >= 0.5)
+        if c1 <= c0:
+            return None
+        r0, r1 = _longest_run(cells[:, c0:c1].mean(axis=1) >= 0.5)
+        if r1 <= r0:
+            return None
+    return r0, r1, c0, c1
+
+
+def _mosaic_cells(inner: np.ndarray, border: np.ndarray, block: int) -> np.ndarray:
+    """Cells that look like mosaic: flat inside compared with their borders (or exactly flat).
+
+    JPEG smears a small cell's edges over most of its pixels, so small cells get a looser ratio.
+    """
+    ratio = 0.3 + 0.3 * float(np.clip((8 - block) / 4, 0.0, 1.0))
+    return (inner <= ratio * border + 0.25 * _FLOOR) & ((border > 2 * _FLOOR) | (inner <= 0.25 * _FLOOR))
+
+
+def _locate(dx: np.ndarray, dy: np.ndarray, block: int, px: int, py: int) -> tuple[tuple[int, int, int, int], float]:
+    """Mosaic rectangle (whole cells, region coords) on a given grid, and the fraction of mosaic cells in it."""
+    inner, border, (xs, ys) = _cell_flatness(dx, dy, block, px, py)
+    if inner.size == 0:
+        return (0, 0, 0, 0), 0.0
+    cells = _mosaic_cells(inner, border, block)
+    band = _band(cells)
+    if band is None:
+        return (0, 0, 0, 0), 0.0
+    # second look: a mosaic's cells are about equally flat, so a cell much busier than the band's typical
+    # cell is photograph (a relative test alone lets textured photo cells with strong borders in)
+    r0, r1, c0, c1 = band
+    typical = float(np.percentile(inner[r0:r1, c0:c1], 75))
+    cells &= inner <= 3.0 * typical + 0.5 * _FLOOR
+    band = _band(cells)
+    if band is None:
+        return (0, 0, 0, 0), 0.0
+    loose = cells | _mosaic_cells(inner, border, 4) & (inner <= 6.0 * typical + _FLOOR)
+    r0, r1, c0, c1 = _grow(band, loose)
+    frac = float(loose[r0:r1, c0:c1].mean())
+    rect = (int(xs[c0]), int(ys[r0]), int((c1 - c0) * block), int((r1 - r0) * block))
+    return rect, frac
+
+
+def _candidate_blocks(w: int, h: int) -> list[int]:
+    top = min(MAX_BLOCK, w // MIN_CELLS, h // MIN_CELLS)
+    return list(range(2, top + 1))
+
+
+@dataclass
+class _Grid:
+    """One grid hypothesis and the evidence for it (internal)."""
+
+    block: int
+    px: int
+    py: int
+    rect: tuple[int, int, int, int] = (0, 0, 0, 0)
+    score: float = -np.inf  # line score of the weaker axis, measured on the rectangle
+    frac: float = 0.0  # fraction of flat cells in the rectangle
+    contrast: float = 0.0  # log(median border difference / median inner difference) in the rectangle
+    shift: float = 0.0  # log(residual of cell means on the grid shifted by half a cell / on the grid)
+
+    @property
+    def evidence(self) -> float:
+        return self.score + self.shift if self.frac > 0 else -np.inf
+
+    @property
+    def rank(self) -> float:
+        """Evidence plus a bonus for area: a divisor of the true block can look good on a small patch only."""
+        return self.evidence + 0.5 * float(np.log(max(self.rect[2] * self.rect[3], 1)))
+
+
+def _cell_residual(rgb: np.ndarray, block: int, rect: tuple[int, int, int, int]) -> float:
+    """Mean |pixel - its cell mean| over a whole-cell rectangle: ~0 on a mosaic's own grid."""
+    x, y, w, h = rect
+    sub = rgb[y : y + h, x : x + w].reshape(h // block, block, w // block, block, -1)
+    return float(np.abs(sub - sub.mean(axis=(1, 3), keepdims=True)).mean())
+
+
+def _shift_evidence(rgb: np.ndarray, block: int, rect: tuple[int, int, int, int]) -> float:
+    """log(residual on the grid shifted by half a cell / residual on the grid), both inside the rectangle.
+
+    On a mosaic the shifted cells straddle four blocks each while the true cells are flat (JPEG: nearly);
+    a photograph has about the same residual at every phase, and so has a wrong block size.
+    """
+    x, y, w, h = rect
+    half = block // 2
+    if half == 0 or w < 2 * block or h < 2 * block:
+        return 0.0
+    inner = (x + half, y + half, w - block, h - block)
+    own = (x + half - half, y + half - half, w - block, h - block)  # same area size, on the true grid
+    return float(np.log((_cell_residual(rgb, block, inner) + _FLOOR) / (_cell_residual(rgb, block, own) + _FLOOR)))
+
+
+def _refine(dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid) -> _Grid:
+    """Alternate: rectangle on the grid, grid re-fitted inside the rectangle (the rest only adds noise)."""
+    h, w = dy.shape[0] + 1, dx.shape[1] + 1
+    g.rect, g.frac = _locate(dx, dy, g.block, g.px, g.py)
+    for _ in range(3):
+        x, y, rw, rh = g.rect
+        if rw < MIN_CELLS * g.block or rh < MIN_CELLS * g.block:
+            return g
+        # one pixel of context on each side: the rectangle's own borders are grid lines too
+        x0, y0 = max(0, x - 1), max(0, y - 1)
+        x1, y1 = min(w, x + rw + 1), min(h, y + rh + 1)
+        sub = [b for b in blocks if b <= min(x1 - x0, y1 - y0) // MIN_CELLS]
+        if not sub:
+            return g
+        b, qx, qy, sx, sy = _best_grid(dx[y0:y1, x0 : x1 - 1], dy[y0 : y1 - 1, x0:x1], sub)
+        nxt = _Grid(b, (qx + x0) % b, (qy + y0) % b)
+        nxt.rect, nxt.frac = _locate(dx, dy, nxt.block, nxt.px, nxt.py)
+        nxt.score = min(sx, sy)
+        if (nxt.block, nxt.px, nxt.py, nxt.rect) == (g.block, g.px, g.py, g.rect):
+            g.score = nxt.score
+            break
+        g = nxt
+    if g.rect[2] >= MIN_CELLS * g.block and g.rect[3] >= MIN_CELLS * g.block:
+        inner, border, _ = _cell_flatness(dx, dy, g.block, g.px, g.py)
+        x, y, rw, rh = g.rect
+        cx, cy = (x - g.px) // g.block, (y - g.py) // g.block
+        sl = np.s_[cy : cy + rh // g.block, cx : cx + rw // g.block]
+        g.contrast = float(np.log((np.median(border[sl]) + _FLOOR) / (np.median(inner[sl]) + _FLOOR)))
+    return g
+
+
+def _add_shift(rgb: np.ndarray, g: _Grid) -> _Grid:
+    if g.rect[2] >= MIN_CELLS * g.block and g.rect[3] >= MIN_CELLS * g.block:
+        g.shift = _shift_evidence(rgb, g.block, g.rect)
+    return g
+
+
+def detect_grid(rgb: np.ndarray, block: int | None = None) -> MosaicInfo:
+    """Analyse a float RGB region (H, W, 3) in [0, 1]; `block` forces the cell size (phase/rect still found)."""
+    return _analyze(rgb, block)[0]
+
+
+_CANDIDATES = 10  # grid hypotheses from the whole region that are refined (JPEG's own 8-grid competes)
+
+
+def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
+    """detect_grid plus its raw evidence, for calibration."""
+    h, w = rgb.shape[:2]
+    dx, dy = neighbour_differences(rgb)
+    blocks = [block] if block else _candidate_blocks(w, h)
+    if not blocks:
+        return no_mosaic(w, h), _Grid(1, 0, 0)
+    rows = _grid_scores(dx, dy, blocks)
+    best: _Grid | None = None
+    for row in rows[:_CANDIDATES]:
+        g = _refine(dx, dy, [row[1]] if block else blocks, _Grid(row[1], row[2], row[3], score=min(row[4], row[5])))
+        g = _add_shift(rgb, g)
+        if best is None or g.rank > best.rank:
+            best = g
+    g = best
+    b, (px, py), rect = g.block, (g.px, g.py), g.rect
+    ok_rect = min(rect[2], rect[3]) >= max(MIN_CELLS * b, MIN_RECT)
+    margin = g.evidence - _DETECT_SCORE
+    conf = float(1.0 / (1.0 + np.exp(-2.0 * margin))) * (g.frac if ok_rect else 0.0)
+    detected = bool(ok_rect and margin >= 0 and g.frac >= 0.6)
+    if block:
+        if not ok_rect:
+            rect = _whole_cells(w, h, block, px, py)
+        return MosaicInfo(block, (px, py), rect, conf if detected else min(conf, 0.5), detected), g
+    if not detected:
+        return MosaicInfo(1, (0, 0), (0, 0, w, h), 1.0 - conf, False), g
+    return MosaicInfo(b, (px, py), rect, conf, True), g
+
+
+def _whole_cells(w: int, h: int, block: int, px: int, py: int) -> tuple[int, int, int, int]:
+    nx, ny = (w - px) // block, (h - py) // block
+    return (px, py, nx * block, ny * block)
+
+
+def no_mosaic(w: int, h: int) -> MosaicInfo:
+    """One sample per pixel over the whole region."""
+    return MosaicInfo(1, (0, 0), (0, 0, w, h), 1.0, False)
+
+
+def block_means(img: np.ndarray, block: int, rect: tuple[int, int, int, int]) -> np.ndarray:
+    """Mean colour of every cell of a whole-cell rectangle: (H, W, C) -> (h/block, w/block, C) float64."""
+    x, y, w, h = rect
+    sub = img[y : y + h, x : x + w].astype(np.float64)
+    return sub.reshape(h // block, block, w // block, block, -1).mean(axis=(1, 3))
+
+
+def pixelate(img: np.ndarray, block: int, rect: tuple[int, int, int, int]) -> np.ndarray:
+    """A copy of `img` with the whole-cell rectangle `rect` replaced by its cell means (the editors' Pixelize).
+
+    Integer images get rounded means, like an editor's filter would produce.
+    """
+    out = img.copy()
+    x, y, w, h = rect
+    means = block_means(img, block, rect)
+    cells = np.repeat(np.repeat(means, block, axis=0), block, axis=1)
+    if np.issubdtype(img.dtype, np.integer):
+        cells = np.rint(cells)
+    out[y : y + h, x : x + w] = cells.astype(img.dtype)
+    return out

