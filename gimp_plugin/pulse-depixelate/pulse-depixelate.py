@@ -123,6 +123,7 @@ def paste(image, drawable, plans, fmt):
     position = image.get_item_position(drawable)
     layer_type = getattr(Gimp.ImageType, fmt.layer_type_name)
     flags = getattr(Gimp, "PARASITE_PERSISTENT", 1) | getattr(Gimp, "PARASITE_UNDOABLE", 2)
+    selected = image.get_selected_layers()  # inserting makes the new layer active; we give the choice back
     image.undo_group_start()
     try:
         for plan in logic.insertion_order(plans):
@@ -138,6 +139,7 @@ def paste(image, drawable, plans, fmt):
             layer.attach_parasite(Gimp.Parasite.new(logic.PARASITE_NAME, flags, list(plan.parasite)))
     finally:
         image.undo_group_end()
+        image.set_selected_layers(selected)
     Gimp.displays_flush()
 
 
