@@ -210,7 +210,9 @@ class Daemon:
             self._drain_events()
             self._flush()
             self._router.close(linger=500)  # a moment for the last FAILED/RESULT to leave
-            self._wake_send.close(0)
+            with self._wake_lock:  # a worker still finishing must not touch a closed socket
+                self._wake_send.close(0)
+                self._wake_send = None
             self._wake_recv.close(0)
         if self._ctx is not None:
             self._ctx.term()

@@ -133,6 +133,12 @@ class Worker(threading.Thread):
     def _load(self) -> None:
         t0 = time.monotonic()
         device = "cpu" if self.device in ("auto", None) else self.device
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise PulseError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto",
+                                 "NO_DEVICE")
         from .models.loading import load_prior
 
         self.prior, self.info = load_prior(self.weights, device)

@@ -79,6 +79,12 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..daemon import DaemonConfig, run_daemon
 
+    from pathlib import Path
+
+    from ..errors import ModelError
+
+    if args.weights and not args.weights.startswith("noop:") and not Path(args.weights).expanduser().is_file():
+        raise ModelError(f"weights file not found: {args.weights}", code="NO_WEIGHTS")  # fail now, not on the first job
     _setup_logging(args.log_level, not args.no_log_file)
     limits = DEFAULT_LIMITS
     if args.max_pixels:
