@@ -22,10 +22,14 @@ pytestmark = pytest.mark.krita
 
 RECT = (8, 8, 32, 32)
 SRGB, GREY = "sRGB-elle-V2-srgbtrc.icc", "Gray-D50-elle-V2-srgbtrc.icc"
+SRGB_LINEAR, GREY_LINEAR = "sRGB-elle-V2-g10.icc", "Gray-D50-elle-V2-g10.icc"
 # (model, depth, profile, png): same tone curve as the PNG, so expected values are the PNG's, rescaled.
 SPACES = [("RGBA", "U8", SRGB, "rgb"), ("RGBA", "U16", SRGB, "rgb"), ("RGBA", "F16", SRGB, "rgb"),
           ("RGBA", "F32", SRGB, "rgb"), ("GRAYA", "U8", GREY, "grey"), ("GRAYA", "U16", GREY, "grey"),
-          ("GRAYA", "F32", GREY, "grey")]
+          ("GRAYA", "F32", GREY, "grey"),
+          # Krita's defaults for deep images are linear light: the plug-in sends them with the sRGB curve
+          ("RGBA", "U16", SRGB_LINEAR, "rgb"), ("RGBA", "F32", SRGB_LINEAR, "rgb"),
+          ("GRAYA", "F16", GREY_LINEAR, "grey")]
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +67,14 @@ def test_krita_channel_layouts_match_the_plugin(adapter_run):
         assert info["size"] == {"U8": 1, "U16": 2, "F16": 2, "F32": 4}[label.split("/")[1]]
 
 
-@pytest.mark.parametrize("space", SPACES, ids=lambda s: f"{s[0]}-{s[1]}")
+@pytest.mark.parametrize("space", SPACES, ids=lambda s: f"{s[0]}-{s[1]}-{s[2].split('-')[-1][:-4]}")
 def test_selection_pixels_and_pasted_layers(adapter_run, space):
     model, depth, profile, kind = space
     results, images, out = adapter_run
-    case = results["cases"][f"{model}-{depth}"]
+    label = f"{model}-{depth}-{profile}"
+    case = results["cases"][label]
+    linear = profile in (SRGB_LINEAR, GREY_LINEAR)
+    assert case["work"] == ({"RGBA": SRGB, "GRAYA": GREY}[model] if linear else None)
     assert case["space"] == [model, depth, profile]
     x, y, w, h = RECT
     channels = 4 if model == "RGBA" else 2
@@ -78,7 +85,7 @@ def test_selection_pixels_and_pasted_layers(adapter_run, space):
     region = images[kind][y:y + h, x:x + w].astype(np.float64) / 255
     want = region if model == "RGBA" else region[..., [0, 3]]
     dtype = {"U8": "<u1", "U16": "<u2"}.get(depth, "<f4")
-    got = np.frombuffer((out / f"{model}-{depth}.wire").read_bytes(), dtype).reshape(h, w, channels).astype(np.float64)
+    got = np.frombuffer((out / f"{label}.wire").read_bytes(), dtype).reshape(h, w, channels).astype(np.float64)
     got /= {"U8": 255, "U16": 65535}.get(depth, 1)
     assert np.abs(got - want).max() <= 1.01 / 255, f"{model}/{depth}: channels swapped or misread"
 
@@ -91,7 +98,9 @@ def test_selection_pixels_and_pasted_layers(adapter_run, space):
     for layer in case["layers"]:
         assert layer["bounds"] == list(RECT)
         assert layer["space"] == [model, depth, profile]
-        assert layer["roundtrip"], f"{layer['name']}: pasted pixels differ from the candidate"
+        # exact, or within the precision of Krita's two conversions (sRGB curve -> linear -> sRGB curve)
+        assert layer["roundtrip"] <= (2e-3 if linear else 0), f"{layer['name']}: pasted pixels differ from the candidate"
+    assert case["notes"] == names  # provenance annotation, one entry per new layer
     assert case["original_unchanged"]
     assert case["projection_request"] == w * h * channels * {"U8": 1, "U16": 2}.get(depth, 4)
 

@@ -7,6 +7,7 @@ through Node.channels() in Krita 5.1.5; the real-Krita adapter test asserts them
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 from pathlib import Path
@@ -173,6 +174,23 @@ def test_request_reads_active_layer_in_protocol_order_and_layers_land_above_it(m
         if node.name() in before:
             assert node.pixelData(0, 0, w, h) == before[node.name()], node.name()
     assert "not a recovery" in outcome.layers[0].comment
+    notes = json.loads(doc.annotation("pulse_depixelate"))["layers"]
+    assert [notes[str(n.uniqueId())]["name"] for n in new] == [p.name for p in outcome.layers]
+    assert all("not a recovery" in v["comment"] and v["model"] == "tiny-32" for v in notes.values())
+
+
+def test_linear_light_layers_are_solved_in_srgb_and_pasted_back_linear():
+    doc = make_doc(model="RGBA", depth="U16")
+    doc.activeNode().setColorSpace("RGBA", "U16", "sRGB-elle-V2-g10.icc")
+    req = logic.build_request(doc, logic.Settings(candidates=1))
+    assert req.profile == "sRGB-elle-V2-g10.icc" and req.work == "sRGB-elle-V2-srgbtrc.icc"
+    assert ("pulse conversion", "sRGB-elle-V2-g10.icc", "sRGB-elle-V2-srgbtrc.icc") in doc.conversions
+    (new,) = logic.apply_outcome(req, logic.plan_layers(req, fake_result(req, 1)), krita.Krita.instance().documents())
+    # pasted in the sRGB-curve profile, then converted to the layer's own linear profile
+    assert doc.conversions[-1] == (new.name(), "sRGB-elle-V2-srgbtrc.icc", "sRGB-elle-V2-g10.icc")
+    assert new.colorProfile() == "sRGB-elle-V2-g10.icc"
+    # sRGB-curve images go as they are
+    assert logic.build_request(make_doc(depth="U16"), logic.Settings()).work is None
 
 
 def test_projection_source_uses_the_image_format_and_the_layer_keeps_the_layer_space():

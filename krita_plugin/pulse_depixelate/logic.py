@@ -15,6 +15,7 @@ F16 has no protocol dtype and travels as f32.
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -135,6 +136,28 @@ def wire_to_krita(data: bytes, fmt: PixelFormat) -> bytes:
     return _byteswap(data, fmt.krita_size)
 
 
+# The face generators were trained on sRGB-encoded images. Krita's default profiles for U16/F16/F32 images
+# are linear-light ("…-g10.icc"): such pixels are converted to the same primaries with the sRGB tone curve
+# (by Krita itself, via a detached temporary layer) before they are sent, and the candidates back after.
+WORK_PROFILES = {"RGBA": "sRGB-elle-V2-srgbtrc.icc", "GRAYA": "Gray-D50-elle-V2-srgbtrc.icc"}
+_LINEAR_HINTS = ("g10", "linear")
+
+
+def work_profile(fmt: PixelFormat, profile: str) -> Optional[str]:
+    """The sRGB-curve profile to solve in, or None when the pixels can be sent as they are."""
+    name = (profile or "").lower()
+    return WORK_PROFILES[fmt.model] if any(h in name for h in _LINEAR_HINTS) else None
+
+
+def _convert_region(doc: Any, pixels: bytes, rect: "Rect", fmt: PixelFormat, src: str, dst: str) -> bytes:
+    """Krita's own colour conversion of a region, on a layer that is never added to the image."""
+    tmp = doc.createNode("pulse conversion", "paintlayer")
+    tmp.setColorSpace(fmt.model, fmt.depth, src)
+    tmp.setPixelData(pixels, rect.x, rect.y, rect.w, rect.h)
+    tmp.setColorSpace(fmt.model, fmt.depth, dst)
+    return bytes(tmp.pixelData(rect.x, rect.y, rect.w, rect.h))
+
+
 # ---------------------------------------------------------------------------------------------- geometry
 
 
@@ -224,6 +247,7 @@ class Request:
     rect: Rect
     fmt: PixelFormat
     profile: str  # ICC profile name of the pixels read: the new layers keep it
+    work: Optional[str]  # profile the pixels were converted to for the solver (None: sent as read)
     pixels: bytes  # Krita layout
     mask: Optional[bytes]
     params: dict[str, Any]
@@ -269,7 +293,11 @@ def build_request(doc: Any, settings: Settings, node: Any = None) -> Request:
         pixels = bytes(read(rect.x, rect.y, rect.w, rect.h))
     if len(pixels) != rect.w * rect.h * fmt.krita_pixel_size:
         raise PluginError(f"Krita returned {len(pixels)} bytes for a {rect.w}×{rect.h} {fmt.label} region.")
-    return Request(doc=doc, anchor_id=node.uniqueId(), rect=rect, fmt=fmt, profile=profile, pixels=pixels, mask=mask,
+    work = work_profile(fmt, profile)
+    if work is not None:
+        pixels = _convert_region(doc, pixels, rect, fmt, profile, work)
+    return Request(doc=doc, anchor_id=node.uniqueId(), rect=rect, fmt=fmt, profile=profile, work=work,
+                   pixels=pixels, mask=mask,
                    params=settings.params(), endpoint=settings.endpoint or None, source=settings.source)
 
 
@@ -360,16 +388,38 @@ def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any]) 
     created = []
     for plan in outcome.layers:
         node = doc.createNode(plan.name, "paintlayer")
-        space = (request.fmt.model, request.fmt.depth, request.profile)
+        model, depth = request.fmt.model, request.fmt.depth
+        space = (model, depth, request.work or request.profile)
         if (node.colorModel(), node.colorDepth(), node.colorProfile()) != space:
             node.setColorSpace(*space)  # the active layer may be in another space than the image
         node.setPixelData(plan.pixels, r.x, r.y, r.w, r.h)
+        if request.work is not None:
+            node.setColorSpace(model, depth, request.profile)  # back to the layer's linear-light profile
         node.setVisible(plan.visible)
         # Each one goes directly above the anchor, so the earlier (better) candidates end up on top.
         parent.addChildNode(node, anchor)
         created.append(node)
+    _record_provenance(doc, created, outcome)
     doc.refreshProjection()
     return created
+
+
+ANNOTATION = PLUGIN_ID  # document annotation (saved in .kra) with each PULSE layer's provenance note
+
+
+def _record_provenance(doc: Any, created: Sequence[Any], outcome: Outcome) -> None:
+    """Krita 5.1 layers have no comment field: the notes (imagined, not recovered; model, seed, error) go
+    into one document annotation keyed by layer id, so they travel with the saved .kra."""
+    try:
+        notes = json.loads(bytes(doc.annotation(ANNOTATION)) or b"{}")
+    except (ValueError, TypeError):
+        notes = {}
+    layers = notes.setdefault("layers", {})
+    for node, plan in zip(created, outcome.layers):
+        layers[str(node.uniqueId())] = {"name": plan.name, "comment": plan.comment, "model": outcome.model,
+                                        "seed": plan.seed, "downscale_error": plan.error}
+    doc.setAnnotation(ANNOTATION, "PULSE Depixelate: notes on imagined faces (not recovered identities)",
+                      json.dumps(notes, indent=1).encode("utf-8"))
 
 
 def run_job(request: Request, *, on_progress: Optional[Callable[[Any], None]] = None,

@@ -104,10 +104,13 @@ class Node:
         return self._profile
 
     def setColorSpace(self, model: str, depth: str, profile: str) -> bool:
-        # Real Krita converts the pixels; the plug-in only calls this on fresh (transparent) layers.
-        assert not any(self._pixels), "mock: converting non-empty layers is not modelled"
+        """Real Krita converts the pixels. The mock changes model/depth only on empty layers, and treats a
+        profile change as a conversion that keeps the bytes (the real conversion is checked in real Krita)."""
+        if (model, depth) != (self._model, self._depth):
+            assert not any(self._pixels), "mock: converting non-empty layers between models is not modelled"
+            self._pixels = bytearray(self._doc.width() * self._doc.height() * _pixel_size(model, depth))
+        self._doc.conversions.append((self._name, self._profile, profile))
         self._model, self._depth, self._profile = model, depth, profile
-        self._pixels = bytearray(self._doc.width() * self._doc.height() * _pixel_size(model, depth))
         return True
 
     # pixels
@@ -132,6 +135,8 @@ class Document:
                  profile: str = "sRGB-elle-V2-srgbtrc.icc") -> None:
         self._w, self._h, self._model, self._depth, self._profile = width, height, model, depth, profile
         self._selection: Selection | None = None
+        self.conversions: list[tuple[str, str, str]] = []  # (layer name, from profile, to profile)
+        self.annotations: dict[str, tuple[str, bytes]] = {}
         self._root = Node(self, "root", "grouplayer")
         bg = self.createNode("Background", "paintlayer")
         self._root.addChildNode(bg, None)
@@ -178,6 +183,12 @@ class Document:
         """The projection, modelled as the topmost visible layer (enough for the plug-in's bookkeeping)."""
         visible = [n for n in self._root.childNodes() if n.visible()]
         return visible[-1].pixelData(x, y, w, h)
+
+    def setAnnotation(self, type_: str, description: str, data: bytes) -> None:
+        self.annotations[type_] = (description, bytes(data))
+
+    def annotation(self, type_: str) -> bytes:
+        return self.annotations.get(type_, ("", b""))[1]
 
     def refreshProjection(self) -> None:
         self.refreshed += 1

@@ -16,6 +16,15 @@ def _channels(node):
     return [(c.name(), c.position(), c.channelSize()) for c in node.channels()]
 
 
+def _max_diff(a, b, dtype):
+    """Largest difference between two wire buffers, in [0, 1] units."""
+    from array import array
+
+    code, scale = {"u8": ("B", 255.0), "u16": ("H", 65535.0), "f32": ("f", 1.0)}[dtype]
+    xa, xb = array(code, a), array(code, b)
+    return max(abs(p - q) for p, q in zip(xa, xb)) / scale
+
+
 def run(cfg, out_dir):
     from krita import Krita, Selection
 
@@ -41,7 +50,7 @@ def run(cfg, out_dir):
     # 2. Read a selection of a real image (a PNG the test wrote) in each depth and paste fake candidates.
     x, y, w, h = cfg["rect"]
     for model, depth, profile, png in cfg["spaces"]:
-        label = f"{model}-{depth}"
+        label = f"{model}-{depth}-{profile}"
         doc = app.openDocument(png)
         if model != "RGBA" or depth != "U8":
             doc.setColorSpace(model, depth, profile)
@@ -68,11 +77,18 @@ def run(cfg, out_dir):
         case["layers"] = []
         for i, node in enumerate(created):
             b = node.bounds()
-            back = logic.krita_to_wire(bytes(node.pixelData(x, y, w, h)), req.fmt)
+            raw = bytes(node.pixelData(x, y, w, h))
+            if req.work:  # the layer holds linear light: compare on the sRGB curve the candidate was made on
+                raw = logic._convert_region(doc, raw, req.rect, req.fmt, req.profile, req.work)
+            back = logic.krita_to_wire(raw, req.fmt)
             case["layers"].append({"name": node.name(), "visible": bool(node.visible()),
                                    "bounds": [b.x(), b.y(), b.width(), b.height()],
                                    "space": [node.colorModel(), node.colorDepth(), node.colorProfile()],
-                                   "roundtrip": back == bytes(cands[i].image.data)})
+                                   "roundtrip": _max_diff(back, bytes(cands[i].image.data), req.fmt.dtype)})
+        case["work"] = req.work
+        notes = json.loads(bytes(doc.annotation("pulse_depixelate")) or b"{}").get("layers", {})
+        case["notes"] = [notes.get(n.uniqueId().toString(), notes.get(str(n.uniqueId()), {})).get("name")
+                         for n in created]
         case["original_unchanged"] = bytes(bg.pixelData(0, 0, doc.width(), doc.height())) == before
         case["projection_request"] = len(bytes(logic.build_request(
             doc, logic.Settings(source="projection"), node=bg).image_blob().data))
