@@ -58,6 +58,7 @@ class DaemonConfig:
     max_steps: int = 100_000
     result_ttl: float = 120.0  # seconds a finished job's RESULT is kept for FETCH / idempotent SUBMIT
     max_result_bytes: int = 512 << 20
+    max_queued_bytes: int = 2 << 30  # pixels of jobs waiting or running (they stay in memory until done)
     preload: bool = False
 
 
@@ -87,6 +88,7 @@ class Daemon:
         self.token: str | None = None
         self.started = time.time()
         self._events: deque = deque()
+        self._bad_log: deque[float] = deque()
         self._stop = threading.Event()
         self._ctx: zmq.Context | None = None
         self._router: zmq.Socket | None = None
@@ -273,7 +275,13 @@ class Daemon:
         try:
             msg = decode(frames[1:], self.limits, allowed=CLIENT_TYPES)
         except ProtocolError as exc:
-            log.warning("bad message from %s: %s: %s", session.client if session else identity.hex(), exc.code, exc.message)
+            # A flood of garbage must not flood the log: at most 10 warnings per 10 s, the rest at debug level.
+            now = time.monotonic()
+            while self._bad_log and now - self._bad_log[0] > 10:
+                self._bad_log.popleft()
+            level = logging.WARNING if len(self._bad_log) < 10 else logging.DEBUG
+            self._bad_log.append(now)
+            log.log(level, "bad message from %s: %s: %s", session.client if session else identity.hex(), exc.code, exc.message)
             self._reply(identity, Error(exc.code, exc.message))
             return
         if isinstance(msg, Hello):
@@ -346,6 +354,11 @@ class Daemon:
             _check_mask(msg)
         except PulseError as exc:
             self._send(s, Failed(jid, exc.code, exc.message, exc.retryable))
+            return
+        held = sum(_input_bytes(j) for sess in self.sessions.values() for j in sess.jobs.values())
+        size = msg.image.nbytes + (msg.mask.nbytes if msg.mask is not None else 0)
+        if held and held + size > self.config.max_queued_bytes:
+            self._send(s, Failed(jid, "QUEUE_FULL", f"{(held + size) >> 20} MiB of regions would be waiting; try again when a job finishes", True))
             return
         job = Job(jid, s.sid, params, msg.image, msg.mask, preview_interval=max(0.0, min(msg.preview_interval, 3600.0)))
         try:
@@ -562,6 +575,10 @@ class Daemon:
             if exc.errno == errno.EHOSTUNREACH or exc.errno == zmq.EHOSTUNREACH:
                 return "gone"
             raise
+
+
+def _input_bytes(job: Job) -> int:
+    return sum(b.nbytes for b in (job.image, job.mask) if b is not None)
 
 
 def _check_mask(msg: Submit) -> None:
