@@ -165,6 +165,13 @@ def _run_logged(cmd: Sequence[str], log, timeout: float) -> None:
         raise RuntimeError(f"{cmd[0]} failed with exit code {proc.returncode} (log: {log.name})")
 
 
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def chroot_env() -> dict[str, str]:
     return {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -202,7 +209,7 @@ def build(root: Path | None = None, *, mirror: str | None = None, timeout: float
                 _run_logged(["debootstrap", "--variant=minbase", SUITE, str(partial), mirror], log, timeout)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 unmount_all(partial)  # debootstrap's second stage mounts /proc itself
-                raise ChrootUnavailable(f"debootstrap {SUITE} from {mirror} failed: {exc}") from exc
+                raise ChrootUnavailable(f"debootstrap {SUITE} from {mirror} failed: {exc}; {_tail(log_path)}") from exc
             timings["debootstrap_s"] = round(time.monotonic() - t, 1)
             # The chroot shares the host's network namespace; it needs the host's resolver and APT tweaks.
             shutil.copy2("/etc/resolv.conf", partial / "etc/resolv.conf")
@@ -210,13 +217,17 @@ def build(root: Path | None = None, *, mirror: str | None = None, timeout: float
                 if conf.is_file() and "proxy" in conf.read_text(errors="replace").lower():
                     shutil.copy2(conf, partial / "etc/apt/apt.conf.d" / conf.name)
             t = time.monotonic()
-            with mounted(partial):
-                base = ["chroot", str(partial), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in chroot_env().items())]
-                _run_logged([*base, "apt-get", "update", "-q"], log, timeout)
-                _run_logged(
-                    [*base, "apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES], log, timeout
-                )
-                _run_logged([*base, "apt-get", "clean"], log, timeout)
+            try:
+                with mounted(partial):
+                    base = ["chroot", str(partial), "/usr/bin/env", "-i",
+                            *(f"{k}={v}" for k, v in chroot_env().items())]
+                    _run_logged([*base, "apt-get", "update", "-q"], log, timeout)
+                    _run_logged(
+                        [*base, "apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES], log, timeout
+                    )
+                    _run_logged([*base, "apt-get", "clean"], log, timeout)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:  # typically the registry is unreachable
+                raise ChrootUnavailable(f"installing GIMP in the {SUITE} chroot failed: {exc}; {_tail(log_path)}") from exc
             timings["apt_s"] = round(time.monotonic() - t, 1)
         info = {"packages": list(PACKAGES), "suite": SUITE, "built": time.time(), **timings}
         (partial / MARKER).write_text(json.dumps(info))

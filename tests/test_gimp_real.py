@@ -86,7 +86,12 @@ def make_image(scene):
     face = layers["face"]
     img.set_selected_layers([face])
     x, y, w, h = cfg["selection"]
-    img.select_rectangle(Gimp.ChannelOps.REPLACE, x, y, w, h)
+    if scene.get("ellipse"):
+        img.select_ellipse(Gimp.ChannelOps.REPLACE, x, y, w, h)
+    else:
+        img.select_rectangle(Gimp.ChannelOps.REPLACE, x, y, w, h)
+    mask = img.get_selection().get_buffer().get(Gegl.Rectangle.new(x, y, w, h), 1.0, "Y u8", Gegl.AbyssPolicy.NONE)
+    open(work + "/mask-" + scene["tag"] + ".raw", "wb").write(bytes(mask))
     return img, face
 
 
@@ -105,6 +110,7 @@ def describe(img, tag, fmt):
 
 
 def run(tag, args, scene):
+    scene["tag"] = tag
     img, face = make_image(scene)
     fmt = babl(scene)
     before = describe(img, tag + "-before", fmt)
@@ -188,6 +194,7 @@ class Scene:
     gray: bool = False
     alpha: bool = False
     seed: int = 3
+    ellipse: bool = False  # elliptic selection: a real mask travels with the pixels
 
     @property
     def channels(self) -> int:
@@ -227,7 +234,8 @@ class Scene:
         tag = f"{self.precision}-{'gray' if self.gray else 'rgb'}{'a' if self.alpha else ''}"
         (work / f"bg-{tag}.raw").write_bytes(self.encode(bg))
         (work / f"face-{tag}.raw").write_bytes(self.encode(face))
-        spec = {"precision": self.precision, "gray": self.gray, "alpha": self.alpha, "layers": [
+        spec = {"precision": self.precision, "gray": self.gray, "alpha": self.alpha, "ellipse": self.ellipse,
+                "layers": [
             {"name": "background", "size": list(IMAGE_SIZE), "offset": [0, 0], "raw": f"bg-{tag}.raw"},
             {"name": "face", "size": list(FACE_SIZE), "offset": list(FACE_OFFSET), "raw": f"face-{tag}.raw"},
         ]}
@@ -299,6 +307,7 @@ def test_depixelate_in_real_gimp(gimp_root, chroot_work, daemon):
     _install_plugin(outer / "home")
     args = {"candidates": 2, "steps": 30, "seed": 1234, "block-size": 0, "endpoint": daemon.endpoint}
     runs = [(tag, args, scene) for tag, scene in SCENES.items()]
+    runs.append(("ellipse", args, Scene("u8", seed=3, ellipse=True)))
     # Daemon not reachable (discard port: nothing listens there): a clear error, image untouched.
     runs.append(("down", {**args, "endpoint": "tcp://127.0.0.1:9"}, SCENES["u8-rgb"]))
     res = _drive(gimp_root, inner, outer, runs, env={"PULSE_TOKEN": daemon.token})
@@ -349,6 +358,20 @@ def test_depixelate_in_real_gimp(gimp_root, chroot_work, daemon):
         # ...and it is a face, not the mosaic pasted back: there is detail inside the blocks.
         detail = best.reshape(MOSAIC_CELLS, BLOCK, MOSAIC_CELLS, BLOCK, scene.channels).std(axis=(1, 3))
         assert detail[..., : 1 if scene.gray else 3].mean() > 1.0, tag
+
+    # Elliptic selection: the mask went along; outside it the new layer repeats the original pixels exactly.
+    run = res["runs"]["ellipse"]
+    assert run["status"] == "success", run["error"]
+    scene = SCENES["u8-rgb"]
+    mask = np.frombuffer((outer / "work/mask-ellipse.raw").read_bytes(), np.uint8).reshape(SEL[3], SEL[2])
+    assert (mask == 0).sum() > 100 and (mask == 255).sum() > 500  # corners out, middle in
+    best = _pixels(outer, run["after"][0], scene)
+    face_before = _pixels(outer, run["before"][0], scene)  # top first: [face, background]
+    fx, fy = SEL[0] - FACE_OFFSET[0], SEL[1] - FACE_OFFSET[1]
+    original = face_before[fy : fy + SEL[3], fx : fx + SEL[2]]
+    assert np.array_equal(best[mask == 0], original[mask == 0])
+    assert np.abs(best[mask == 255] - original[mask == 255]).mean() > 1.0  # inside: a new face
+    assert run["selection"] == [True, SEL[0], SEL[1], SEL[0] + SEL[2], SEL[1] + SEL[3]]
 
     # The undo group was closed by the plug-in itself (GIMP warns when a plug-in leaves one open).
     assert "inconsistent state" not in res["stderr"], res["stderr"][-2000:]

@@ -193,8 +193,8 @@ class LayerPlan:
 def plan_layers(result: Any, region: Region, fmt: PixelFormat) -> list[LayerPlan]:
     """One layer per candidate (best first), checked against the region we sent.
 
-    `result` is a protocol Result. Returned in rank order; the adapter inserts them so that the best one
-    ends up directly above... see `insertion_order`.
+    `result` is a protocol Result; the plans come in rank order (best first, visible), each placed at the
+    region's image position. The adapter inserts them in `insertion_order`.
     """
     from protocol.layers import layer_comment, layer_name
 
