@@ -126,6 +126,15 @@ def test_best_step_not_last(tiny, target8) -> None:
     assert all(b.best_error <= a.best_error for a, b in zip(seen, seen[1:]))
 
 
+def test_keeps_improving_below_eps(tiny, target8) -> None:
+    """The original's hard clamp stops at eps; the soft clamp keeps pulling the error down (same flags)."""
+    hard = solve(tiny, target8, SolveConfig(candidates=2, seed=0, below_eps_weight=0.0))
+    soft = solve(tiny, target8, SolveConfig(candidates=2, seed=0))
+    assert all(c.eps_reached for c in hard.candidates + soft.candidates)
+    mean = lambda r: float(np.mean([c.downscale_mse for c in r.candidates]))  # noqa: E731
+    assert mean(soft) < 0.7 * mean(hard)
+
+
 def test_missing_eps_still_returns_flagged_candidates(tiny, target8) -> None:
     res = solve(tiny, target8, SolveConfig(candidates=3, steps=2, seed=0, eps=1e-7))
     assert len(res.candidates) == 3

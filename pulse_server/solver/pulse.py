@@ -5,8 +5,17 @@
 G is any `FacePrior` (StyleGAN2: z -> w+ = lrelu(z·std + mean) inside `render`; DCGAN: z directly), D the
 antialiased bicubic downscaler, target the low-res input in [0, 1].
 
+Search space and optimizer (the original `PULSE.py`, `SphericalOptimizer.py`):
+  the starting latent is `prior.sample_latent` (StyleGAN2: z ~ N(0, I), one row per W+ input; the gaussian
+  fit of the mapping output is the prior's, computed once per checkpoint); after every Adam step each
+  latent row and each trainable noise map is rescaled to the norm it started with, per candidate; noise
+  maps are drawn from the candidate's seed, the last noise layer is zero; GEOCROSS acts on the mapped W+
+  rows (`prior.to_wplus`), as the original's `latent_in`; `tile_latent` searches one row repeated.
+
 Defaults and where they come from (SolveConfig):
-  steps=100, lr=0.4, schedule="linear1cycledrop", optimizer Adam   the original `run.py` defaults.
+  steps=100, lr=0.4, schedule="linear1cycledrop", optimizer Adam   the original `run.py` defaults (the lr
+                                                                     starts at 0.1·lr, peaks at 45%, drops
+                                                                     to 0.001·lr over the last 10%).
   loss="100*L2+0.05*GEOCROSS"                                        the original `run.py` default.
   noise="trainable", trainable_noise_layers=5, last layer zeroed     the original (`bad_noise_layers="17"`,
                                                                      the last of 18 layers at 1024²).
@@ -20,6 +29,9 @@ Defaults and where they come from (SolveConfig):
   candidates=1, seed=None (random)                                   the original's batch of 1; seed 0 is
                                                                      a seed here (the original's `if seed:`
                                                                      ignored it).
+  precision="default", fused=None, compile=False                     ours, see "Precision modes" below.
+  progress_interval=0.1 s, preview_every=0, preview_size=128         ours: a bar that moves 10×/s costs at
+                                                                     most 10 host syncs per second.
 Beyond the original:
   * the data term is measured on the image as returned (clamped to [0, 1]; straight-through gradient):
     the original measured the unclamped image but returned it clamped;
@@ -33,8 +45,8 @@ Beyond the original:
 Precision modes:
   "default"  the fast path: all K candidates in one batch, no host sync inside the step loop (the best
              image, its error and step are tracked on the device with `torch.where`; progress syncs only
-             when a callback is due, at most every `progress_interval` s), noise preallocated, bf16
-             autocast for the synthesis network on CUDA only (latents, losses, downscaler in fp32),
+             when a callback is due, at most every `progress_interval` s), noise preallocated, fused Adam
+             and bf16 autocast for the synthesis network on CUDA only (latents, losses, downscaler in fp32),
              optional `torch.compile` of the renderer on CUDA (`compile=True`; never on CPU, never at import),
              StyleGAN2's unfused modulated convolution (shared-weight convs over the whole batch: 2.7× faster
              than the grouped form for K=4 on CPU, tiny config).
