@@ -97,3 +97,11 @@ def test_windows_install_vendors_wheels_for_gimps_python(tmp_path):
     assert (vendor / "zmq" / "__init__.py").is_file() and (vendor / "msgpack" / "__init__.py").is_file()
     assert list((vendor / "zmq").rglob("*.pyd")), "pyzmq's compiled backend must be in the vendored copy"
     assert report.missing == []
+
+
+def test_bundled_python_version_is_read_from_the_gimp_installation(monkeypatch, tmp_path):
+    monkeypatch.setenv("ProgramFiles", str(tmp_path / "none"))
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "Local"))
+    assert gimp.bundled_python_version("windows") == gimp.DEFAULT_BUNDLED_PYTHON["windows"]
+    (tmp_path / "Local/Programs/GIMP 3/lib/python3.13").mkdir(parents=True)
+    assert gimp.bundled_python_version("windows") == "3.13"

@@ -80,7 +80,10 @@ def plugins_dir(target: str) -> Path:
 def bundled_python_version(target: str) -> str:
     """Python version of GIMP's bundled interpreter: read from an installation if found, else the default."""
     patterns = {
-        "windows": [os.path.join(os.environ.get("ProgramFiles", r"C:\Program Files"), "GIMP 3*", "lib", "python3.*")],
+        # The installer's per-machine and per-user locations (bin\pythonw.exe, lib\python3.X\site-packages).
+        "windows": [os.path.join(os.environ.get("ProgramFiles", r"C:\Program Files"), "GIMP 3*", "lib", "python3.*"),
+                    os.path.join(os.environ.get("LOCALAPPDATA", str(Path.home() / "AppData/Local")), "Programs",
+                                 "GIMP 3*", "lib", "python3.*")],
         "macos": ["/Applications/GIMP*.app/Contents/Resources/lib/python3.*"],
         # GIMP's Flatpak runs on the GNOME runtime's Python.
         "flatpak": [f"{root}/runtime/org.gnome.Platform/x86_64/*/active/files/lib/python3.*"
