@@ -41,6 +41,8 @@ log = logging.getLogger("pulse.daemon")
 
 MAX_OUTBOX = 256  # undelivered RESULT/FAILED/state messages per session before the oldest are dropped
 MAX_ID_LEN = 128
+PROGRESS_INTERVAL = 0.05  # seconds between two PROGRESS of one job
+SNDHWM = 100  # messages per client pipe before sends fail with EAGAIN (updates dropped, results wait)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Session:
     outbox: deque = field(default_factory=deque)
     progress: dict[str, list] = field(default_factory=dict)  # job_id -> latest PROGRESS frames
     previews: dict[str, list] = field(default_factory=dict)  # job_id -> latest PREVIEW frames
+    last_progress: dict[str, float] = field(default_factory=dict)  # job_id -> when PROGRESS last left
     last_ping: float = 0.0
 
 
@@ -142,7 +145,7 @@ class Daemon:
         r = self._ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
         r.setsockopt(zmq.LINGER, 0)
-        r.setsockopt(zmq.SNDHWM, 1000)
+        r.setsockopt(zmq.SNDHWM, SNDHWM)
         r.setsockopt(zmq.RCVHWM, 1000)
         r.setsockopt(zmq.MAXMSGSIZE, self.limits.max_blob_bytes + (1 << 20))  # per frame: the biggest blob
         if ep.is_tcp(cfg.endpoint):
@@ -468,6 +471,7 @@ class Daemon:
             s.jobs.pop(job.job_id, None)
             s.progress.pop(job.job_id, None)
             s.previews.pop(job.job_id, None)
+            s.last_progress.pop(job.job_id, None)
             self._keep_result(job)
             self._send_frames(s, frames)
 
@@ -551,10 +555,16 @@ class Daemon:
                 return  # HWM reached: keep the rest for the next loop turn
         if s.identity is None:
             return
-        # Droppable updates: only the latest per job, only when nothing more important is waiting.
-        for pending in (s.progress, s.previews):
+        # Droppable updates: only the latest per job, only when nothing more important is waiting, and
+        # PROGRESS at most every PROGRESS_INTERVAL per job (the rest is superseded, never queued).
+        now = time.monotonic()
+        for pending, min_gap in ((s.progress, PROGRESS_INTERVAL), (s.previews, 0.0)):
             for jid in list(pending):
+                if min_gap and now - s.last_progress.get(jid, 0.0) < min_gap:
+                    continue
                 frames = pending.pop(jid)
+                if min_gap:
+                    s.last_progress[jid] = now
                 if s.identity is not None and self._try_send(s.identity, frames) == "gone":
                     self._lost(s)
 

@@ -216,3 +216,18 @@ def test_a_killed_daemon_mid_job_gives_daemon_not_running(tmp_path):
             assert time.monotonic() - t0 < 15
     finally:
         d.kill()
+
+
+def test_a_slow_client_gets_coalesced_progress_not_a_backlog(tmp_path):
+    d = start_daemon(tmp_path, weights="noop:0.001", endpoint="ipc")
+    try:
+        with PulseClient(d.endpoint, timeout=15) as c:
+            jid = c.submit(ImageBlob.from_numpy(_rgba(5, 32)), None, {"steps": 2000}).job_id
+            time.sleep(1.5)  # not reading (but within the heartbeat grace): the daemon keeps only the latest update
+            events = [ev for ev in c.events(jid) if ev is not None]
+        progress = [ev for ev in events if isinstance(ev, Progress)]
+        assert events[-1].job_id == jid and type(events[-1]).__name__ == "Result"
+        assert 0 < len(progress) < 400, len(progress)  # the worker reported 2000 steps
+        assert [p.step for p in progress] == sorted(p.step for p in progress)
+    finally:
+        d.stop()
