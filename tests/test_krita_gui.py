@@ -55,6 +55,7 @@ def gui_run(tmp_path_factory, tiny_weights):
         res = json.loads(result_file.read_text())
         assert "error" not in res, f"{res.get('error')}\nsteps: {res.get('steps')}\n{proc.stderr[-3000:]}"
         res["wall_seconds"] = seconds
+        res["daemon_log"] = daemon.output()
         print(f"\nKrita GUI run: {seconds:.1f}s wall; hook {res['total_seconds']}s; "
               + ", ".join(f"{s['name']} {s.get('seconds')}s (max GUI gap {s.get('max_gui_gap')}s)" for s in res["steps"]))
         yield res, image, out
@@ -151,6 +152,8 @@ def test_live_job_adds_ranked_layers_above_the_original(gui_run):
 def test_cancel_mid_job_leaves_the_image_alone(gui_run):
     step = _step(gui_run[0], "cancel")
     assert step["state"] == "cancelled", step
+    # the Cancel button reached the daemon: the job stopped there, not just in the docker
+    assert re.search(r"job \w+ cancelled", gui_run[0]["daemon_log"]), gui_run[0]["daemon_log"][-2000:]
     assert step["layers_after"] == step["layers_before"]
     assert step["seconds"] < 30
     assert step["max_gui_gap"] < 1.0

@@ -227,3 +227,62 @@ def test_masks_are_not_a_source():
     doc.setActiveNode(mask)
     with pytest.raises(logic.PluginError, match="mask"):
         logic.build_request(doc, logic.Settings())
+
+
+# ---------------------------------------------------------------------------------------------- with the real daemon
+
+
+def test_messages_for_client_and_daemon_errors():
+    from protocol.errors import DaemonNotRunning, JobFailed, ProtocolError, VersionMismatch
+
+    assert "press Start" in logic.user_message(DaemonNotRunning())
+    assert "protocol version" in logic.user_message(VersionMismatch("server speaks 2", [2]))
+    assert "same user" in logic.user_message(ProtocolError("wrong token", "BAD_TOKEN"))
+    msg = logic.user_message(JobFailed("region too small", "BAD_REGION"))
+    assert "BAD_REGION" in msg and "region too small" in msg
+    assert logic.user_message(logic.NoSelection("select it")) == "select it"
+    assert "Unexpected error (KeyError" in logic.user_message(KeyError("x"))
+
+
+@pytest.mark.slow
+def test_job_round_trip_through_the_real_daemon(tmp_path, tiny_weights):
+    """selection → request → daemon (tcp, tiny generator) → layers, all through the plug-in's own code."""
+    import numpy as np
+
+    from daemon_fixture import start_daemon
+    from krita_env import block_means, mosaic_image
+
+    rect, block = (8, 8, 32, 32), 4
+    image = mosaic_image(64, 48, rect, block, seed=5)
+    doc = make_doc(64, 48, select=rect)
+    bg = doc.activeNode()
+    bg.setPixelData(image[..., [2, 1, 0, 3]].tobytes(), 0, 0, 64, 48)  # Krita's BGRA
+    req = logic.build_request(doc, logic.Settings(candidates=2, steps=5, seed=3, block=block))
+    daemon = start_daemon(tmp_path, weights=tiny_weights, endpoint="tcp")
+    try:
+        req.endpoint = daemon.endpoint
+        seen = []
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PULSE_TOKEN", daemon.token)
+            outcome = logic.run_job(req, on_progress=seen.append, on_state=seen.append)
+    finally:
+        daemon.stop()
+    assert any(getattr(p, "total", None) == 5 for p in seen)
+    new = logic.apply_outcome(req, outcome, krita.Krita.instance().documents())
+    assert [n.name() for n in new] == [layer_name(i + 1, p.error) for i, p in enumerate(outcome.layers)]
+    assert outcome.layers[0].error <= outcome.layers[1].error
+    x, y, w, h = rect
+    best = np.frombuffer(new[0].pixelData(x, y, w, h), np.uint8).reshape(h, w, 4)[..., [2, 1, 0, 3]]
+    err = np.abs(block_means(best.astype(float), block) - block_means(image[y:y + h, x:x + w].astype(float), block))
+    assert (err.mean((0, 1)) <= 2.0).all()
+    assert bytes(bg.pixelData(0, 0, 64, 48)) == image[..., [2, 1, 0, 3]].tobytes()
+
+
+def test_dead_daemon_is_a_clear_message(tmp_path):
+    from daemon_fixture import free_tcp_port
+
+    doc = make_doc()
+    req = logic.build_request(doc, logic.Settings(endpoint=f"tcp://127.0.0.1:{free_tcp_port()}"))
+    with pytest.raises(Exception) as info:
+        logic.run_job(req, timeout=1.0)
+    assert "press Start" in logic.user_message(info.value)

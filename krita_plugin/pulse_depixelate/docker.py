@@ -26,24 +26,6 @@ PROBE_INTERVAL_MS = 5000
 PREVIEW_SIZE = 96
 
 
-def _user_message(exc: BaseException) -> str:
-    """One line a user can act on, for the errors the client and the plug-in raise."""
-    if isinstance(exc, logic.PluginError):
-        return str(exc)
-    if isinstance(exc, ImportError):
-        return client_path.dependency_help(client_path.missing_dependencies() or [exc.name or str(exc)])
-    name = type(exc).__name__
-    if name == "DaemonNotRunning":
-        return "The PULSE daemon is not running: press Start (or run `pulse-server run`)."
-    if name == "VersionMismatch":
-        return f"The daemon speaks another protocol version: update the plug-in or the daemon ({exc})."
-    if name == "JobFailed":
-        return f"The daemon could not depixelate this region: {getattr(exc, 'message', exc)}"
-    if name == "ProtocolError" or type(exc).__module__.startswith("protocol"):
-        return f"Daemon error: {exc}"
-    return f"Unexpected error ({name}: {exc}); see Krita's log for details."
-
-
 class JobThread(QThread):
     """Runs one job against the daemon; never touches Krita."""
 
@@ -77,7 +59,7 @@ class JobThread(QThread):
                 return
             if not isinstance(exc, (logic.PluginError, ImportError)) and not type(exc).__module__.startswith("protocol"):
                 traceback.print_exc()
-            self.failed.emit(_user_message(exc))
+            self.failed.emit(logic.user_message(exc))
             return
         self.succeeded.emit(outcome)
 
@@ -106,7 +88,7 @@ class ProbeThread(QThread):
             if type(exc).__name__ == "DaemonNotRunning":
                 self.answered.emit(False, "daemon not running")
             else:
-                self.answered.emit(False, _user_message(exc))
+                self.answered.emit(False, logic.user_message(exc))
 
 
 class PulseDocker(DockWidget):

@@ -422,6 +422,33 @@ def _record_provenance(doc: Any, created: Sequence[Any], outcome: Outcome) -> No
                       json.dumps(notes, indent=1).encode("utf-8"))
 
 
+def user_message(exc: BaseException) -> str:
+    """One line a user can act on, for what the plug-in, the client or the daemon can raise.
+
+    Matched by class name and code, so the docker needs no import of the (possibly missing) client.
+    """
+    if isinstance(exc, PluginError):
+        return str(exc)
+    if isinstance(exc, ImportError):
+        from .client_path import dependency_help, missing_dependencies
+
+        return dependency_help(missing_dependencies() or [getattr(exc, "name", None) or str(exc)])
+    name, code = type(exc).__name__, getattr(exc, "code", None)
+    message = getattr(exc, "message", None) or str(exc)
+    if name == "DaemonNotRunning":
+        return "The PULSE daemon is not running: press Start (or run `pulse-server run`)."
+    if name == "VersionMismatch":
+        return f"The daemon speaks another protocol version: update the plug-in or the daemon ({message})."
+    if code == "BAD_TOKEN":
+        return ("The daemon refused this client's token: run Krita and the daemon as the same user "
+                "(or give both the same PULSE_TOKEN).")
+    if name == "JobFailed":
+        return f"The daemon could not depixelate this region ({code}): {message}"
+    if type(exc).__module__.startswith("protocol"):
+        return f"Daemon error ({code}): {message}"
+    return f"Unexpected error ({name}: {exc}); see Krita's log for details."
+
+
 def run_job(request: Request, *, on_progress: Optional[Callable[[Any], None]] = None,
             should_cancel: Optional[Callable[[], bool]] = None,
             on_preview: Optional[Callable[[bytes], None]] = None,
