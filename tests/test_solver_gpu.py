@@ -71,3 +71,22 @@ def test_default_mode_compiled_runs(priors, target) -> None:
     _, gpu = priors
     res = solve(gpu, target, SolveConfig(candidates=2, steps=10, seed=0, compile=True))
     assert len(res.candidates) == 2 and all(np.isfinite(c.downscale_mse) for c in res.candidates)
+
+
+def test_default_step_loop_never_syncs_with_the_host(priors, target) -> None:
+    """The fast path's step: no .item(), no device->host copy (CUDA sync debug mode raises on any sync)."""
+    from pulse_server.solver.pulse import _Search, _target_tensor
+
+    _, gpu = priors
+    cfg = SolveConfig(candidates=4, steps=10, seed=0)
+    tgt, factor = _target_tensor(target, gpu.resolution)
+    search = _Search(gpu, tgt.cuda(), factor, [0, 1, 2, 3], cfg, gpu.render, autocast=True)
+    search.step(0)  # first step: lazy allocations, cuBLAS/cuDNN handles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for j in range(1, cfg.steps):
+            search.step(j)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(search.best_step.min()) >= 1
