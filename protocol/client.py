@@ -211,6 +211,8 @@ class PulseClient:
         """Queue a job; returns ACCEPTED (job id, queue position) or raises JobFailed (QUEUE_FULL, BAD_PARAMS...)."""
         job_id = job_id or uuid.uuid4().hex
         msg = Submit(job_id, image, mask, dict(params or {}), float(preview_interval))
+        self._ensure()
+        self._check_size(image)
         reply = self._request(msg, lambda m: isinstance(m, (Accepted, Failed, Result)) and m.job_id == job_id, "ACCEPTED")
         if isinstance(reply, Failed):
             raise _job_error(reply)
@@ -219,6 +221,15 @@ class PulseClient:
             self._stash.appendleft(reply)
             return Accepted(job_id, 0, "done")
         return reply
+
+    def _check_size(self, image: ImageBlob) -> None:
+        """Refuse locally what the daemon would refuse (WELCOME limits), before sending up to a GiB."""
+        lim = (self.welcome.limits if self.welcome else None) or {}
+        side, pixels, nbytes = lim.get("max_side"), lim.get("max_pixels"), lim.get("max_blob_bytes")
+        w, h = image.width, image.height
+        if (side and max(w, h) > side) or (pixels and w * h > pixels) or (nbytes and image.expected_nbytes > nbytes):
+            raise ProtocolError(f"the region is {w}x{h} pixels, more than the daemon accepts "
+                                f"({side} px per side, {pixels} pixels); select a smaller area", "TOO_LARGE")
 
     def events(self, job_id: str, *, idle_timeout: float | None = None) -> Iterator[Message | None]:
         """This job's events until (and including) RESULT or FAILED; None every POLL_MS while nothing happens.

@@ -231,3 +231,16 @@ def test_a_slow_client_gets_coalesced_progress_not_a_backlog(tmp_path):
         assert [p.step for p in progress] == sorted(p.step for p in progress)
     finally:
         d.stop()
+
+
+def test_client_refuses_a_region_over_the_daemons_limits_before_sending(tmp_path):
+    d = start_daemon(tmp_path, weights="noop:", endpoint="ipc", args=["--max-pixels", "10000"])
+    try:
+        with PulseClient(d.endpoint, timeout=10) as c:
+            assert c.connect().limits["max_pixels"] == 10000
+            with pytest.raises(Exception) as err:
+                c.run_job(ImageBlob.from_numpy(_rgba(6, 101)), None, {})
+            assert getattr(err.value, "code", None) == "TOO_LARGE" and "101x101" in str(err.value)
+            assert c.run_job(ImageBlob.from_numpy(_rgba(6, 100)), None, {}).candidates[0].image.width == 100
+    finally:
+        d.stop()
