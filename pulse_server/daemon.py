@@ -41,6 +41,7 @@ log = logging.getLogger("pulse.daemon")
 
 MAX_OUTBOX = 256  # undelivered RESULT/FAILED/state messages per session before the oldest are dropped
 MAX_ID_LEN = 128
+MAX_STATUS_JOBS = 200
 PROGRESS_INTERVAL = 0.05  # seconds between two PROGRESS of one job
 SNDHWM = 100  # messages per client pipe before sends fail with EAGAIN (updates dropped, results wait)
 
@@ -380,10 +381,10 @@ class Daemon:
             self._cancel_job(job, "cancelled by the client")
         self._send(s, Ok("CANCEL", msg.job_id))
 
-    def _cancel_job(self, job: Job, reason: str) -> None:
+    def _cancel_job(self, job: Job, reason: str, keep: bool = True) -> None:
         if self.queue.remove(job):
             job.cancel(reason)
-            self._finish(job, Failed(job.job_id, "CANCELLED", reason))
+            self._finish(job, Failed(job.job_id, "CANCELLED", reason), keep=keep)
         else:
             job.cancel(reason)  # running: the worker stops at its next step and reports FAILED(CANCELLED)
 
@@ -393,7 +394,7 @@ class Daemon:
                 for j in s.jobs.values()]
         jobs += [{"job_id": jid, "state": j.state, "position": 0, "step": j.step, "total": j.total}
                  for (sid, jid), j in self.results.items() if sid == s.sid]
-        self._send(s, StatusReply(jobs, self._server_info()))
+        self._send(s, StatusReply(jobs[-MAX_STATUS_JOBS:], self._server_info()))  # newest, within the header cap
 
     def _server_info(self) -> dict[str, Any]:
         running = self.worker.current
@@ -449,7 +450,7 @@ class Daemon:
             elif kind == "preview" and s is not None:
                 s.previews[job.job_id] = encode(payload, self.limits)
 
-    def _finish(self, job: Job, msg: Result | Failed) -> None:
+    def _finish(self, job: Job, msg: Result | Failed, keep: bool = True) -> None:
         """A job ended (result, failure, cancel): store its final frames for FETCH and send them."""
         if job.done:
             return
@@ -472,7 +473,8 @@ class Daemon:
             s.progress.pop(job.job_id, None)
             s.previews.pop(job.job_id, None)
             s.last_progress.pop(job.job_id, None)
-            self._keep_result(job)
+            if keep:
+                self._keep_result(job)
             self._send_frames(s, frames)
 
     def _keep_result(self, job: Job) -> None:
@@ -508,7 +510,8 @@ class Daemon:
         if s.jobs:
             log.info("cancelling %d job(s) of %s: %s", len(s.jobs), s.client, reason)
         for job in list(s.jobs.values()):
-            self._cancel_job(job, reason)
+            # Not kept for FETCH: if the client comes back, its re-SUBMIT runs the job again.
+            self._cancel_job(job, reason, keep=False)
             job.release_inputs()
         s.jobs.clear()
         s.outbox.clear()
