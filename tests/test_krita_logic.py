@@ -210,6 +210,16 @@ def test_projection_source_uses_the_image_format_and_the_layer_keeps_the_layer_s
     assert [(n.colorModel(), n.colorDepth()) for n in new] == [("GRAYA", "U8")] * 2
 
 
+def test_layers_still_land_in_rank_order_when_the_layer_was_deleted_meanwhile():
+    doc = make_doc()
+    top = doc.createNode("Top", "paintlayer")
+    doc.rootNode().addChildNode(top, None)
+    req = logic.build_request(doc, logic.Settings(candidates=3))
+    doc.activeNode().remove()  # the user deletes the source layer while the daemon works
+    logic.apply_outcome(req, logic.plan_layers(req, fake_result(req, 3)), krita.Krita.instance().documents())
+    assert [n.name() for n in doc.topLevelNodes()] == ["Top"] + [layer_name(i, 1.3e-3 * i) for i in (3, 2, 1)]
+
+
 def test_wrong_sized_result_and_closed_document_are_refused():
     doc = make_doc()
     req = logic.build_request(doc, logic.Settings())

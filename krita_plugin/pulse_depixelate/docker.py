@@ -16,7 +16,7 @@ from typing import Any, Optional
 from krita import DockWidget, Krita
 from PyQt5.QtCore import QThread, QTimer, Qt, pyqtSignal
 from PyQt5.QtGui import QPixmap
-from PyQt5.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
+from PyQt5.QtWidgets import (QApplication, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                              QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from . import client_path, logic
@@ -109,6 +109,9 @@ class PulseDocker(DockWidget):
         self._timer = QTimer(self)
         self._timer.timeout.connect(self._periodic_probe)
         self._timer.start(PROBE_INTERVAL_MS)
+        app = QApplication.instance()
+        if app is not None:  # never leave a running QThread behind: Qt aborts the process if one is destroyed
+            app.aboutToQuit.connect(self._shutdown)
         missing = client_path.missing_dependencies()
         if missing:
             self._say(client_path.dependency_help(missing), error=True)
@@ -182,6 +185,14 @@ class PulseDocker(DockWidget):
         box.addWidget(self.message)
         box.addStretch(1)
         self.setWidget(root)
+
+    def _shutdown(self) -> None:
+        self._timer.stop()
+        if self._job is not None:
+            self._job.cancel()  # the daemon drops the job too (CANCEL), rather than finishing it for nobody
+            self._job.wait(3000)
+        if self._probe is not None:
+            self._probe.wait(3000)
 
     def canvasChanged(self, canvas: Any) -> None:  # required by DockWidget; nothing is tied to a canvas
         pass

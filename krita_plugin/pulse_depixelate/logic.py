@@ -384,24 +384,28 @@ def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any]) 
     parent = anchor.parentNode() if anchor is not None else root
     if parent is None:
         parent = root
-    r = request.rect
-    created = []
-    for plan in outcome.layers:
-        node = doc.createNode(plan.name, "paintlayer")
-        model, depth = request.fmt.model, request.fmt.depth
-        space = (model, depth, request.work or request.profile)
-        if (node.colorModel(), node.colorDepth(), node.colorProfile()) != space:
-            node.setColorSpace(*space)  # the active layer may be in another space than the image
-        node.setPixelData(plan.pixels, r.x, r.y, r.w, r.h)
-        if request.work is not None:
-            node.setColorSpace(model, depth, request.profile)  # back to the layer's linear-light profile
-        node.setVisible(plan.visible)
-        # Each one goes directly above the anchor, so the earlier (better) candidates end up on top.
+    created = [_make_layer(doc, request, plan) for plan in outcome.layers]
+    # Each one goes directly above the anchor, so the earlier (better) candidates end up on top; with the
+    # anchor gone (deleted during the job) they go on top of the stack, worst first for the same order.
+    for node in (created if anchor is not None else created[::-1]):
         parent.addChildNode(node, anchor)
-        created.append(node)
     _record_provenance(doc, created, outcome)
     doc.refreshProjection()
     return created
+
+
+def _make_layer(doc: Any, request: Request, plan: LayerPlan) -> Any:
+    r = request.rect
+    node = doc.createNode(plan.name, "paintlayer")
+    model, depth = request.fmt.model, request.fmt.depth
+    space = (model, depth, request.work or request.profile)
+    if (node.colorModel(), node.colorDepth(), node.colorProfile()) != space:
+        node.setColorSpace(*space)  # the active layer may be in another space than the image
+    node.setPixelData(plan.pixels, r.x, r.y, r.w, r.h)
+    if request.work is not None:
+        node.setColorSpace(model, depth, request.profile)  # back to the layer's linear-light profile
+    node.setVisible(plan.visible)
+    return node
 
 
 ANNOTATION = PLUGIN_ID  # document annotation (saved in .kra) with each PULSE layer's provenance note

@@ -87,6 +87,12 @@ class Node:
         child._parent = self
         return True
 
+    def remove(self) -> bool:
+        if self._parent is not None:
+            self._parent._children.remove(self)
+            self._parent = None
+        return True
+
     def visible(self) -> bool:
         return self._visible
 
