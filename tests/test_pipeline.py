@@ -231,3 +231,14 @@ def test_frame_round_trip_is_exact() -> None:
     px = np.arange(72)
     want = (x0 + (px + 0.5) * (x1 - x0) / 72 - 0.5) / R
     assert np.abs(back[27, 8:-8, 0] - want[8:-8]).max() < 1e-3
+
+
+def test_progress_and_cancel(prior) -> None:
+    from pulse_server.errors import Cancelled
+
+    region = pixelate(np.rint(photo(64, 64, 2) * 255).astype(np.uint8), 8, (0, 0, 64, 64))
+    seen = []
+    depixelate(prior, region, None, DepixParams(candidates=1, steps=3, seed=0), progress=seen.append)
+    assert seen and seen[-1].step == seen[-1].total == 3
+    with pytest.raises(Cancelled):
+        depixelate(prior, region, None, DepixParams(candidates=1, steps=3, seed=0), cancel=lambda: True)
