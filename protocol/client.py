@@ -152,7 +152,7 @@ class PulseClient:
     def _send(self, msg: Message) -> None:
         frames = encode(msg, self.limits)
         big = any(memoryview(f).nbytes > 65536 for f in frames)
-        if not self._sock.poll(int(self.timeout * 1000), zmq.POLLOUT):
+        if not self._sock.poll(int(min(self.timeout, 3.0) * 1000), zmq.POLLOUT):  # no connection: no daemon
             self._close_socket()
             raise DaemonNotRunning("the daemon is not reachable any more — start it with `pulse-server run`")
         self._sock.send_multipart(frames, copy=not big)
