@@ -257,6 +257,7 @@ class _Grid:
     frac: float = 0.0  # fraction of flat cells in the rectangle
     contrast: float = 0.0  # log(median border difference / median inner difference) in the rectangle
     shift: float = 0.0  # log(residual of cell means on the grid shifted by half a cell / on the grid)
+    edge: float = 0.0  # mean difference across the cell borders inside the rectangle (0..1)
 
     @property
     def evidence(self) -> float:
@@ -318,6 +319,7 @@ def _refine(dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid) -> _Gri
         cx, cy = (x - g.px) // g.block, (y - g.py) // g.block
         sl = np.s_[cy : cy + rh // g.block, cx : cx + rw // g.block]
         g.contrast = float(np.log((np.median(border[sl]) + _FLOOR) / (np.median(inner[sl]) + _FLOOR)))
+        g.edge = float(np.mean(border[sl]))
     return g
 
 
