@@ -80,22 +80,31 @@ class PulseClient:
         path = ep.ipc_path(self.endpoint)
         if path is not None and not path.exists():
             raise DaemonNotRunning()
-        self._open_socket()
-        # With IMMEDIATE set, the socket is writable only once a connection to a live daemon exists.
-        if not self._sock.poll(int(min(self.timeout, 3.0) * 1000), zmq.POLLOUT):
+        if not self._open_socket(wait=min(self.timeout, 3.0)):
             self._close_socket()
             raise DaemonNotRunning()
-        return self._hello()
+        try:
+            return self._hello()
+        except ProtocolError as exc:
+            if exc.code != "TIMEOUT":
+                raise
+            raise DaemonNotRunning(f"no answer from {self.endpoint} within {self.timeout:g} s — is `pulse-server run` "
+                                   "running there (and, for a remote daemon, is PULSE_SERVER_KEY right)?") from None
 
     def _token_value(self) -> str | None:
         return self._token if self._token is not None else ep.read_token()
 
-    def _open_socket(self) -> None:
+    def _open_socket(self, wait: float) -> bool:
+        """Connect a DEALER; True once a connection to a listener exists (within `wait` seconds).
+
+        Not ZMQ_IMMEDIATE: with it, libzmq discards messages already received but not yet read when the
+        connection drops, and the daemon's last FAILED(SHUTDOWN) would be lost. A socket monitor tells
+        instead whether anybody listens.
+        """
         if self._ctx is None:
             self._ctx = zmq.Context()
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.IMMEDIATE, 1)  # never queue messages for a daemon that is not there
         s.setsockopt(zmq.MAXMSGSIZE, self.limits.max_blob_bytes + (1 << 20))
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
@@ -104,8 +113,14 @@ class PulseClient:
             s.curve_serverkey = self._server_key.encode("ascii")
             s.curve_publickey = public
             s.curve_secretkey = secret
-        s.connect(self.endpoint)
-        self._sock = s
+        monitor = s.get_monitor_socket(zmq.EVENT_CONNECTED)
+        try:
+            s.connect(self.endpoint)
+            self._sock = s
+            return bool(monitor.poll(int(wait * 1000)))
+        finally:
+            s.disable_monitor()
+            monitor.close(0)
 
     def _close_socket(self) -> None:
         if self._sock is not None:
@@ -152,9 +167,8 @@ class PulseClient:
     def _send(self, msg: Message) -> None:
         frames = encode(msg, self.limits)
         big = any(memoryview(f).nbytes > 65536 for f in frames)
-        if not self._sock.poll(int(min(self.timeout, 3.0) * 1000), zmq.POLLOUT):  # no connection: no daemon
-            self._close_socket()
-            raise DaemonNotRunning("the daemon is not reachable any more — start it with `pulse-server run`")
+        if not self._sock.poll(int(self.timeout * 1000), zmq.POLLOUT):  # only at the high-water mark
+            raise ProtocolError(f"cannot send to the daemon within {self.timeout:g} s", "TIMEOUT", retryable=True)
         self._sock.send_multipart(frames, copy=not big)
         self._last_send = time.monotonic()
 
@@ -163,7 +177,7 @@ class PulseClient:
         try:
             self._sock.send_multipart(encode(msg, self.limits), zmq.NOBLOCK)
             self._last_send = time.monotonic()
-        except zmq.Again:
+        except zmq.Again:  # at the high-water mark: a heartbeat can be skipped
             pass
 
     def _recv(self, timeout: float) -> Message | None:
