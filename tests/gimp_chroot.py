@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 SUITE = "trixie"
-PACKAGES = ("gimp", "gir1.2-gimp-3.0", "python3-gi", "python3-zmq", "python3-msgpack")
+# GIMP 3 with its GObject-introspection Python API, the plug-in's two dependencies, and for the one GUI test
+# (the interactive dialog) a virtual X server plus xdotool to press its OK button.
+PACKAGES = ("gimp", "gir1.2-gimp-3.0", "python3-gi", "python3-zmq", "python3-msgpack", "xvfb", "xdotool")
 DEFAULT_ROOT = Path("/var/cache/pulse-ci/gimp-trixie")
 MARKER = ".pulse-chroot.json"  # written last: a root without it is incomplete
 DEB822_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
@@ -263,6 +265,60 @@ def gimp_batch(root: Path, script: Path, *, home: Path, env: dict[str, str] | No
            GIMP_CONSOLE, "-i", "--no-fonts", "--batch-interpreter", "python-fu-eval", "-b", code, "--quit"]
     with mounted(root):
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def _free_display(root: Path) -> int:
+    for n in range(90, 200):
+        if not (root / f"tmp/.X11-unix/X{n}").exists() and not (root / f"tmp/.X{n}-lock").exists():
+            return n
+    raise RuntimeError("no free X display number")
+
+
+def gimp_gui_batch(root: Path, script: Path, *, home: Path, dialog_title: str, env: dict[str, str] | None = None,
+                   timeout: float = 300) -> tuple[subprocess.CompletedProcess, float | None]:
+    """Like `gimp_batch`, but the full GIMP GUI on a private Xvfb display, answering one dialog.
+
+    When a window titled `dialog_title` appears, xdotool focuses it and presses Return (the dialog's default
+    button, OK). Returns GIMP's result and how many seconds after start the dialog appeared (None: never).
+    Xvfb and GIMP are stopped before /proc and /dev are unmounted.
+    """
+    with mounted(root):
+        display = f":{_free_display(root)}"
+        inner_env = {**chroot_env(), "HOME": str(home), "XDG_CONFIG_HOME": f"{home}/.config",
+                     "XDG_CACHE_HOME": f"{home}/.cache", "XDG_DATA_HOME": f"{home}/.local/share",
+                     "GEGL_SWAP": f"{home}/.cache/gegl-swap", "DISPLAY": display, "NO_AT_BRIDGE": "1",
+                     **(env or {})}
+        base = ["chroot", str(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in inner_env.items())]
+        code = f"exec(compile(open({str(script)!r}).read(), {str(script)!r}, 'exec'))"
+        xvfb = subprocess.Popen([*base, "Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        gimp = None
+        try:
+            deadline = time.monotonic() + 30
+            while not (root / f"tmp/.X11-unix/X{display[1:]}").exists():
+                if time.monotonic() > deadline or xvfb.poll() is not None:
+                    raise RuntimeError(f"Xvfb did not start on {display}")
+                time.sleep(0.1)
+            t0 = time.monotonic()
+            gimp = subprocess.Popen([*base, "gimp-3.0", "--no-splash", "--batch-interpreter", "python-fu-eval",
+                                     "-b", code, "--quit"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            seen = None
+            while gimp.poll() is None and time.monotonic() - t0 < timeout and seen is None:
+                found = subprocess.run([*base, "xdotool", "search", "--name", f"^{dialog_title}"],
+                                       capture_output=True, text=True).stdout.split()
+                if found:
+                    seen = time.monotonic() - t0
+                    time.sleep(1.0)  # let GTK map and realise the whole dialog
+                    subprocess.run([*base, "xdotool", "windowfocus", "--sync", found[-1], "key", "Return"],
+                                   capture_output=True, timeout=30)
+                time.sleep(0.3)
+            out, err = gimp.communicate(timeout=max(1.0, timeout - (time.monotonic() - t0)))
+            return subprocess.CompletedProcess(gimp.args, gimp.returncode, out, err), seen
+        finally:
+            for proc in (gimp, xvfb):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
 
 
 def main(argv: Sequence[str]) -> int:

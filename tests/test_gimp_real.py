@@ -116,7 +116,10 @@ def run(tag, args, scene):
     before = describe(img, tag + "-before", fmt)
     proc = Gimp.get_pdb().lookup_procedure(PROC)
     config = proc.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    args = dict(args)
+    interactive = args.pop("interactive", False)
+    display = Gimp.Display.new(img) if interactive else None  # as a user sees it: the dialog needs a GUI
+    config.set_property("run-mode", Gimp.RunMode.INTERACTIVE if interactive else Gimp.RunMode.NONINTERACTIVE)
     config.set_property("image", img)
     config.set_core_object_array("drawables", [face])
     for k, v in args.items():
@@ -136,7 +139,10 @@ def run(tag, args, scene):
         "selection": list(Gimp.Selection.bounds(img))[1:],
         "undo_enabled": img.undo_is_enabled(),
     }
-    img.delete()
+    if display is not None:
+        display.delete()
+    else:
+        img.delete()
 
 
 try:
@@ -252,7 +258,7 @@ def _install_plugin(outer_home: Path) -> Path:
 
 
 def _drive(gimp_root: Path, inner: Path, outer: Path, runs: list[tuple[str, dict, Scene]],
-           env: dict[str, str]) -> dict:
+           env: dict[str, str], gui: bool = False) -> dict:
     """Run all `runs` (tag, procedure args, scene) in one headless GIMP; returns its JSON + mosaic cells."""
     work = outer / "work"
     specs, cells = [], {}
@@ -264,14 +270,21 @@ def _drive(gimp_root: Path, inner: Path, outer: Path, runs: list[tuple[str, dict
     (work / "config.json").write_text(json.dumps(cfg))
     (work / "driver.py").write_text(f"CFG = {str(inner / 'work/config.json')!r}\n" + DRIVER)
     t0 = time.monotonic()
-    proc = gimp_chroot.gimp_batch(gimp_root, inner / "work/driver.py", home=inner / "home", env=env, timeout=900)
+    dialog_seen = None
+    if gui:
+        # No first-run welcome dialog in front of ours.
+        (outer / "home/.config/GIMP/3.0/gimprc").write_text("(show-welcome-dialog no)\n")
+        proc, dialog_seen = gimp_chroot.gimp_gui_batch(gimp_root, inner / "work/driver.py", home=inner / "home",
+                                                       dialog_title="Depixelate Face", env=env, timeout=600)
+    else:
+        proc = gimp_chroot.gimp_batch(gimp_root, inner / "work/driver.py", home=inner / "home", env=env, timeout=900)
     wall = time.monotonic() - t0
     result_file = work / "result.json"
     assert result_file.exists(), f"GIMP wrote no result (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     result = json.loads(result_file.read_text())
     assert proc.returncode == 0 and result.get("ok"), (
         f"GIMP exit {proc.returncode}\n{result.get('traceback')}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    result.update(wall_s=wall, cells=cells, stderr=proc.stderr, scenes={tag: sc for tag, _, sc in runs})
+    result.update(wall_s=wall, dialog_seen_s=dialog_seen, cells=cells, stderr=proc.stderr, scenes={tag: sc for tag, _, sc in runs})
     return result
 
 
@@ -341,6 +354,7 @@ def test_depixelate_in_real_gimp(gimp_root, chroot_work, daemon):
             assert meta["comment"].split("seed: ")[1].startswith(str(meta["seed"]))
             errs.append(meta["downscale_error"])
         assert errs == sorted(errs)
+        assert {json.loads(layer["parasite"])["seed"] for layer in new} == {1234, 1235}  # seed + i per candidate
         assert f"err {errs[0]:.1e}".replace("e-0", "e-") in new[0]["name"]
         # Nothing else changed: original layers (names, offsets, sizes, pixels), selection, active layer.
         for b, a in zip(before, after[2:]):
@@ -456,3 +470,23 @@ def test_without_pyzmq_the_menu_registers_and_explains(gimp_root, chroot_work):
     assert "python3-zmq" in run["error"] and "install-plugin gimp" in run["error"], run["error"]
     assert [(a["name"], a["offset"]) for a in run["after"]] == [(b["name"], b["offset"]) for b in run["before"]]
     assert all(_same_pixels(outer, a, b) for a, b in zip(run["after"], run["before"]))
+
+
+def test_interactive_dialog_in_real_gimp_gui(gimp_root, chroot_work, daemon):
+    """Full GIMP GUI (Xvfb): the GimpUi.ProcedureDialog opens, OK runs the job with the dialog's values on the
+    default endpoint (PULSE_ENDPOINT, as `pulse-server run` would publish it), and the layers arrive."""
+    inner, outer = chroot_work
+    _install_plugin(outer / "home")
+    args = {"interactive": True, "candidates": 2, "steps": 20, "seed": 77, "block-size": 0, "endpoint": ""}
+    res = _drive(gimp_root, inner, outer, [("dialog", args, SCENES["u8-rgb"])],
+                 env={"PULSE_TOKEN": daemon.token, "PULSE_ENDPOINT": daemon.endpoint}, gui=True)
+    print(f"GUI GIMP wall {res['wall_s']:.1f}s, dialog after {res['dialog_seen_s']}s")
+    assert res["dialog_seen_s"] is not None, "the plug-in's dialog never appeared:\n" + res["stderr"][-3000:]
+    assert "duplicate mnemonic" not in res["stderr"], res["stderr"][-2000:]
+    run = res["runs"]["dialog"]
+    assert run["status"] == "success", (run["error"], res["stderr"][-3000:])
+    names = [layer["name"] for layer in run["after"]]
+    assert names[0].startswith("PULSE face 1 (err ") and names[1].startswith("PULSE face 2 (err ")
+    assert names[2:] == ["face", "background"]
+    # The dialog's values went to the daemon: candidate i is solved with seed + i.
+    assert {json.loads(layer["parasite"])["seed"] for layer in run["after"][:2]} == {77, 78}

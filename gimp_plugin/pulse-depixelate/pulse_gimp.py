@@ -35,13 +35,14 @@ class IntArg:
     default: int
 
 
+# Labels carry mnemonics that clash neither with each other nor with the dialog's buttons.
 INT_ARGS: tuple[IntArg, ...] = (
-    IntArg("candidates", "_Candidates", "Number of faces to imagine (one layer each)", 1, 16, 3),
-    IntArg("steps", "_Steps", "Optimisation steps per candidate", 1, 5000, 100),
-    IntArg("seed", "S_eed", "Random seed (-1 = random)", -1, 2**31 - 1, -1),
+    IntArg("candidates", "Ca_ndidates", "Number of faces to imagine (one layer each)", 1, 16, 3),
+    IntArg("steps", "Solver s_teps", "Optimisation steps per candidate", 1, 5000, 100),
+    IntArg("seed", "Ran_dom seed", "Random seed (-1 = random)", -1, 2**31 - 1, -1),
     IntArg("block-size", "_Block size", "Mosaic block size in pixels (0 = detect)", 0, 512, 0),
 )
-ENDPOINT_ARG = ("endpoint", "_Endpoint", "Daemon endpoint (empty = the default one)", "")
+ENDPOINT_ARG = ("endpoint", "Daemon end_point", "Daemon endpoint (empty = the default one)", "")
 
 
 class UserError(Exception):
