@@ -31,15 +31,9 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def pulse(*argv: str) -> int:
     """The `pulse` CLI in-process (same parser and error mapping as the console script)."""
-    from pulse_server import cli
+    from pulse_server.cli import main_pulse
 
-    try:
-        return cli.main_pulse(list(argv))
-    except ModuleNotFoundError as exc:  # a sibling sub-command not written yet: build `pulse` with `solve` only
-        if "pulse_server.commands" not in str(exc):
-            raise
-        parser = cli._build_parser("pulse", ["pulse_server.commands.solve"], "")
-        return cli._run(parser, list(argv))
+    return main_pulse(list(argv))
 
 
 def _save(a: np.ndarray, path: Path) -> Path:
@@ -104,12 +98,7 @@ def test_console_script_end_to_end(tiny_weights: Path, tmp_path: Path) -> None:
     """The installed `pulse` entry point, as a user runs it: one good solve and one bad input."""
     low = _tiny_target(tiny_weights, tmp_path / "low.png", factor=4)
     env = {**os.environ, "PULSE_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    exe = [str(PULSE)]
-    import importlib.util
-
-    if importlib.util.find_spec("pulse_server.commands.depixelate") is None:  # sibling command not landed yet
-        exe = [sys.executable, "-c", "import sys; from pulse_server import cli; "
-               "sys.exit(cli._run(cli._build_parser('pulse', ['pulse_server.commands.solve'], ''), sys.argv[1:]))"]
+    exe = [str(PULSE)] if PULSE.exists() else [sys.executable, "-m", "pulse_server.cli"]
     good = subprocess.run([*exe, "solve", str(low), "-o", str(tmp_path / "o.png"), "--weights", str(tiny_weights),
                            "-k", "2", "--steps", "20", "--seed", "3", "--precision", "fp32", "--report",
                            str(tmp_path / "r.json")], env=env, capture_output=True, text=True, timeout=120)
