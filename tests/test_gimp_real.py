@@ -41,7 +41,7 @@ SEL = (FACE_OFFSET[0] + MOSAIC_IN_LAYER[0], FACE_OFFSET[1] + MOSAIC_IN_LAYER[1],
 
 # Runs inside GIMP (Debian 13's Python 3.13, no numpy). CFG is replaced by the config path.
 DRIVER = r'''
-import json, time, traceback
+import json, os, time, traceback
 import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
@@ -139,6 +139,15 @@ def run(tag, args, scene):
         "selection": list(Gimp.Selection.bounds(img))[1:],
         "undo_enabled": img.undo_is_enabled(),
     }
+    if interactive:
+        # Hand over to the host, which presses Ctrl+Z once in the image window, then look again.
+        Gimp.displays_flush()
+        open(work + "/undo-ready", "w").close()
+        deadline = time.monotonic() + 120
+        while not os.path.exists(work + "/undo-done") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        out["runs"][tag]["after_undo"] = describe(img, tag + "-undo", fmt)
     if display is not None:
         display.delete()
     else:
@@ -257,6 +266,23 @@ def _install_plugin(outer_home: Path) -> Path:
     return dest
 
 
+def _press_undo_once(work: Path):
+    """After the dialog: wait until the driver has looked at the result, then Ctrl+Z once in the image window."""
+
+    def after_dialog(x11) -> None:
+        deadline = time.monotonic() + 300
+        while not (work / "undo-ready").exists():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
+        windows = x11("xdotool", "search", "--name", "Untitled").stdout.split()
+        if windows:
+            x11("xdotool", "windowfocus", "--sync", windows[-1], "key", "ctrl+z")
+        (work / "undo-done").write_text(" ".join(windows))
+
+    return after_dialog
+
+
 def _drive(gimp_root: Path, inner: Path, outer: Path, runs: list[tuple[str, dict, Scene]],
            env: dict[str, str], gui: bool = False) -> dict:
     """Run all `runs` (tag, procedure args, scene) in one headless GIMP; returns its JSON + mosaic cells."""
@@ -275,7 +301,8 @@ def _drive(gimp_root: Path, inner: Path, outer: Path, runs: list[tuple[str, dict
         # No first-run welcome dialog in front of ours.
         (outer / "home/.config/GIMP/3.0/gimprc").write_text("(show-welcome-dialog no)\n")
         proc, dialog_seen = gimp_chroot.gimp_gui_batch(gimp_root, inner / "work/driver.py", home=inner / "home",
-                                                       dialog_title="Depixelate Face", env=env, timeout=600)
+                                                       dialog_title="Depixelate Face", env=env, timeout=600,
+                                                       after_dialog=_press_undo_once(work))
     else:
         proc = gimp_chroot.gimp_batch(gimp_root, inner / "work/driver.py", home=inner / "home", env=env, timeout=900)
     wall = time.monotonic() - t0
@@ -490,3 +517,9 @@ def test_interactive_dialog_in_real_gimp_gui(gimp_root, chroot_work, daemon):
     assert names[2:] == ["face", "background"]
     # The dialog's values went to the daemon: candidate i is solved with seed + i.
     assert {json.loads(layer["parasite"])["seed"] for layer in run["after"][:2]} == {77, 78}
+    # One Ctrl+Z (GIMP's own Edit ▸ Undo) takes the whole result back: it was exactly one undo step.
+    assert (outer / "work/undo-done").read_text().strip(), "no image window to press Ctrl+Z in"
+    undone = run["after_undo"]
+    assert [(a["name"], a["offset"], a["size"]) for a in undone] == [
+        (b["name"], b["offset"], b["size"]) for b in run["before"]]
+    assert all(_same_pixels(outer, a, b) for a, b in zip(undone, run["before"]))
