@@ -187,8 +187,6 @@ def _solve_here(args: argparse.Namespace, lowres: Any) -> tuple[list[dict], dict
 
 
 def _solve_via_daemon(args: argparse.Namespace, lowres: Any) -> tuple[list[dict], dict]:
-    import numpy as np
-
     from protocol.client import PulseClient
     from protocol.messages import ImageBlob
 
