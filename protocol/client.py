@@ -186,7 +186,12 @@ class PulseClient:
             return None
         frames = self._sock.recv_multipart(copy=False)
         self._last_recv = time.monotonic()
-        msg = decode(frames, self.limits, allowed=SERVER_TYPES)
+        try:
+            msg = decode(frames, self.limits, allowed=SERVER_TYPES)
+        except ProtocolError as exc:
+            if exc.code == "UNKNOWN_TYPE":  # a newer daemon's extra message: not for us
+                return None
+            raise
         if isinstance(msg, Ping):
             self._send_nowait(Pong(msg.t))
         return msg

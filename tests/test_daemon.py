@@ -78,6 +78,10 @@ def test_round_trip_equals_in_process_solver(daemon, tiny_weights):
         states = []
         res = c.run_job(ImageBlob.from_numpy(x), None, quick(seed=7, candidates=2, steps=3), on_state=states.append)
     assert states[0] == "queued" and "running" in states
+    if not welcome.models[0]["loaded"]:  # the first job of this daemon: the model loads once, visibly
+        assert states.index("loading") < states.index("running")
+        with daemon.client() as c:
+            assert c.connect().models[0]["loaded"] and c.connect().models[0]["name"] == "tiny-stylegan2-32"
     prior, info = load_prior(tiny_weights, "cpu")
     ref = solve(prior, x, SolveConfig(candidates=2, steps=3, seed=7))
     assert res.model == info.name and res.analysis["factor"] == 4
