@@ -48,8 +48,9 @@ Precision modes:
              when a callback is due, at most every `progress_interval` s), noise preallocated, fused Adam
              and bf16 autocast for the synthesis network on CUDA only (latents, losses, downscaler in fp32),
              optional `torch.compile` of the renderer on CUDA (`compile=True`; never on CPU, never at import),
-             StyleGAN2's unfused modulated convolution (shared-weight convs over the whole batch: 2.7× faster
-             than the grouped form for K=4 on CPU, tiny config).
+             StyleGAN2's unfused modulated convolution (shared-weight convs over the whole batch, the form
+             bf16 tensor cores like; 1.1× the grouped form for K=4 on CPU, tiny config; bench/solver.py's
+             `default-fused` row compares the two on any device).
   "fp32"     the faithful baseline: the original loop's structure: fp32, eager, one candidate at a time,
              the loss read back to the host at every step.
 Both modes compute the same function: on CPU they agree to float rounding (tests/test_solver.py).
