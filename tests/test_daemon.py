@@ -251,6 +251,28 @@ def test_hostile_input_is_answered_or_dropped_and_daemon_survives(daemon):
         assert len(res.candidates) == 1
 
 
+def test_a_burst_of_random_messages_does_not_hurt_the_daemon(daemon):
+    rng = np.random.default_rng(1234)
+    s = _raw(daemon.endpoint)
+    try:
+        assert isinstance(_ask(s, encode(Hello(token=daemon.token, client="fuzz"))), Welcome)  # also as a session
+        for i in range(300):
+            n = int(rng.integers(1, 5))
+            frames = [rng.bytes(int(rng.integers(0, 200))) for _ in range(n)]
+            if i % 2:
+                fields = {"type": str(rng.choice(["SUBMIT", "CANCEL", "FETCH", "HELLO", "STATUS", "PING", "X"])),
+                          "job_id": rng.bytes(4).hex(), "image": int(rng.integers(-1, 3)), "params": {"steps": int(rng.integers(-5, 5))},
+                          "blobs": [{"w": int(rng.integers(-1, 5)), "h": 2, "c": 1, "dtype": "u8", "nbytes": int(rng.integers(0, 12))}]}
+                frames = [MAGIC, msgpack.packb(fields), *frames[: int(rng.integers(0, 3))]]
+            s.send_multipart(frames)
+        time.sleep(0.5)
+    finally:
+        s.close(0)
+    assert daemon.alive()
+    with daemon.client() as c:
+        assert len(c.run_job(ImageBlob.from_numpy(lowres(10)), None, quick()).candidates) == 1
+
+
 def test_bad_params_mask_and_queue_full(daemon):
     img = ImageBlob.from_numpy(lowres(7))
     with daemon.client() as c:
