@@ -50,7 +50,7 @@ def test_fp32_mode_matches_cpu(priors, target) -> None:
         torch.backends.cudnn.allow_tf32 = True
     for x, y in zip(sorted(a.candidates, key=lambda c: c.seed), sorted(b.candidates, key=lambda c: c.seed)):
         assert x.seed == y.seed
-        assert np.abs(x.image - y.image).max() < 1e-2
+        assert np.abs(x.image - y.image).max() < 2e-2
         assert y.downscale_mse == pytest.approx(x.downscale_mse, rel=0.05, abs=1e-6)
 
 
