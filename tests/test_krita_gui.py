@@ -8,6 +8,7 @@ selection, and once more to cancel mid-job; it writes what happened to a JSON fi
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -37,7 +38,8 @@ def gui_run(tmp_path_factory, tiny_weights):
                "settings": {"candidates": 3, "steps": 10, "seed": 1, "block": 0, "source": "layer",
                             "endpoint": daemon.endpoint},
                "dead_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}", "cancel_steps": 5000, "timeout": 150,
-               "start_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}"}
+               "start_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}",
+               "screenshots": bool(os.environ.get("PULSE_KRITA_SCREENSHOTS"))}  # docker-<step>.png in out/
         (root / "cfg.json").write_text(json.dumps(cfg))
         env = krita_env(root / "krita", {"PULSE_TOKEN": daemon.token, "PULSE_KRITA_TEST": str(root / "cfg.json")})
         install_plugin(env)
@@ -50,6 +52,7 @@ def gui_run(tmp_path_factory, tiny_weights):
         proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", "krita", "--nosplash"],
                               env=env, capture_output=True, text=True, timeout=240)
         seconds = time.monotonic() - t0
+        (out / "krita-stderr.txt").write_text(proc.stderr)
         result_file = out / "result.json"
         assert result_file.is_file(), f"Krita wrote no result (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
         res = json.loads(result_file.read_text())
@@ -92,10 +95,10 @@ def test_docker_and_action_are_registered(gui_run):
 
 def test_start_button_launches_the_daemon_detached(gui_run):
     step = _step(gui_run[0], "start")
-    assert step["status_right_after_change"] == "daemon: checking…", step
+    assert step["status_right_after_change"] == "Daemon: checking…", step
     assert step["button_visible_before"] and "not running" in step["status_before"], step
-    assert step["status_after_click"] == "daemon: starting…"
-    assert step["status"].startswith("daemon: connected"), step
+    assert step["status_after_click"] == "Daemon: starting…"
+    assert step["status"].startswith("Daemon: connected"), step
     assert not step["button_visible_after"]
     assert step["stopped"] is True
 
@@ -137,7 +140,7 @@ def test_live_job_adds_ranked_layers_above_the_original(gui_run):
         assert layer["bounds"] == list(RECT) and layer["space"] == ["RGBA", "U8"]
     assert step["original_unchanged"]
     assert step["active_is_original"]
-    assert step["status"].startswith("daemon: connected"), step["status"]
+    assert step["status"].startswith("Daemon: connected"), step["status"]
 
     # re-mosaic invariant: the best face, averaged over the mosaic cells, gives the mosaic back
     x, y, w, h = RECT

@@ -30,7 +30,7 @@ def test_install_lays_out_a_pykrita_plugin_and_uninstall_removes_it(tmp_path, ca
     for name in ("__init__.py", "logic.py", "docker.py", "extension.py", "client_path.py",
                  "_client/protocol/client.py", "_client/protocol/layers.py", "server.json"):
         assert (pkg / name).is_file(), name
-    assert not list(pkg.rglob("__pycache__"))
+    assert not list(pkg.rglob("__pycache__")) and not list(pkg.rglob("*.action"))
     action = (tmp_path / "krita" / "actions" / "pulse_depixelate.action").read_text()
     assert '<Action name="pulse_depixelate">' in action and "Depixelate Face (PULSE)" in action
 
@@ -90,3 +90,42 @@ def test_default_folders(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     if sys.platform.startswith("linux"):
         assert krita.pykrita_dir() == tmp_path / "data" / "krita" / "pykrita"
+
+
+def _other_cpython() -> tuple[str, str] | None:
+    """A CPython 3.10/3.13 (Krita's bundled versions) other than this one, standing in for Krita's own."""
+    import shutil
+
+    for version in ("3.10", "3.13", "3.12"):
+        found = [shutil.which(f"python{version}")] + sorted(
+            str(p) for p in (Path.home() / ".pyenv" / "versions").glob(f"{version}.*/bin/python{version}"))
+        for exe in filter(None, found):
+            if version == f"{sys.version_info[0]}.{sys.version_info[1]}":
+                break
+            ok = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
+            if ok.returncode == 0:
+                return version, exe
+    return None
+
+
+@pytest.mark.slow
+def test_vendored_wheels_serve_a_bundled_python(tmp_path, capsys):
+    """The AppImage/Windows/macOS case: pyzmq + msgpack wheels for *that* Python, importable there alone."""
+    other = _other_cpython()
+    if other is None:
+        pytest.skip("no second CPython (3.10/3.12/3.13) on PATH to stand in for Krita's bundled one")
+    version, exe = other
+    target = krita.PythonTarget("bundled", versions=(version,), platforms=krita._machine_tags())
+    pkg = krita.install(tmp_path / "pykrita", python=target)
+    out = capsys.readouterr().out
+    if "could not download" in out:
+        pytest.skip(f"the package index is not reachable: {out.strip().splitlines()[0]}")
+    digits = version.replace(".", "")
+    assert (pkg / "_client" / f"py{digits}" / "_vendor" / "zmq").is_dir()
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pulse_depixelate import client_path as c; "
+            "assert c.missing_dependencies() == [], c.missing_dependencies(); import zmq, msgpack; "
+            "from protocol.client import PulseClient; print(zmq.__file__)")
+    res = subprocess.run([exe, "-I", "-c", code, str(pkg.parent)], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert Path(res.stdout.strip()).is_relative_to(pkg / "_client" / f"py{digits}" / "_vendor")

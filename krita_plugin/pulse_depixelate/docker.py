@@ -14,10 +14,10 @@ import traceback
 from typing import Any, Optional
 
 from krita import DockWidget, Krita
-from PyQt5.QtCore import QThread, QTimer, Qt, pyqtSignal
+from PyQt5.QtCore import QSize, QThread, QTimer, Qt, pyqtSignal
 from PyQt5.QtGui import QPixmap
-from PyQt5.QtWidgets import (QApplication, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
-                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from PyQt5.QtWidgets import (QApplication, QComboBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QLineEdit,
+                             QProgressBar, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 
 from . import client_path, logic
 
@@ -67,7 +67,7 @@ class JobThread(QThread):
 class ProbeThread(QThread):
     """Asks the daemon who it is (HELLO/WELCOME) with a short timeout."""
 
-    answered = pyqtSignal(bool, str)
+    answered = pyqtSignal(bool, str, str)  # reachable, status text, the endpoint asked ("" = default)
 
     def __init__(self, endpoint: Optional[str], parent: Any = None) -> None:
         super().__init__(parent)
@@ -82,13 +82,24 @@ class ProbeThread(QThread):
                              timeout=2.0) as client:
                 welcome = client.connect()
             models = ", ".join(str(m.get("name", "?")) for m in (getattr(welcome, "models", None) or [])[:2])
-            text = f"connected — {getattr(welcome, 'device', '?')}" + (f", {models}" if models else "")
-            self.answered.emit(True, text)
+            text = f"connected ({getattr(welcome, 'device', '?')}" + (f", {models})" if models else ")")
+            self.answered.emit(True, text, self.endpoint or "")
         except Exception as exc:  # noqa: BLE001
             if type(exc).__name__ == "DaemonNotRunning":
-                self.answered.emit(False, "daemon not running")
+                self.answered.emit(False, "not running", self.endpoint or "")
             else:
-                self.answered.emit(False, logic.user_message(exc))
+                self.answered.emit(False, logic.user_message(exc), self.endpoint or "")
+
+
+class _ContentSizedScrollArea(QScrollArea):
+    """Asks for its content's full size (a plain QScrollArea asks for little, and the dock area obliges)."""
+
+    def sizeHint(self) -> QSize:
+        inner = self.widget()
+        if inner is None:
+            return super().sizeHint()
+        bar = self.verticalScrollBar().sizeHint().width()
+        return inner.sizeHint() + QSize(bar + 2 * self.frameWidth(), 2 * self.frameWidth())
 
 
 class PulseDocker(DockWidget):
@@ -102,7 +113,7 @@ class PulseDocker(DockWidget):
         self._job: Optional[JobThread] = None
         self._probe: Optional[ProbeThread] = None
         self._probe_again = False
-        self._request: Optional[logic.Request] = None
+        self._retired: list[JobThread] = []  # threads past their last signal, until QThread.finished
         self.last_layers: list[Any] = []
         self._build_ui()
         self._load_settings()
@@ -122,10 +133,10 @@ class PulseDocker(DockWidget):
     # ------------------------------------------------------------------------------------------ UI
 
     def _build_ui(self) -> None:
-        root = QWidget(self)
+        root = QWidget()
         box = QVBoxLayout(root)
         status_row = QHBoxLayout()
-        self.status_label = QLabel("daemon: checking…")
+        self.status_label = QLabel("Daemon: checking…")
         self.status_label.setWordWrap(True)
         self.start_button = QPushButton("Start")
         self.start_button.setToolTip("Start the PULSE daemon (`pulse-server run`) in the background")
@@ -184,15 +195,20 @@ class PulseDocker(DockWidget):
         self.message.setTextInteractionFlags(Qt.TextSelectableByMouse)
         box.addWidget(self.message)
         box.addStretch(1)
-        self.setWidget(root)
+        scroll = _ContentSizedScrollArea(self)  # a short docker scrolls instead of clipping the message
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setWidget(root)
+        self.setWidget(scroll)
 
     def _shutdown(self) -> None:
         self._timer.stop()
         if self._job is not None:
             self._job.cancel()  # the daemon drops the job too (CANCEL), rather than finishing it for nobody
             self._job.wait(3000)
-        if self._probe is not None:
-            self._probe.wait(3000)
+        for thread in [self._probe] + self._retired:
+            if thread is not None:
+                thread.wait(3000)
 
     def canvasChanged(self, canvas: Any) -> None:  # required by DockWidget; nothing is tied to a canvas
         pass
@@ -202,7 +218,7 @@ class PulseDocker(DockWidget):
         self.message.setStyleSheet("color: #d33;" if error else "")
 
     def _set_status(self, ok: bool, text: str) -> None:
-        self.status_label.setText(f"daemon: {text}")
+        self.status_label.setText(f"Daemon: {text}")
         self.start_button.setVisible(not ok)
 
     # ------------------------------------------------------------------------------------------ settings
@@ -244,7 +260,7 @@ class PulseDocker(DockWidget):
 
     def _endpoint_changed(self, _text: str) -> None:
         if self._job is None:
-            self.status_label.setText("daemon: checking…")  # whatever we knew was about another endpoint
+            self.status_label.setText("Daemon: checking…")  # whatever we knew was about another endpoint
         self._endpoint_timer.start()
 
     def _current_endpoint(self) -> Optional[str]:
@@ -262,8 +278,8 @@ class PulseDocker(DockWidget):
         self._probe = probe
         probe.start()
 
-    def _on_probe(self, ok: bool, text: str) -> None:
-        stale = self._probe is not None and self._probe.endpoint != self._current_endpoint()
+    def _on_probe(self, ok: bool, text: str, endpoint: str) -> None:
+        stale = (endpoint or None) != self._current_endpoint()  # the user changed it meanwhile
         if self._job is None and not stale:
             self._set_status(ok, text)
 
@@ -317,7 +333,6 @@ class PulseDocker(DockWidget):
             self.jobFinished.emit("refused", str(exc))
             return False
         self._save_settings(settings)
-        self._request = request
         self._job = JobThread(request, self)
         self._job.progress.connect(self._on_progress)
         self._job.preview.connect(self._on_preview)
@@ -325,7 +340,7 @@ class PulseDocker(DockWidget):
         self._job.succeeded.connect(self._on_success)
         self._job.failed.connect(self._on_failure)
         self._job.cancelled.connect(self._on_cancelled)
-        self._job.finished.connect(self._job_done)
+        self._job.finished.connect(self._reap)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)  # busy until the first PROGRESS (queue, model loading)
@@ -363,46 +378,56 @@ class PulseDocker(DockWidget):
 
     def _on_success(self, outcome: logic.Outcome) -> None:  # GUI thread: Krita calls allowed
         try:
-            self.last_layers = logic.apply_outcome(self._request, outcome, Krita.instance().documents())
-        except logic.PluginError as exc:
-            self._say(str(exc), error=True)
-            self.jobFinished.emit("failed", str(exc))
+            self.last_layers = logic.apply_outcome(self._job.request, outcome, Krita.instance().documents())
+        except Exception as exc:  # noqa: BLE001 - the docker must end the job with a message, whatever happened
+            if not isinstance(exc, logic.PluginError):
+                traceback.print_exc()
+            self._say(logic.user_message(exc), error=True)
+            self._end_job("failed", logic.user_message(exc))
             return
         best = outcome.layers[0]
-        self._set_status(True, f"connected — {outcome.model}")
+        self._set_status(True, f"connected ({outcome.model})")
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.progress.setFormat("done")
-        self._say(f"Added {len(outcome.layers)} layer(s); the best, “{best.name}”, is visible "
-                  f"(seed {best.seed}). These faces are imagined by the model ({outcome.model}), "
-                  "not recovered: do not use them to identify anyone.")
+        self._say(f"Added {len(outcome.layers)} layer(s), the best one visible. These faces are imagined "
+                  "by the model, not recovered: never use them to identify anyone.")
         self.message.setToolTip(best.comment)
-        self.jobFinished.emit("done", best.name)
+        self._end_job("done", best.name)
 
     def _on_failure(self, text: str) -> None:
         self._say(text, error=True)
         if "not running" in text:
-            self._set_status(False, "daemon not running")
+            self._set_status(False, "not running")
         self._reset_progress()
-        self.jobFinished.emit("failed", text)
+        self._end_job("failed", text)
 
     def _on_cancelled(self) -> None:
         self._say("Cancelled; the image is unchanged.")
         self._reset_progress()
-        self.jobFinished.emit("cancelled", "")
+        self._end_job("cancelled", "")
 
     def _reset_progress(self) -> None:
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
         self.progress.resetFormat()
 
-    def _job_done(self) -> None:
+    def _end_job(self, state: str, message: str) -> None:
+        """Each job ends in exactly one of success/failure/cancel (the thread's last signal): the docker is
+        ready again right here, without waiting for QThread.finished, whose order relative to the thread's
+        own signals is not something to rely on."""
         if self._job is not None:
-            self._job.deleteLater()
-        self._job, self._request = None, None
+            self._retired.append(self._job)
+        self._job = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         QTimer.singleShot(0, self.probe)
+        self.jobFinished.emit(state, message)  # last: listeners see the docker ready for the next job
+
+    def _reap(self) -> None:
+        for thread in [t for t in self._retired if t.isFinished()]:
+            self._retired.remove(thread)
+            thread.deleteLater()
 
 
 def is_pulse_docker(widget: Any) -> bool:

@@ -32,7 +32,7 @@ NAME = "pulse_depixelate"
 FLATPAK_ID = "org.kde.krita"
 # Krita's bundled CPython when we cannot read it from an installation: 5.1/5.2 ship 3.10, newer builds 3.13.
 DEFAULT_BUNDLED = ("3.10", "3.13")
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "_client", "server.json")
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "_client", "server.json", "*.action")
 
 
 @dataclass
@@ -163,10 +163,10 @@ def install(dest: Optional[Path] = None, *, python: Optional[PythonTarget] = Non
         shutil.rmtree(target)
     shutil.copytree(src / NAME, target, ignore=_IGNORE)
     shutil.copy2(src / f"{NAME}.desktop", pykrita / f"{NAME}.desktop")
-    actions = _actions_dir(pykrita)
-    if actions is not None:
-        actions.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / NAME / f"{NAME}.action", actions / f"{NAME}.action")
+    # The action file (menu text, shortcut slot) belongs in <resources>/actions/ only: Krita reads it from there.
+    actions = _actions_dir(pykrita) or target
+    actions.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / NAME / f"{NAME}.action", actions / f"{NAME}.action")
     client = target / "_client"
     copy_client(client)
     (target / "server.json").write_text(json.dumps({"command": _server_command()}, indent=1) + "\n", "utf-8")

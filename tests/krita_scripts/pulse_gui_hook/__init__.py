@@ -165,7 +165,7 @@ class Driver:
     def wait_started(self):
         text = self.docker.status_label.text()
         waited = time.monotonic() - self.start_t0
-        if not text.startswith("daemon: connected") and waited < 60:
+        if not text.startswith("Daemon: connected") and waited < 60:
             QTimer.singleShot(200, self.guard(self.wait_started))
             return
         self.start_info.update(status=text, seconds=round(waited, 2),
@@ -215,8 +215,11 @@ class Driver:
                                            "space": [node.colorModel(), node.colorDepth()]})
             W, H = self.doc.width(), self.doc.height()
             info["original_unchanged"] = bytes(self.bg.pixelData(0, 0, W, H)) == self.before
-            info["active_is_original"] = self.doc.activeNode() is not None and \
-                self.doc.activeNode().uniqueId() == self.bg.uniqueId()
+            active = self.doc.activeNode()
+            info["active_after"] = [active.name(), active.type()] if active is not None else None
+            info["active_is_original"] = active is not None and active.uniqueId() == self.bg.uniqueId()
+        if self.cfg.get("screenshots"):
+            self.docker.grab().save(str(Path(self.cfg["out"]).parent / f"docker-{name}.png"))
         self.step(name, **info)
         QTimer.singleShot(100, self.guard(self.next))
 
