@@ -244,3 +244,16 @@ def test_client_refuses_a_region_over_the_daemons_limits_before_sending(tmp_path
             assert c.run_job(ImageBlob.from_numpy(_rgba(6, 100)), None, {}).candidates[0].image.width == 100
     finally:
         d.stop()
+
+
+def test_status_and_stop_find_a_daemon_started_on_another_endpoint(tmp_path):
+    d = start_daemon(tmp_path, weights="noop:", endpoint="tcp")
+    try:
+        env = {k: v for k, v in d.env.items() if k != "PULSE_ENDPOINT"}  # only the lock file knows the endpoint
+        status = subprocess.run(server_command("status"), env=env, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and d.endpoint in status.stdout, status.stdout + status.stderr
+        stop = subprocess.run(server_command("stop"), env=env, capture_output=True, text=True, timeout=60)
+        assert stop.returncode == 0 and "stopped" in stop.stdout
+        assert d.proc.wait(15) == 0
+    finally:
+        d.stop()

@@ -53,6 +53,20 @@ def _resolve_endpoint(arg: str | None) -> str:
     return arg or default_endpoint()
 
 
+def _running_endpoint(arg: str | None) -> str:
+    """For status/stop: --endpoint, else PULSE_ENDPOINT, else the endpoint this user's running daemon
+    wrote in its lock file (it may have been started with --endpoint), else the default."""
+    from .. import paths
+
+    if arg or os.environ.get("PULSE_ENDPOINT"):
+        return _resolve_endpoint(arg)
+    if paths.is_locked():
+        endpoint = paths.read_lock_info().get("endpoint")
+        if isinstance(endpoint, str) and endpoint:
+            return endpoint
+    return _resolve_endpoint(None)
+
+
 def _setup_logging(level: str, to_file: bool) -> None:
     from .. import paths
 
@@ -105,7 +119,7 @@ def _status(args: argparse.Namespace) -> int:
 
     from .. import paths
 
-    endpoint = _resolve_endpoint(args.endpoint)
+    endpoint = _running_endpoint(args.endpoint)
     try:
         with PulseClient(endpoint, client_name="pulse-server status", timeout=args.timeout) as c:
             c.connect()
@@ -129,12 +143,14 @@ def _stop(args: argparse.Namespace) -> int:
 
     from .. import paths
 
-    endpoint = _resolve_endpoint(args.endpoint)
+    endpoint = _running_endpoint(args.endpoint)
     pid = None
     try:
         with PulseClient(endpoint, client_name="pulse-server stop", timeout=min(args.timeout, 5.0)) as c:
             c.connect()
             pid = c.status().server.get("pid")
+            # Decided before the daemon can drop its lock: is its lock the one this environment sees?
+            own_lock = pid is not None and paths.is_locked() and paths.read_lock_info().get("pid") == pid
             c.shutdown()
     except DaemonNotRunning:
         print(f"pulse-server: not running on {endpoint}")
@@ -142,7 +158,6 @@ def _stop(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     # The daemon drops its lock as its last act; a daemon whose lock this environment cannot see is
     # watched by pid instead.
-    own_lock = pid is not None and paths.read_lock_info().get("pid") == pid
     while time.monotonic() < deadline:
         running = paths.is_locked() if own_lock else _pid_alive(pid)
         if not running:
@@ -172,4 +187,8 @@ def _pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # an exited child its parent has not reaped yet still answers kill(0)
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
