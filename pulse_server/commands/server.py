@@ -82,6 +82,7 @@ def _setup_logging(level: str, to_file: bool) -> None:
             fh = logging.handlers.RotatingFileHandler(log_dir / "daemon.log", maxBytes=2 << 20, backupCount=3, encoding="utf-8")
             fh.setFormatter(fmt)
             root.addHandler(fh)
+            root.info("logging to %s", log_dir / "daemon.log")
         except OSError as exc:
             root.warning("cannot write the log file: %s", exc)
 
