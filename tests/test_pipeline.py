@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pulse_server.errors import PipelineError
-from pulse_server.pipeline import DepixParams, depixelate, pixelate
+from pulse_server.pipeline import DepixParams, block_means, depixelate, pixelate
 from pulse_server.pipeline.framing import FrameHints, center_frame, lowres_sides
 
 STEPS = 2  # the invariants hold for any face the solver returns: keep the sweep fast
@@ -59,13 +59,14 @@ def to255(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float64) * 255.0
 
 
-def inner_energy(img: np.ndarray, block: int) -> float:
-    """Mean |neighbour difference| (0..255) between pixels of the same cell: 0 for a clean mosaic."""
+def inner_energy(img: np.ndarray, block: int, offset: tuple[int, int] = (0, 0)) -> float:
+    """Mean |neighbour difference| (0..255) between pixels of the same cell (grid lines at offset mod block):
+    0 for a clean mosaic."""
     f = to255(img)
     dx = np.abs(np.diff(f, axis=1))
     dy = np.abs(np.diff(f, axis=0))
-    keep_x = (np.arange(1, f.shape[1]) % block) != 0
-    keep_y = (np.arange(1, f.shape[0]) % block) != 0
+    keep_x = ((np.arange(1, f.shape[1]) - offset[0]) % block) != 0
+    keep_y = ((np.arange(1, f.shape[0]) - offset[1]) % block) != 0
     return float(0.5 * (dx[:, keep_x].mean() + dy[keep_y].mean()))
 
 
@@ -75,7 +76,8 @@ def check(region: np.ndarray, mask: np.ndarray | None, res, rect: tuple[int, int
     assert info.detected and info.block == block and info.phase == phase and info.rect == rect, info
     x, y, w, h = rect
     colour = 1 if region.shape[2] in (1, 2) else 3
-    in_cells = to255(region[y : y + h, x : x + w, :colour]).reshape(h // block, block, w // block, block, colour).mean(axis=(1, 3))
+    off = ((phase[0] - x) % block, (phase[1] - y) % block)  # grid lines inside the rectangle
+    in_cells = block_means(to255(region[..., :colour]), block, rect, origin=phase)
     outside = np.ones(region.shape[:2], bool)
     outside[y : y + h, x : x + w] = False
     if mask is not None:
@@ -87,17 +89,17 @@ def check(region: np.ndarray, mask: np.ndarray | None, res, rect: tuple[int, int
         if region.shape[2] in (2, 4):
             assert np.array_equal(patch[..., -1], region[..., -1]), "alpha changed"
         sub = patch[y : y + h, x : x + w, :colour]
-        out_cells = to255(sub).reshape(h // block, block, w // block, block, colour).mean(axis=(1, 3))
+        out_cells = block_means(to255(patch[..., :colour]), block, rect, origin=phase)
         err = np.abs(out_cells - in_cells).mean(axis=(0, 1))
         assert (err <= 2.0).all(), f"re-pixelated patch differs from the mosaic by {err} per channel"
-        detail, flat = inner_energy(sub, block), inner_energy(region[y : y + h, x : x + w, :colour], block)
+        detail, flat = inner_energy(sub, block, off), inner_energy(region[y : y + h, x : x + w, :colour], block, off)
         assert detail > 3 * flat + 0.5, f"no detail: inner edge energy {detail:.2f} vs mosaic {flat:.2f}"
     errs = [c.downscale_mse for c in res.candidates]
     assert errs == sorted(errs)
 
 
 CASES = {
-    # name: (box h, box w, block, mosaic rect in the box, channels, dtype, mask kind)
+    # name: (box h, box w, block, mosaic rect in the box, channels, dtype, mask kind[, grid origin])
     "square-box-is-mosaic": (96, 96, 8, (0, 0, 96, 96), 3, np.uint8, None),
     "nonsquare-larger-box-phase": (150, 190, 13, (21, 17, 130, 104), 3, np.uint8, None),
     "block4": (60, 72, 4, (6, 10, 48, 40), 3, np.uint8, None),
@@ -112,6 +114,9 @@ CASES = {
     "grey16-mask": (110, 110, 14, (6, 6, 98, 98), 1, np.uint16, "ellipse"),
     "float": (100, 100, 10, (5, 5, 90, 90), 3, np.float32, None),
     "float-rgba": (100, 100, 10, (5, 5, 90, 90), 4, np.float32, "soft"),
+    # GIMP/Krita align blocks to the layer origin: the selection's edges cut cells
+    "partial-cells": (120, 130, 12, (9, 14, 101, 95), 3, np.uint8, None, (0, 0)),
+    "partial-cells-grey16-mask": (120, 130, 10, (13, 7, 97, 103), 1, np.uint16, "soft", (4, 4)),
 }
 
 
@@ -127,13 +132,14 @@ def make_mask(kind: str | None, h: int, w: int) -> np.ndarray | None:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_invariants(prior, name: str) -> None:
-    h, w, block, rect, channels, dtype, mask_kind = CASES[name]
+    h, w, block, rect, channels, dtype, mask_kind, *origin = CASES[name]
+    grid_origin = origin[0] if origin else (rect[0], rect[1])
     seed = sum(map(ord, name))
     base = encode(photo(h, w, seed), channels, dtype)
-    region = pixelate(base, block, rect)
+    region = pixelate(base, block, rect, origin=grid_origin)
     mask = make_mask(mask_kind, h, w)
     res = depixelate(prior, region, mask, DepixParams(candidates=2, steps=STEPS, seed=seed))
-    check(region, mask, res, rect, block, (rect[0] % block, rect[1] % block))
+    check(region, mask, res, rect, block, (grid_origin[0] % block, grid_origin[1] % block))
     # the two candidates are different faces
     assert not np.array_equal(res.patches[0], res.patches[1])
 

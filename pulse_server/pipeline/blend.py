@@ -1,6 +1,7 @@
 """Putting a generated face back: colour/tone match, feathered composite, block consistency.
 
-All functions work on float32 RGB in [0, 1] over the mosaic rectangle (whole cells). The composite is
+All functions work on float32 RGB in [0, 1] over the mosaic rectangle; its cells are described by a
+`CellGrid` (the outermost rows/columns may be partial cells, cut by the mosaic's edge). The composite is
     out = input + a * (face - input)        a = selection weight × feather ramp, in [0, 1]
 and the face is shifted per cell so that every cell of `out` averages to the input cell's colour
 (re-pixelating the result gives back the mosaic; the photo's white balance cannot drift).
@@ -8,28 +9,83 @@ and the face is shifted per cell so that every cell of `out` averages to the inp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
 
-def cell_view(img: np.ndarray, block: int) -> np.ndarray:
-    """(H, W, ...) with H, W multiples of block -> (H/b, b, W/b, b, ...) view."""
-    h, w = img.shape[:2]
-    return img.reshape(h // block, block, w // block, block, *img.shape[2:])
+@dataclass(frozen=True)
+class CellGrid:
+    """The mosaic's cells over its rectangle: grid lines every `block` px from `origin` (rect coordinates,
+    -block < origin <= 0), so the first/last row/column may be partial cells cut by the mosaic's edge."""
+
+    height: int
+    width: int
+    block: int
+    origin: tuple[int, int] = (0, 0)  # (x, y) of the first grid line, relative to the rectangle
+
+    @classmethod
+    def of(cls, rect: tuple[int, int, int, int], block: int, phase: tuple[int, int]) -> "CellGrid":
+        """The grid of a mosaic rectangle (region coords) with grid lines at phase (mod block)."""
+        x, y, w, h = rect
+        ox = (phase[0] - x) % block
+        oy = (phase[1] - y) % block
+        return cls(h, w, block, (ox - block if ox else 0, oy - block if oy else 0))
+
+    @property
+    def col(self) -> np.ndarray:
+        return (np.arange(self.width) - self.origin[0]) // self.block
+
+    @property
+    def row(self) -> np.ndarray:
+        return (np.arange(self.height) - self.origin[1]) // self.block
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.row[-1]) + 1, int(self.col[-1]) + 1
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(H, W) cell index of every pixel, row-major over the cells."""
+        return self.row[:, None] * self.shape[1] + self.col[None, :]
+
+    @property
+    def trim(self) -> tuple[float, float, float, float]:
+        """Fractions of the first/last column/row cell outside the rectangle: (left, top, right, bottom)."""
+        b = self.block
+        ny, nx = self.shape
+        return (-self.origin[0] / b, -self.origin[1] / b,
+                (nx * b + self.origin[0] - self.width) / b, (ny * b + self.origin[1] - self.height) / b)
+
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """(H, W, C) -> (ny, nx, C) per-cell sums."""
+        ny, nx = self.shape
+        lab = self.labels.ravel()
+        flat = values.reshape(lab.size, -1).astype(np.float64)
+        out = np.stack([np.bincount(lab, weights=flat[:, c], minlength=ny * nx) for c in range(flat.shape[1])], axis=1)
+        return out.reshape(ny, nx, -1)
+
+    def means(self, img: np.ndarray) -> np.ndarray:
+        """(H, W, C) -> (ny, nx, C) float64 cell means (partial cells: mean of their pixels inside)."""
+        return self.sums(img) / self.sums(np.ones(img.shape[:2] + (1,)))
+
+    def spread(self, per_cell: np.ndarray) -> np.ndarray:
+        """(ny, nx, C) -> (H, W, C): every pixel gets its cell's value."""
+        return per_cell[self.row[:, None], self.col[None, :]]
 
 
-def cell_means(img: np.ndarray, block: int) -> np.ndarray:
-    """(H, W, C) -> (H/b, W/b, C) float64 cell means."""
-    return cell_view(img.astype(np.float64), block).mean(axis=(1, 3))
+def cell_means(img: np.ndarray, grid: CellGrid) -> np.ndarray:
+    return grid.means(img)
 
 
-def match_colour(face: np.ndarray, target_cells: np.ndarray, block: int) -> np.ndarray:
+def match_colour(face: np.ndarray, target_cells: np.ndarray, grid: CellGrid) -> np.ndarray:
     """Per-channel gain and offset that make the face's cell means fit the target cell colours (least squares).
 
     This keeps the photo's white balance and tone: a generator with a colour cast or a different contrast
     is mapped onto the input's statistics before the per-cell correction adds only small offsets.
     """
-    fc = cell_means(face, block).reshape(-1, 3)
+    fc = grid.means(face).reshape(-1, 3)
     tc = target_cells.reshape(-1, 3).astype(np.float64)
     out = np.empty_like(face)
     for c in range(3):
@@ -63,7 +119,7 @@ def feather_ramp(height: int, width: int, width_px: float, open_sides: tuple[boo
     return (t * t * (3 - 2 * t)).astype(np.float32)  # smoothstep: no visible kink where the ramp ends
 
 
-def enforce_cells(face: np.ndarray, base: np.ndarray, weight: np.ndarray, block: int, iterations: int = 4,
+def enforce_cells(face: np.ndarray, base: np.ndarray, weight: np.ndarray, grid: CellGrid, iterations: int = 4,
                   smooth_iterations: int = 10) -> np.ndarray:
     """Shift the face per cell so that every cell of base + weight·(face − base) has base's cell mean.
 
@@ -72,36 +128,34 @@ def enforce_cells(face: np.ndarray, base: np.ndarray, weight: np.ndarray, block:
     Cells with no weight are left alone. Clipping to [0, 1] can leave a residual after one pass (a bright
     cell whose face pixels saturate); the loop spreads it over the pixels that still have room.
     """
-    face = _smooth_backproject(face, base, weight, block, smooth_iterations)
-    w = cell_view(np.broadcast_to(weight[..., None], face.shape).astype(np.float64), block)
-    f = cell_view(face.astype(np.float64), block).copy()
-    b = cell_view(base.astype(np.float64), block)
+    w = np.broadcast_to(weight[..., None], face.shape).astype(np.float64)
+    b = base.astype(np.float64)
+    f = _smooth_backproject(face, b, w, grid, smooth_iterations).astype(np.float64)
     for _ in range(iterations):
-        resid = (w * (f - b)).sum(axis=(1, 3), keepdims=True)  # Σ w·(f − b) per cell and channel
+        resid = grid.spread(grid.sums(w * (f - b)))  # Σ w·(f − b) of each pixel's cell, per channel
         if np.abs(resid).max() < 1e-7:
             break
         # adding c to the pixels M of a cell changes the sum by c·Σ_M w; M = pixels that can still move that way
         movable = np.where(resid < 0, f < 1.0, f > 0.0) & (w > 0)
-        wm = (w * movable).sum(axis=(1, 3), keepdims=True)
+        wm = grid.spread(grid.sums(w * movable))
         c = np.where(wm > 1e-12, -resid / np.maximum(wm, 1e-12), 0.0)
         f = np.clip(f + c * movable, 0.0, 1.0)
-    return f.reshape(face.shape).astype(np.float32)
+    return f.astype(np.float32)
 
 
-def _smooth_backproject(face: np.ndarray, base: np.ndarray, weight: np.ndarray, block: int, rounds: int) -> np.ndarray:
-    h, w = face.shape[:2]
-    ny, nx = h // block, w // block
+def _smooth_backproject(face: np.ndarray, base: np.ndarray, w: np.ndarray, grid: CellGrid, rounds: int) -> np.ndarray:
+    ny, nx = grid.shape
     if rounds <= 0 or ny < 2 or nx < 2:
         return face
-    wgt = weight[..., None].astype(np.float64)
-    wsum = cell_view(wgt, block).sum(axis=(1, 3))  # (ny, nx, 1)
+    wsum = grid.sums(w)
     f = face.astype(np.float64)
-    b = base.astype(np.float64)
+    # the cell-error map lives on the cell grid; its pixel footprint, partial cells included, is this box
+    l, t, r, btm = grid.trim
+    box = (l, t, nx - r, ny - btm)
     for _ in range(rounds):
-        resid = cell_view(wgt * (f - b), block).sum(axis=(1, 3)) / np.maximum(wsum, 1e-9)  # weighted mean error
-        resid = np.where(wsum > 1e-9, resid, 0.0)
+        resid = np.where(wsum > 1e-9, grid.sums(w * (f - base)) / np.maximum(wsum, 1e-9), 0.0)  # mean error
         corr = np.stack([np.asarray(Image.fromarray(resid[..., c].astype(np.float32)).resize(
-            (w, h), Image.Resampling.BILINEAR)) for c in range(3)], axis=2)
+            (grid.width, grid.height), Image.Resampling.BILINEAR, box=box)) for c in range(resid.shape[2])], axis=2)
         f = np.clip(f - corr, 0.0, 1.0)
     return f.astype(np.float32)
 

@@ -28,6 +28,8 @@ class FrameHints:
 
     touches: tuple[bool, bool, bool, bool] = (False, False, False, False)  # left, top, right, bottom
     margin: float = 0.1
+    # fractions of the outermost cells that lie outside the mosaic (partial cells cut by its edge)
+    trim: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # left, top, right, bottom
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Frame:
     pad: tuple[int, int]  # (left, top), cells
     lowres: int
     resolution: int
+    trim: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # see FrameHints.trim
 
     @property
     def factor(self) -> int:
@@ -56,11 +59,12 @@ class Frame:
         return resample(framed, self.lowres, self.lowres)
 
     def mosaic_box(self) -> tuple[float, float, float, float]:
-        """The mosaic's grid in generator pixel coordinates: (x0, y0, x1, y1), fractional."""
+        """The mosaic's pixels in generator coordinates: (x0, y0, x1, y1), fractional (partial cells trimmed)."""
         k = self.resolution / self.side
         nx, ny = self.grid
         left, top = self.pad
-        return (left * k, top * k, (left + nx) * k, (top + ny) * k)
+        tl, tt, tr, tb = self.trim
+        return ((left + tl) * k, (top + tt) * k, (left + nx - tr) * k, (top + ny - tb) * k)
 
     def from_generator(self, image: np.ndarray, width: int, height: int) -> np.ndarray:
         """(R, R, 3) generated face -> (height, width, 3): the part over the mosaic, resampled to its pixels."""
@@ -111,7 +115,7 @@ def center_frame(samples: np.ndarray, resolution: int, hints: FrameHints) -> Fra
     side = max(n, s)
     left = _place(side - nx, hints.touches[0], hints.touches[2])
     top = _place(side - ny, hints.touches[1], hints.touches[3])
-    return Frame(grid=(nx, ny), side=side, pad=(left, top), lowres=s, resolution=resolution)
+    return Frame(grid=(nx, ny), side=side, pad=(left, top), lowres=s, resolution=resolution, trim=hints.trim)
 
 
 def _place(extra: int, touch_low: bool, touch_high: bool) -> int:

@@ -29,7 +29,8 @@ class MosaicInfo:
     """Result of the analysis, in region pixel coordinates.
 
     block: cell side in pixels (1 = no mosaic: one sample per pixel); phase: (x, y) of the first grid line,
-    0 <= phase < block; rect: (x, y, w, h) of the pixelated area, whole cells; confidence in [0, 1];
+    0 <= phase < block; rect: (x, y, w, h) of the pixelated area (its outermost cells may be partial: cut by
+    the mosaic's edge where the editor aligned the blocks elsewhere); confidence in [0, 1];
     detected: False when no mosaic was found (or the client forced a block size without one being seen).
     """
 
@@ -233,7 +234,7 @@ def _locate(dx: np.ndarray, dy: np.ndarray, block: int, px: int, py: int) -> tup
     band = _band(cells)
     if band is None:
         return (0, 0, 0, 0), 0.0
-    loose = cells | _mosaic_cells(inner, border, 4) & (inner <= 6.0 * typical + _FLOOR)
+    loose = cells | _mosaic_cells(inner, border, 4) & (inner <= 3.5 * typical + _FLOOR)
     r0, r1, c0, c1 = _grow(band, loose)
     frac = float(loose[r0:r1, c0:c1].mean())
     rect = (int(xs[c0]), int(ys[r0]), int((c1 - c0) * block), int((r1 - r0) * block))
@@ -258,6 +259,7 @@ class _Grid:
     contrast: float = 0.0  # log(median border difference / median inner difference) in the rectangle
     shift: float = 0.0  # log(residual of cell means on the grid shifted by half a cell / on the grid)
     edge: float = 0.0  # mean difference across the cell borders inside the rectangle (0..1)
+    full: tuple[int, int, int, int] | None = None  # the rectangle with its partial edge cells
 
     @property
     def evidence(self) -> float:
@@ -320,7 +322,33 @@ def _refine(dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid) -> _Gri
         sl = np.s_[cy : cy + rh // g.block, cx : cx + rw // g.block]
         g.contrast = float(np.log((np.median(border[sl]) + _FLOOR) / (np.median(inner[sl]) + _FLOOR)))
         g.edge = float(np.mean(border[sl]))
+        # edge cells: shed photo lines of nearly whole cells, take in partial cells; the evidence is then
+        # measured on the whole cells inside
+        g.full = _extend_partial(dx, dy, g)
+        inside = _whole_inside(g.full, g.block, g.px, g.py)
+        if min(inside[2], inside[3]) >= MIN_CELLS * g.block and inside != g.rect:
+            g.rect = inside
+            g.score = _rect_line_score(dx, dy, g)
     return g
+
+
+def _rect_line_score(dx: np.ndarray, dy: np.ndarray, g: _Grid) -> float:
+    """Line score of the weaker axis for this grid's own block and phase, on its rectangle (+1 px context)."""
+    h, w = dy.shape[0] + 1, dx.shape[1] + 1
+    x, y, rw, rh = g.rect
+    x0, y0 = max(0, x - 1), max(0, y - 1)
+    x1, y1 = min(w, x + rw + 1), min(h, y + rh + 1)
+    sx = _line_scores(dx[y0:y1, x0 : x1 - 1].mean(axis=0).astype(np.float64), g.block)[(g.px - x0) % g.block]
+    sy = _line_scores(dy[y0 : y1 - 1, x0:x1].mean(axis=1).astype(np.float64), g.block)[(g.py - y0) % g.block]
+    return float(min(sx, sy))
+
+
+def _whole_inside(rect: tuple[int, int, int, int], b: int, px: int, py: int) -> tuple[int, int, int, int]:
+    """The largest whole-cell rectangle inside `rect` on the grid (b, px, py)."""
+    x, y, w, h = rect
+    x0, y0 = x + (px - x) % b, y + (py - y) % b
+    x1, y1 = x + w - (x + w - px) % b, y + h - (y + h - py) % b
+    return (x0, y0, max(0, x1 - x0), max(0, y1 - y0))
 
 
 def _add_shift(rgb: np.ndarray, g: _Grid) -> _Grid:
@@ -347,16 +375,21 @@ def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
     rows = _grid_scores(dx, dy, blocks)
     best: _Grid | None = None
     for row in rows[:_CANDIDATES]:
-        g = _refine(dx, dy, [row[1]] if block else blocks, _Grid(row[1], row[2], row[3], score=min(row[4], row[5])))
-        g = _add_shift(rgb, g)
-        if best is None or g.rank > best.rank:
-            best = g
+        # refined twice: keeping its block (only phase and rectangle move), and free to change block inside
+        # the rectangle (a small mosaic in a large box); the evidence decides
+        for search in ([row[1]], blocks) if not block else ([row[1]],):
+            g = _refine(dx, dy, search, _Grid(row[1], row[2], row[3], score=min(row[4], row[5])))
+            g = _add_shift(rgb, g)
+            if best is None or g.rank > best.rank:
+                best = g
     g = best
     b, (px, py), rect = g.block, (g.px, g.py), g.rect
     ok_rect = min(rect[2], rect[3]) >= max(MIN_CELLS * b, MIN_RECT)
     margin = g.evidence - _DETECT_SCORE
     conf = float(1.0 / (1.0 + np.exp(-2.0 * margin))) * (g.frac if ok_rect else 0.0)
     detected = bool(ok_rect and margin >= 0 and g.frac >= 0.6)
+    if ok_rect and (detected or block) and g.full is not None:
+        rect = g.full
     if block:
         if not ok_rect:
             rect = _whole_cells(w, h, block, px, py)
@@ -364,6 +397,73 @@ def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
     if not detected:
         return MosaicInfo(1, (0, 0), (0, 0, w, h), 1.0 - conf, False), g
     return MosaicInfo(b, (px, py), rect, conf, True), g
+
+
+def _extend_partial(dx: np.ndarray, dy: np.ndarray, g: _Grid) -> tuple[int, int, int, int]:
+    """Grow a whole-cell rectangle by the partial cells along its edges (editors align blocks to the layer
+    origin, so a selection's mosaic often starts and ends with cells cut short). A strip of k < block
+    columns joins when it is flat like the cells: no difference between its columns, none inside its cells."""
+    b, (x, y, w, h) = g.block, g.rect
+    inner, _, _ = _cell_flatness(dx[y : y + h, x : x + w - 1], dy[y : y + h - 1, x : x + w], b, 0, 0)
+    thr = 2.0 * float(np.median(inner)) + _FLOOR if inner.size else _FLOOR
+    H, W = dy.shape[0] + 1, dx.shape[1] + 1
+
+    def flat_col(c: int, r0: int, r1: int, pair: int | None) -> bool:
+        rows = np.arange(r0, r1 - 1)
+        within = ((rows + 1 - g.py) % b) != 0  # dy[r] crosses the line at r+1
+        return _steps_on_lines(dy[rows, c], within, thr) and (pair is None or dx[r0:r1, pair].mean() <= thr)
+
+    def flat_row(r: int, c0: int, c1: int, pair: int | None) -> bool:
+        cols = np.arange(c0, c1 - 1)
+        within = ((cols + 1 - g.px) % b) != 0
+        return _steps_on_lines(dx[r, cols], within, thr) and (pair is None or dy[pair, c0:c1].mean() <= thr)
+
+    # an edge cell that is mostly mosaic may still hold photo lines at the rectangle's edge (a partial cell
+    # that happened to pass as whole): keep only the flat part next to the grid line
+    first_x, last_x = x + ((g.px - x) % b or b), x + w - ((x + w - g.px) % b or b)  # grid lines inside
+    first_y, last_y = y + ((g.py - y) % b or b), y + h - ((y + h - g.py) % b or b)
+    col = dx[y : y + h, x : x + w - 1].mean(axis=0)  # col[i]: between columns x+i and x+i+1
+    row = dy[y : y + h - 1, x : x + w].mean(axis=1)
+    shed_l = _shed(col[: first_x - x - 1], thr)
+    shed_r = _shed(col[last_x - x : w - 1][::-1], thr)
+    shed_t = _shed(row[: first_y - y - 1], thr)
+    shed_b = _shed(row[last_y - y : h - 1][::-1], thr)
+    x, w = x + shed_l, w - shed_l - shed_r
+    y, h = y + shed_t, h - shed_t - shed_b
+    left = 0
+    while left < b - 1 and x - left - 1 >= 0 and flat_col(x - left - 1, y, y + h, x - left - 1 if left else None):
+        left += 1
+    right = 0
+    while right < b - 1 and x + w + right < W and flat_col(x + w + right, y, y + h, x + w + right - 1 if right else None):
+        right += 1
+    x0, x1 = x - left, x + w + right
+    top = 0
+    while top < b - 1 and y - top - 1 >= 0 and flat_row(y - top - 1, x0, x1, y - top - 1 if top else None):
+        top += 1
+    bottom = 0
+    while bottom < b - 1 and y + h + bottom < H and flat_row(y + h + bottom, x0, x1, y + h + bottom - 1 if bottom else None):
+        bottom += 1
+    return (x0, y - top, x1 - x0, h + top + bottom)
+
+
+def _shed(pairs: np.ndarray, thr: float) -> int:
+    """How many outer lines of an edge cell are photo: `pairs` are the mean differences between its
+    successive lines, outermost first. The rest must be flat and clearly flatter than what is shed."""
+    best, best_ratio = 0, 0.0
+    for k in range(1, len(pairs)):
+        shed, kept = float(pairs[:k].mean()), float(pairs[k:].mean())
+        if kept <= thr and shed > 5.0 * kept + 4 * _FLOOR:
+            ratio = shed / (kept + _FLOOR)
+            if ratio > best_ratio:
+                best, best_ratio = k, ratio
+    return best
+
+
+def _steps_on_lines(diffs: np.ndarray, within: np.ndarray, thr: float) -> bool:
+    """A line of pixels across cells: flat inside the cells, and (unlike a smooth photo) changing on the grid."""
+    inside = float(diffs[within].mean()) if within.any() else 0.0
+    on = float(diffs[~within].mean()) if (~within).any() else 0.0
+    return inside <= thr and on >= 3.0 * inside + _FLOOR
 
 
 def _whole_cells(w: int, h: int, block: int, px: int, py: int) -> tuple[int, int, int, int]:
@@ -376,23 +476,37 @@ def no_mosaic(w: int, h: int) -> MosaicInfo:
     return MosaicInfo(1, (0, 0), (0, 0, w, h), 1.0, False)
 
 
-def block_means(img: np.ndarray, block: int, rect: tuple[int, int, int, int]) -> np.ndarray:
-    """Mean colour of every cell of a whole-cell rectangle: (H, W, C) -> (h/block, w/block, C) float64."""
+def block_means(img: np.ndarray, block: int, rect: tuple[int, int, int, int],
+                origin: tuple[int, int] | None = None) -> np.ndarray:
+    """Mean colour of every cell of `rect`: (H, W, C) -> (ny, nx, C) float64.
+
+    Grid lines run every `block` px from `origin` (image coords; default: the rectangle's corner, whole cells);
+    cells cut by the rectangle's edge are averaged over their pixels inside it.
+    """
+    from .blend import CellGrid
+
     x, y, w, h = rect
-    sub = img[y : y + h, x : x + w].astype(np.float64)
-    return sub.reshape(h // block, block, w // block, block, -1).mean(axis=(1, 3))
+    ox, oy = origin if origin is not None else (x, y)
+    grid = CellGrid.of(rect, block, (ox % block, oy % block))
+    return grid.means(img[y : y + h, x : x + w])
 
 
-def pixelate(img: np.ndarray, block: int, rect: tuple[int, int, int, int]) -> np.ndarray:
-    """A copy of `img` with the whole-cell rectangle `rect` replaced by its cell means (the editors' Pixelize).
+def pixelate(img: np.ndarray, block: int, rect: tuple[int, int, int, int],
+             origin: tuple[int, int] | None = None) -> np.ndarray:
+    """A copy of `img` with `rect` replaced by its cell means (an editor's Pixelize filter on a selection).
 
+    `origin` as in `block_means`: GIMP/Krita align the blocks to the layer origin, `origin=(0, 0)`, so a
+    selection that does not start on a multiple of the block size has partial cells along its edges.
     Integer images get rounded means, like an editor's filter would produce.
     """
+    from .blend import CellGrid
+
     out = img.copy()
     x, y, w, h = rect
-    means = block_means(img, block, rect)
-    cells = np.repeat(np.repeat(means, block, axis=0), block, axis=1)
+    ox, oy = origin if origin is not None else (x, y)
+    grid = CellGrid.of(rect, block, (ox % block, oy % block))
+    cells = grid.spread(grid.means(img[y : y + h, x : x + w]))
     if np.issubdtype(img.dtype, np.integer):
         cells = np.rint(cells)
-    out[y : y + h, x : x + w] = cells.astype(img.dtype)
+    out[y : y + h, x : x + w] = cells.reshape(h, w, -1).astype(img.dtype)
     return out

@@ -123,10 +123,11 @@ def depixelate(prior, region: np.ndarray, mask: np.ndarray | None, params: Depix
         raise PipelineError(f"the mosaic ({rw}×{rh} px in blocks of {b}) has fewer than 2×2 blocks", code="BAD_REGION")
 
     base = rgb[y : y + rh, x : x + rw]
-    cells = blend.cell_means(base, b).astype(np.float32)  # (ny, nx, 3): one sample per block
+    grid = blend.CellGrid.of(info.rect, b, info.phase)
+    cells = grid.means(base).astype(np.float32)  # (ny, nx, 3): one sample per block (partial ones too)
     touches = _touches(info.rect, w, h)
     margin = params.margin if params.margin is not None else FAMILY_MARGIN.get(getattr(prior, "family", ""), 0.1)
-    frame = framer(cells, prior.resolution, FrameHints(touches=touches, margin=margin))
+    frame = framer(cells, prior.resolution, FrameHints(touches=touches, margin=margin, trim=grid.trim))
     lowres = frame.to_lowres(cells)
 
     config = SolveConfig(candidates=params.candidates, steps=params.steps, eps=params.eps, seed=params.seed,
@@ -134,7 +135,7 @@ def depixelate(prior, region: np.ndarray, mask: np.ndarray | None, params: Depix
     result = solve(prior, lowres, config, progress=progress, cancel=cancel)
 
     weight = _weight(info, mask, params, touches)
-    patches = [_finish(c.image, frame, base, cells, weight, info, region, fmt, mask) for c in result.candidates]
+    patches = [_finish(c.image, frame, base, grid, cells, weight, info, region, fmt) for c in result.candidates]
     name = model or getattr(prior, "name", None) or getattr(prior, "family", "") or type(prior).__name__
     return DepixResult(patches=patches, candidates=list(result.candidates), mosaic=info, model=str(name), frame=frame)
 
@@ -151,15 +152,14 @@ def _weight(info: MosaicInfo, mask: np.ndarray | None, params: DepixParams,
     return wgt
 
 
-def _finish(face_r: np.ndarray, frame: Frame, base: np.ndarray, cells: np.ndarray, weight: np.ndarray,
-            info: MosaicInfo, region: np.ndarray, fmt: PixelFormat, mask: np.ndarray | None) -> np.ndarray:
+def _finish(face_r: np.ndarray, frame: Frame, base: np.ndarray, grid: "blend.CellGrid", cells: np.ndarray,
+            weight: np.ndarray, info: MosaicInfo, region: np.ndarray, fmt: PixelFormat) -> np.ndarray:
     """One generated face (R, R, 3) -> a patch of the region's shape and format."""
     x, y, rw, rh = info.rect
-    b = info.block
     face = frame.from_generator(face_r, rw, rh)
-    face = blend.match_colour(face, cells, b)
-    if b > 1:  # one sample per pixel (no mosaic) has nothing to keep consistent: it would return the input
-        face = blend.enforce_cells(face, base, weight, b)
+    face = blend.match_colour(face, cells, grid)
+    if info.block > 1:  # one sample per pixel (no mosaic) has nothing to keep consistent: it would return the input
+        face = blend.enforce_cells(face, base, weight, grid)
     out_rgb = blend.composite(base, face, weight)
 
     patch = region.copy()
