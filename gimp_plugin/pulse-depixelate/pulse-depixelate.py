@@ -124,12 +124,14 @@ def paste(image, drawable, plans, fmt):
     layer_type = getattr(Gimp.ImageType, fmt.layer_type_name)
     flags = getattr(Gimp, "PARASITE_PERSISTENT", 1) | getattr(Gimp, "PARASITE_UNDOABLE", 2)
     selected = image.get_selected_layers()  # inserting makes the new layer active; we give the choice back
+    added = []
     image.undo_group_start()
     try:
         for plan in logic.insertion_order(plans):
             layer = Gimp.Layer.new(image, plan.name, plan.width, plan.height, layer_type, 100.0,
                                    Gimp.LayerMode.NORMAL)
             image.insert_layer(layer, parent, position)
+            added.append(layer)
             layer.set_offsets(plan.x, plan.y)
             buffer = layer.get_buffer()
             buffer.set(Gegl.Rectangle.new(0, 0, plan.width, plan.height), fmt.babl, plan.data)
@@ -137,6 +139,10 @@ def paste(image, drawable, plans, fmt):
             layer.update(0, 0, plan.width, plan.height)
             layer.set_visible(plan.visible)
             layer.attach_parasite(Gimp.Parasite.new(logic.PARASITE_NAME, flags, list(plan.parasite)))
+    except Exception:
+        for layer in added:  # a half-pasted result would be worse than none: leave the image as it was
+            image.remove_layer(layer)
+        raise
     finally:
         image.undo_group_end()
         image.set_selected_layers(selected)
