@@ -101,6 +101,12 @@ class _ContentSizedScrollArea(QScrollArea):
         bar = self.verticalScrollBar().sizeHint().width()
         return inner.sizeHint() + QSize(bar + 2 * self.frameWidth(), 2 * self.frameWidth())
 
+    def minimumSizeHint(self) -> QSize:
+        # Tall enough for the settings and buttons; longer messages and the preview scroll.
+        inner = self.widget()
+        base = super().minimumSizeHint()
+        return base if inner is None else QSize(base.width(), min(inner.sizeHint().height(), 480))
+
 
 class PulseDocker(DockWidget):
     """One per Krita window; the `pulse_depixelate` action drives the active window's one."""
@@ -193,10 +199,14 @@ class PulseDocker(DockWidget):
         self.message = QLabel("Select a pixelated face, then press Depixelate.")
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.message.setAlignment(Qt.AlignLeft | Qt.AlignTop)
+        # Room for a few wrapped lines: a scroll area does not grow for a word-wrapped label by itself.
+        self.message.setMinimumHeight(5 * self.message.fontMetrics().lineSpacing())
         box.addWidget(self.message)
         box.addStretch(1)
         scroll = _ContentSizedScrollArea(self)  # a short docker scrolls instead of clipping the message
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # the form reflows to the docker's width
         scroll.setFrameShape(QFrame.NoFrame)
         scroll.setWidget(root)
         self.setWidget(scroll)
