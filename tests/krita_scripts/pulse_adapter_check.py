@@ -63,6 +63,9 @@ def run(cfg, out_dir):
         case = {"space": [doc.colorModel(), doc.colorDepth(), doc.colorProfile()]}
         req = logic.build_request(doc, logic.Settings(candidates=3), node=bg)
         wire = bytes(req.image_blob().data)
+        # one opaque-or-not normal layer: the merged image is that layer's pixels
+        proj = logic.build_request(doc, logic.Settings(source="projection"), node=bg)
+        case["projection_same"] = bytes(proj.image_blob().data) == wire and proj.fmt == req.fmt
         (out_dir / f"{label}.wire").write_bytes(wire)
         case["request"] = {"rect": [req.rect.x, req.rect.y, req.rect.w, req.rect.h], "dtype": req.fmt.dtype,
                            "channels": req.fmt.channels, "mask": req.mask is not None}
@@ -90,8 +93,6 @@ def run(cfg, out_dir):
         case["notes"] = [notes.get(n.uniqueId().toString(), notes.get(str(n.uniqueId()), {})).get("name")
                          for n in created]
         case["original_unchanged"] = bytes(bg.pixelData(0, 0, doc.width(), doc.height())) == before
-        case["projection_request"] = len(bytes(logic.build_request(
-            doc, logic.Settings(source="projection"), node=bg).image_blob().data))
         res["cases"][label] = case
         doc.setModified(False)
         doc.close()
