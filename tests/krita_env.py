@@ -14,10 +14,14 @@ SCRIPTS = REPO / "tests" / "krita_scripts"
 
 
 def require(*tools: str) -> None:
+    """Skip without the tools, with the reason; fail instead where PULSE_REQUIRE_KRITA is set (CI installs them)."""
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"real-Krita test needs {', '.join(missing)} (Debian 12: apt-get install krita xvfb xauth "
-                    "python3-pyqt5 python3-zmq python3-msgpack; .ci/run installs them)")
+        reason = (f"real-Krita test needs {', '.join(missing)} (Debian 12: apt-get install krita xvfb xauth "
+                  "python3-pyqt5 python3-zmq python3-msgpack; .ci/run installs them)")
+        if os.environ.get("PULSE_REQUIRE_KRITA"):
+            pytest.fail(f"PULSE_REQUIRE_KRITA is set but {reason}")
+        pytest.skip(reason)
 
 
 def krita_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
