@@ -135,6 +135,12 @@ class Driver:
         else:
             d.endpoint.setText(s["endpoint"])
         d.steps.setValue(self.cfg["cancel_steps"] if self.pending == "cancel" else s["steps"])
+        # Like a user: the selection settles (Krita may react to it asynchronously), the layer is picked,
+        # then the action is triggered.
+        QTimer.singleShot(300, self.guard(self.trigger))
+
+    def trigger(self):
+        self.doc.setActiveNode(self.bg)
         self.layers_before = self.layers()
         self.gaps, self._tick_last, self.progress_seen, self.preview_seen = [], None, set(), False
         self.ticker.start()
