@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 import threading
 import time
 from collections import OrderedDict, deque
@@ -134,6 +135,8 @@ class Daemon:
         path = ep.ipc_path(endpoint)
         if path is not None and len(str(path).encode()) > ep.MAX_IPC_PATH:
             raise PulseError(f"ipc path {path} is longer than the OS allows ({ep.MAX_IPC_PATH} bytes); set PULSE_RUNTIME_DIR to a shorter directory", "BAD_ENDPOINT")
+        if path is not None:
+            _refuse_non_socket(path)  # before taking the lock: a typo must not even look like a daemon
         if ep.is_tcp(endpoint) and not ep.is_loopback(endpoint) and not self.config.allow_remote:
             raise PulseError(
                 f"{endpoint} is reachable from other machines; pass --allow-remote to bind it (CURVE encryption and the token are then required)",
@@ -159,8 +162,7 @@ class Daemon:
                 paths.ensure_runtime_dir()
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists() or path.is_symlink():
-                path.unlink()  # stale socket of a crashed daemon: we hold the lock, so nobody else uses it
+            _remove_stale_socket(path, locked=self._lock._fh is not None)
         try:
             r.bind(cfg.endpoint)
         except zmq.ZMQError as exc:
@@ -588,6 +590,30 @@ class Daemon:
             if exc.errno == errno.EHOSTUNREACH or exc.errno == zmq.EHOSTUNREACH:
                 return "gone"
             raise
+
+
+def _refuse_non_socket(path: Path) -> None:
+    """An ipc path may name nothing or a socket; anything else (a typo in --endpoint or PULSE_ENDPOINT
+    pointing at a document, a directory, a symlink) is refused, never replaced."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise PulseError(f"cannot use {path} as the daemon's socket: {exc.strerror}", "BAD_ENDPOINT") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "a symlink" if stat.S_ISLNK(st.st_mode) else "a file"
+        raise PulseError(f"{path} exists and is not a socket ({what}); it is left untouched: choose another ipc path "
+                         f"for --endpoint / PULSE_ENDPOINT", "BAD_ENDPOINT")
+
+
+def _remove_stale_socket(path: Path, *, locked: bool) -> None:
+    """Unlink the socket a crashed daemon left behind: only a socket, and only while we hold the daemon
+    lock (no live daemon can be using it then; ZeroMQ would otherwise let us steal its address)."""
+    _refuse_non_socket(path)  # re-checked: the path may have changed since _check_endpoint
+    if not locked or not os.path.lexists(path):
+        return
+    path.unlink()
 
 
 def _input_bytes(job: Job) -> int:

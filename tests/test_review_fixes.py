@@ -1,0 +1,53 @@
+"""Regression tests for the fixes from the autostart engineer's review (notes/review-autostart-engineer.md)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import pytest
+
+from daemon_fixture import isolated_env, server_command, start_daemon
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _server(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(server_command(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# ---- 1. an ipc endpoint never deletes a file that is not a socket ---------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["file", "dir", "symlink"])
+def test_ipc_endpoint_on_an_existing_non_socket_is_refused_and_left_alone(tmp_path, kind):
+    env = isolated_env(tmp_path)
+    target = tmp_path / "notes.txt"
+    target.write_text("precious")
+    path = {"file": target, "dir": tmp_path / "somedir", "symlink": tmp_path / "link"}[kind]
+    if kind == "dir":
+        path.mkdir()
+    elif kind == "symlink":
+        path.symlink_to(target)
+    out = _server(env, "run", "--endpoint", f"ipc://{path}", "--weights", "noop:", "--no-log-file", timeout=20)
+    assert out.returncode == 2, out.stderr
+    assert str(path) in out.stderr and "not a socket" in out.stderr
+    assert target.read_text() == "precious"
+    assert os.path.lexists(path) and (kind != "symlink" or os.path.islink(path))
+
+
+def test_a_stale_socket_of_a_crashed_daemon_is_replaced(tmp_path):
+    sock_path = tmp_path / "d.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(sock_path))
+    s.close()  # the file stays behind, as after a crash
+    assert sock_path.is_socket()
+    d = start_daemon(tmp_path, weights="noop:", endpoint=f"ipc://{sock_path}")
+    try:
+        with d.client() as c:
+            c.connect()
+    finally:
+        d.stop()
+    assert not sock_path.exists()
+
