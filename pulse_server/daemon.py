@@ -114,6 +114,7 @@ class Daemon:
         """Bind, loop until stopped, clean up. Raises PulseError for a refused start (lock, bind)."""
         cfg = self.config
         self._check_endpoint(cfg.endpoint)
+        self._check_device()
         self._lock.acquire(cfg.endpoint)
         try:
             self._bind()
@@ -142,6 +143,16 @@ class Daemon:
                 f"{endpoint} is reachable from other machines; pass --allow-remote to bind it (CURVE encryption and the token are then required)",
                 "REMOTE_BIND",
             )
+
+    def _check_device(self) -> None:
+        # An autostart entry may bake in --device cuda: refuse to start (exit 2, no restart loop) rather
+        # than run a daemon whose every job fails.
+        if not str(self.config.device).startswith("cuda") or self.worker.noop:
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PulseError("CUDA is not available on this machine; use --device auto or cpu", "NO_CUDA")
 
     def _bind(self) -> None:
         cfg = self.config

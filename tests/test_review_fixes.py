@@ -51,3 +51,20 @@ def test_a_stale_socket_of_a_crashed_daemon_is_replaced(tmp_path):
         d.stop()
     assert not sock_path.exists()
 
+
+# ---- 3. --device cuda without CUDA fails at start ---------------------------------------------------------
+
+
+def test_device_cuda_without_cuda_refuses_to_start(tmp_path, tiny_weights):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal cannot be observed here")
+    env = isolated_env(tmp_path)
+    endpoint = f"ipc://{env['XDG_RUNTIME_DIR']}/pulse/daemon.sock"
+    out = _server(env, "run", "--endpoint", endpoint, "--weights", str(tiny_weights), "--device", "cuda",
+                  "--no-log-file", timeout=30)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "CUDA is not available on this machine; use --device auto or cpu" in out.stderr
+    assert not os.path.exists(endpoint[len("ipc://"):])  # nothing was bound, no lock left behind
+    assert not os.path.exists(os.path.join(env["XDG_RUNTIME_DIR"], "pulse", "daemon.lock"))
