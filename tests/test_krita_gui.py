@@ -39,7 +39,7 @@ def gui_run(tmp_path_factory, tiny_weights):
                             "endpoint": daemon.endpoint},
                "dead_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}", "cancel_steps": 5000, "timeout": 150,
                "start_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}",
-               "screenshots": bool(os.environ.get("PULSE_KRITA_SCREENSHOTS"))}  # docker-<step>.png in out/
+               "screenshots": bool(os.environ.get("PULSE_KRITA_SCREENSHOTS")), "undo": 6}  # docker-<step>.png in out/
         (root / "cfg.json").write_text(json.dumps(cfg))
         env = krita_env(root / "krita", {"PULSE_TOKEN": daemon.token, "PULSE_KRITA_TEST": str(root / "cfg.json")})
         install_plugin(env)
@@ -160,3 +160,12 @@ def test_cancel_mid_job_leaves_the_image_alone(gui_run):
     assert step["layers_after"] == step["layers_before"]
     assert step["seconds"] < 30
     assert step["max_gui_gap"] < 1.0
+
+
+def test_undo_takes_the_faces_back_out(gui_run):
+    """Krita 5.1's scripting API has no undo macro: each added layer is one Edit ▸ Undo step."""
+    step = _step(gui_run[0], "undo")
+    stacks = [[name for name, kind, _ in stack if kind != "selectionmask"] for step_ in [step] for stack in step_["stacks"]]
+    assert len(stacks) == 4 and stacks[-1] == ["Background"]
+    assert [len(s) for s in stacks] == [4, 3, 2, 1]
+    assert step["original_unchanged"]

@@ -111,7 +111,7 @@ class Driver:
 
         self.docker.apply_settings(Settings(**s))
         self.queue = (["start"] if self.cfg.get("start_endpoint") else []) + ["nosel"] + (["dead"] if self.cfg.get("dead_endpoint") else []) + ["live"] + \
-            (["cancel"] if self.cfg.get("cancel_steps") else [])
+            (["cancel"] if self.cfg.get("cancel_steps") else []) + (["undo"] if self.cfg.get("undo") else [])
         QTimer.singleShot(500, self.guard(self.next))
 
     def next(self):
@@ -122,6 +122,9 @@ class Driver:
         d, s = self.docker, self.cfg["settings"]
         if self.pending == "start":
             self.do_start()
+            return
+        if self.pending == "undo":
+            self.do_undo()
             return
         if self.pending == "nosel":
             self.doc.setSelection(None) if self.doc.selection() is not None else None
@@ -186,6 +189,21 @@ class Driver:
         except Exception as exc:  # noqa: BLE001
             self.start_info["stopped"] = repr(exc)
         self.step("start", **self.start_info)
+        self.pending = None
+        QTimer.singleShot(100, self.guard(self.next))
+
+    def do_undo(self):
+        """Edit ▸ Undo until the PULSE layers are gone (how many steps does one depixelation take?)."""
+        stacks = [self.layers()]
+        for _ in range(int(self.cfg["undo"])):
+            if not any(n.startswith("PULSE face") for n, _t, _v in stacks[-1]):
+                break
+            self.app.action("edit_undo").trigger()
+            self.doc.waitForDone()
+            stacks.append(self.layers())
+        W, H = self.doc.width(), self.doc.height()
+        self.step("undo", stacks=stacks,
+                  original_unchanged=bytes(self.bg.pixelData(0, 0, W, H)) == self.before)
         self.pending = None
         QTimer.singleShot(100, self.guard(self.next))
 
