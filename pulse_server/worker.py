@@ -103,6 +103,10 @@ class Worker(threading.Thread):
             if self.prior is None and not self.noop:
                 self.emit("state", job, "loading")
                 self._load()
+            # Loading takes seconds: the client may have cancelled or vanished meanwhile (its session
+            # dropped, the region's frames released). Stop here rather than run on a freed region.
+            if job.cancel_event.is_set():
+                raise Cancelled(job.cancel_reason)
             self.emit("state", job, "running")
             result = self._noop(job) if self.noop else self._execute(job)
             if job.cancel_event.is_set():
@@ -171,7 +175,10 @@ class Worker(threading.Thread):
 
         params = job.params
         progress, cancel = self._callbacks(job)
-        region = np.array(job.image.to_numpy())  # own, writable copy: the frame is read-only
+        image, mask_blob = job.image, job.mask  # the loop thread may release them at any moment
+        if image is None:  # released: the job was cancelled (cancel is set before inputs are released)
+            raise Cancelled(job.cancel_reason)
+        region = np.array(image.to_numpy())  # own, writable copy: the frame is read-only
         if params.mode == "solve":
             from .solver import SolveConfig, solve
 
@@ -184,7 +191,7 @@ class Worker(threading.Thread):
             return Result(job.job_id, cands, self.info.name, {"factor": int(res.factor), "resolution": int(res.resolution)})
         from .pipeline import DepixParams, depixelate
 
-        mask = None if job.mask is None else np.array(job.mask.to_numpy()[:, :, 0])
+        mask = None if mask_blob is None else np.array(mask_blob.to_numpy()[:, :, 0])
         dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=params.seed, block=params.block,
                          eps=params.eps, precision=self._precision(job))
         res = depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel)
@@ -206,6 +213,8 @@ class Worker(threading.Thread):
                 time.sleep(delay)
             self.emit("progress", job, Progress(job.job_id, step, total, {}, 0.0))
         image = job.image
+        if image is None:  # released by a dropped session
+            raise Cancelled(job.cancel_reason)
         cands = [Candidate(image, i, 0.0, True, total) for i in range(job.params.candidates)]
         return Result(job.job_id, cands, "noop", {})
 

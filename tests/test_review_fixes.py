@@ -68,3 +68,50 @@ def test_device_cuda_without_cuda_refuses_to_start(tmp_path, tiny_weights):
     assert "CUDA is not available on this machine; use --device auto or cpu" in out.stderr
     assert not os.path.exists(endpoint[len("ipc://"):])  # nothing was bound, no lock left behind
     assert not os.path.exists(os.path.join(env["XDG_RUNTIME_DIR"], "pulse", "daemon.lock"))
+
+
+# ---- 8. a session dropped while its job loads the model: CANCELLED, not a crash ---------------------------
+
+
+def test_job_dropped_while_the_model_loads_ends_cancelled_not_internal(tiny_weights):
+    import threading
+
+    import numpy as np
+
+    from protocol.messages import Failed, ImageBlob, Result
+    from pulse_server.jobs import Job, JobParams, JobQueue
+    from pulse_server.worker import Worker
+
+    events: list = []
+    finals: dict = {}
+    done = threading.Event()
+
+    def emit(kind, job, payload):
+        events.append((kind, job.job_id, payload))
+        if (kind, payload) == ("state", "loading") and job.job_id == "dropped":
+            # What Daemon._drop_session does when the client vanishes at this moment (the loop thread
+            # runs it while the worker is inside _load): cancel, and free the region's frames.
+            job.cancel("client vanished (no heartbeat)")
+            job.release_inputs()
+        if kind == "final":
+            finals[job.job_id] = payload
+            if len(finals) == 2:
+                done.set()
+
+    q = JobQueue()
+    w = Worker(q, emit, weights=str(tiny_weights), device="cpu")
+    lowres = ImageBlob.from_numpy(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32))
+    params = JobParams.from_wire({"mode": "solve", "candidates": 1, "steps": 1, "seed": 1})
+    q.put(Job("dropped", "a", params, lowres, None))
+    q.put(Job("next", "b", params, lowres, None))
+    w.start()
+    try:
+        assert done.wait(120)
+    finally:
+        w.stop()
+        q.close()
+        w.join(10)
+    assert isinstance(finals["dropped"], Failed), finals["dropped"]
+    assert finals["dropped"].code == "CANCELLED" and "vanished" in finals["dropped"].message
+    assert ("state", "dropped", "running") not in events  # never started on a freed region
+    assert isinstance(finals["next"], Result)  # the model stayed loaded and the worker carried on
