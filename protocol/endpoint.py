@@ -4,8 +4,10 @@ The editors' Python has no platformdirs, so this module is the one place that de
 runtime directory, the default endpoint and the token file; `pulse_server.paths` reuses it so both
 sides always agree.
 
-  * POSIX: `ipc://<runtime dir>/daemon.sock`, runtime dir = `$XDG_RUNTIME_DIR/pulse` (macOS: `$TMPDIR/pulse`,
-    which is per-user there), else `/tmp/pulse-<uid>`; the daemon creates it 0700 and checks its owner.
+  * POSIX: `ipc://<runtime dir>/daemon.sock`, runtime dir = `$XDG_RUNTIME_DIR/pulse`, else `/tmp/pulse-<uid>`;
+    macOS: `~/Library/Caches/pulse/run` (not `$TMPDIR`: ssh, sudo and some launchd jobs have no TMPDIR and
+    would fall back to /tmp, so client and daemon would disagree). The daemon creates it 0700 and checks
+    its owner.
   * Windows: `tcp://127.0.0.1:47474` (no ipc transport), token file in `%LOCALAPPDATA%\\pulse\\run`.
   * `PULSE_ENDPOINT`, `PULSE_TOKEN` and `PULSE_RUNTIME_DIR` override.
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,16 +29,21 @@ LOCK_NAME = "daemon.lock"
 MAX_IPC_PATH = 103
 
 
-def runtime_dir() -> Path:
-    """The per-user directory for the socket, token and lock (not created here)."""
+def runtime_dir(platform: str | None = None) -> Path:
+    """The per-user directory for the socket, token and lock (not created here).
+
+    `platform` (a `sys.platform` value) defaults to this machine's; tests pass it explicitly."""
+    platform = platform or sys.platform
     override = os.environ.get("PULSE_RUNTIME_DIR")
     if override:
         return Path(override)
-    if sys.platform == "win32":
+    if platform == "win32":
         base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
         return Path(base) / APP / "run"
-    if sys.platform == "darwin":
-        return Path(tempfile.gettempdir()) / APP
+    if platform == "darwin":
+        # Stable for every process of the user (GUI apps, ssh, sudo -u, launchd), unlike $TMPDIR, and
+        # short enough for sun_path (104 bytes) with any ordinary user name.
+        return Path.home() / "Library" / "Caches" / APP / "run"
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isabs(xdg) and _owned_dir(xdg):
         return Path(xdg) / APP

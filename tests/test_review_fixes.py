@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,39 @@ def test_job_dropped_while_the_model_loads_ends_cancelled_not_internal(tiny_weig
     assert finals["dropped"].code == "CANCELLED" and "vanished" in finals["dropped"].message
     assert ("state", "dropped", "running") not in events  # never started on a freed region
     assert isinstance(finals["next"], Result)  # the model stayed loaded and the worker carried on
+
+
+# ---- 9. the runtime dir on macOS does not depend on $TMPDIR ------------------------------------------------
+
+
+def test_runtime_dir_per_platform(tmp_path, monkeypatch):
+    import stat
+
+    from protocol import endpoint as ep
+    from pulse_server import paths
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.delenv("PULSE_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    seen = set()
+    for tmpdir in (str(tmp_path / "var-folders-T"), None):  # a GUI app's TMPDIR, and ssh/sudo without one
+        if tmpdir is None:
+            monkeypatch.delenv("TMPDIR", raising=False)
+        else:
+            monkeypatch.setenv("TMPDIR", tmpdir)
+        seen.add(ep.runtime_dir("darwin"))
+    assert seen == {home / "Library" / "Caches" / "pulse" / "run"}
+    made = paths.ensure_private_dir(ep.runtime_dir("darwin"))
+    assert stat.S_IMODE(os.stat(made).st_mode) == 0o700
+    # Linux and Windows keep their places; PULSE_RUNTIME_DIR still wins everywhere.
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    assert ep.runtime_dir("linux") == xdg / "pulse"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "relative/dir")
+    assert ep.runtime_dir("linux") == Path("/tmp") / f"pulse-{os.getuid()}"
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "AppData" / "Local"))
+    assert ep.runtime_dir("win32") == tmp_path / "AppData" / "Local" / "pulse" / "run"
+    monkeypatch.setenv("PULSE_RUNTIME_DIR", str(tmp_path / "override"))
+    assert {ep.runtime_dir(p) for p in ("darwin", "linux", "win32")} == {tmp_path / "override"}
