@@ -8,15 +8,21 @@ Outside Krita (tests, the installer) importing the package registers nothing.
 
 from __future__ import annotations
 
+import importlib.util
+
 
 def _register() -> None:
     try:
         from krita import Krita
-        from .extension import register
-    except ImportError:  # not inside Krita (or no PyQt5): logic-only use
+    except ImportError:  # not inside Krita: logic-only use
         return
-    if Krita.instance() is not None:
-        register(Krita.instance())
+    if importlib.util.find_spec("PyQt5") is None:  # a stand-in `krita` module without Qt (the fast tests)
+        return
+    from .extension import register  # inside Krita a broken import must show, not silently hide the docker
+
+    instance = Krita.instance()
+    if instance is not None:
+        register(instance)
 
 
 _register()

@@ -25,6 +25,7 @@ from .client_path import ensure_client_path
 
 PLUGIN_ID = "pulse_depixelate"  # docker objectName, action name, settings group, kritarc key suffix
 CLIENT_NAME = "krita"
+PLUGIN_VERSION = "0.1.0"  # sent in HELLO
 
 
 class PluginError(Exception):
@@ -264,6 +265,7 @@ class Request:
     def mask_blob(self) -> Any:
         if self.mask is None:
             return None
+        ensure_client_path()
         from protocol.messages import ImageBlob
 
         return ImageBlob(self.rect.w, self.rect.h, 1, "u8", self.mask)
@@ -468,5 +470,3 @@ def run_job(request: Request, *, on_progress: Optional[Callable[[Any], None]] = 
                                  on_state=on_state)
     return plan_layers(request, result)
 
-
-PLUGIN_VERSION = "0.1.0"

@@ -240,3 +240,26 @@ class Krita:
 
     def writeSetting(self, group: str, name: str, value: str) -> None:
         self.settings[(group, name)] = value
+
+
+# Registration API, so that importing the plug-in package where PyQt5 happens to be installed still works.
+class DockWidget:
+    pass
+
+
+class DockWidgetFactoryBase:
+    DockRight = 1
+
+    def __init__(self, id_: str, position: int) -> None:
+        self.id, self.position = id_, position
+
+
+class DockWidgetFactory(DockWidgetFactoryBase):
+    def __init__(self, id_: str, position: int, klass: type) -> None:
+        super().__init__(id_, position)
+        self.klass = klass
+
+
+class Extension:
+    def __init__(self, parent=None) -> None:
+        self.parent = parent
