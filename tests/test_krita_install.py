@@ -70,9 +70,19 @@ def test_system_python_without_zmq_gets_the_package_names(tmp_path, capsys):
     bare = tmp_path / "bare"
     venv.EnvBuilder(with_pip=False, system_site_packages=False).create(bare)
     python = bare / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
-    krita.install(tmp_path / "pykrita", python=krita.PythonTarget("system", python=str(python)))
+    pkg = krita.install(tmp_path / "pykrita", python=krita.PythonTarget("system", python=str(python)))
     out = capsys.readouterr().out
     assert "python3-zmq" in out and "python3-msgpack" in out
+    # ...and the plug-in itself still imports there and says the same in its docker
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import pulse_depixelate; "
+            "from pulse_depixelate import client_path as c, logic; m = c.missing_dependencies(); print(m); "
+            "print(c.dependency_help(m))")
+    res = subprocess.run([str(python), "-I", "-c", code, str(pkg.parent)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stderr
+    missing, help_text = res.stdout.splitlines()[:2]
+    assert missing == "['zmq', 'msgpack']"
+    assert "sudo apt install python3-zmq python3-msgpack" in help_text
 
 
 @pytest.mark.parametrize("value,kind,versions", [("3.10", "bundled", ("3.10",)), ("system", "system", ()),
