@@ -26,12 +26,19 @@ class Server:
         self.truncate_next = False
         self.ignore_range = False
         self.status: int | None = None
+        self.range_on_416 = True  # send `Content-Range: bytes */N` with a 416
         self.requests: list[dict] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:
                 pass
+
+            def do_HEAD(self) -> None:
+                server.requests.append({"path": self.path, "method": "HEAD"})
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(server.data)))
+                self.end_headers()
 
             def do_GET(self) -> None:
                 rng = self.headers.get("Range")
@@ -44,7 +51,8 @@ class Server:
                     start = int(rng.split("=")[1].split("-")[0])
                     if start >= len(body):
                         self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        if server.range_on_416:
+                            self.send_header("Content-Range", f"bytes */{len(body)}")
                         self.send_header("Content-Length", "0")
                         self.end_headers()
                         return
@@ -257,3 +265,28 @@ def test_registry_name_as_weights(server: Server, cache: Path, tmp_path: Path, m
     monkeypatch.setattr(loading, "GAUSSIAN_SAMPLES", 10_000)
     prior, info = loading.load_prior("ffhq-1024")
     assert info.name == "stylegan2-ffhq-1024" and info.source == str(weights_path()) and prior.resolution == 16
+
+
+# ---- a .part at or past the remote end (HTTP 416) with no pinned size ---------------------------------------
+
+
+@pytest.mark.parametrize("range_on_416", [True, False], ids=["content-range", "head"])
+def test_416_with_a_longer_part_is_not_accepted(server: Server, data: bytes, tmp_path: Path, range_on_416: bool) -> None:
+    server.range_on_416 = range_on_416
+    dest = tmp_path / "w.pkl"
+    part = dest.with_name(dest.name + ".part")
+    part.write_bytes(data + b"stale tail of another version")  # longer than the remote file: 416
+    assert download(server.url, dest, progress=False) == dest
+    assert dest.read_bytes() == data and not part.exists()  # fetched again, not the bogus .part
+    assert server.requests[-1]["range"] is None  # restarted from byte 0
+
+
+@pytest.mark.parametrize("range_on_416", [True, False], ids=["content-range", "head"])
+def test_416_with_a_complete_part_is_accepted_after_checking_the_length(server: Server, data: bytes, tmp_path: Path,
+                                                                         range_on_416: bool) -> None:
+    server.range_on_416 = range_on_416
+    dest = tmp_path / "w.pkl"
+    dest.with_name(dest.name + ".part").write_bytes(data)
+    assert download(server.url, dest, progress=False) == dest
+    assert dest.read_bytes() == data
+    assert [r.get("method", "GET") for r in server.requests] == (["GET"] if range_on_416 else ["GET", "HEAD"])

@@ -183,11 +183,17 @@ def download(url: str, dest: Path, *, size: int | None = None, sha256: str | Non
     try:
         resp = urllib.request.urlopen(req, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
-        if e.code == 416 and have and (size is None or have == size):
-            resp = None  # nothing left to fetch: the partial file is (claimed) complete; verify below
+        if e.code == 416 and have:
+            # "Range not satisfiable": our .part reaches (or passes) the end of the remote file. Accept it
+            # only if the remote length is known to be exactly `have`; a longer (or unverifiable) .part is
+            # discarded and the file fetched again from the start, never renamed into place.
+            remote = size if size is not None else _remote_length(url, e.headers)
+            if remote == have:
+                resp, total = None, remote  # nothing left to fetch; the digest (if any) is checked below
+            else:
+                part.unlink(missing_ok=True)
+                return download(url, dest, size=size, sha256=sha256, progress=progress, label=label)
         else:
-            if e.code == 416:
-                part.unlink(missing_ok=True)  # our partial file is longer than the remote one: start over
             raise _offline_error(url, dest, part, f"HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         reason = getattr(e, "reason", None) or e
@@ -236,6 +242,22 @@ def download(url: str, dest: Path, *, size: int | None = None, sha256: str | Non
             )
     os.replace(part, dest)
     return dest
+
+
+def _remote_length(url: str, headers) -> int | None:
+    """The remote file's length after a 416: `Content-Range: bytes */N` (RFC 9110 §15.5.17), else a HEAD
+    request's Content-Length; None when the server tells neither."""
+    crange = (headers.get("Content-Range", "") if headers is not None else "") or ""
+    tail = crange.rsplit("/", 1)[-1].strip() if "/" in crange else ""
+    if tail.isdigit():
+        return int(tail)
+    req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "pulse-depixelate", "Accept-Encoding": "identity"})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+            length = resp.headers.get("Content-Length", "")
+            return int(length) if length.isdigit() else None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError):
+        return None
 
 
 def _range_start(content_range: str) -> int:
