@@ -169,3 +169,7 @@ def test_undo_takes_the_faces_back_out(gui_run):
     assert len(stacks) == 4 and stacks[-1] == ["Background"]
     assert [len(s) for s in stacks] == [4, 3, 2, 1]
     assert step["original_unchanged"]
+
+
+def test_previews_show_small_in_the_docker(gui_run):
+    assert gui_run[0]["preview_slot"] == {"visible": True, "size": [96, 96]}
