@@ -165,12 +165,22 @@ def _same_file(fh, path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _lock(fh) -> None:
-    if sys.platform == "win32":
+# Windows locks are mandatory byte ranges: a lock on byte 0 would make the JSON unreadable to
+# `pulse-server status` and to a second daemon naming the first's pid. Lock one byte far past it instead
+# (LockFile accepts a range beyond the end of the file; the file does not grow).
+WIN_LOCK_OFFSET = 1 << 20
+
+
+def _lock(fh, platform: str | None = None) -> None:
+    if (platform or sys.platform) == "win32":
         import msvcrt
 
-        fh.seek(0)
-        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        fh.flush()
+        os.lseek(fh.fileno(), WIN_LOCK_OFFSET, os.SEEK_SET)  # msvcrt.locking starts at the fd's position
+        try:
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        finally:
+            fh.seek(0)  # back to the JSON, and the text layer's position in sync with the fd's
     else:
         import fcntl
 

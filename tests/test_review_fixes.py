@@ -152,3 +152,32 @@ def test_runtime_dir_per_platform(tmp_path, monkeypatch):
     assert ep.runtime_dir("win32") == tmp_path / "AppData" / "Local" / "pulse" / "run"
     monkeypatch.setenv("PULSE_RUNTIME_DIR", str(tmp_path / "override"))
     assert {ep.runtime_dir(p) for p in ("darwin", "linux", "win32")} == {tmp_path / "override"}
+
+
+# ---- 11. the Windows lock leaves the lock file's JSON readable ---------------------------------------------
+
+
+def test_windows_lock_takes_a_byte_past_the_json(tmp_path, monkeypatch):
+    # msvcrt exists only on Windows: a stand-in records where the real one would lock (it locks
+    # `nbytes` from the descriptor's current position).
+    import sys
+    import types
+
+    from pulse_server import paths
+
+    locked: list = []
+    fake = types.ModuleType("msvcrt")
+    fake.LK_NBLCK = 2
+    fake.locking = lambda fd, mode, n: locked.append((os.lseek(fd, 0, os.SEEK_CUR), n, mode))
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    path = tmp_path / "daemon.lock"
+    with open(path, "a+", encoding="utf-8") as fh:
+        paths._lock(fh, "win32")
+        fh.seek(0)
+        fh.truncate()
+        fh.write('{"pid": 4242, "endpoint": "tcp://127.0.0.1:47474"}')
+        fh.flush()
+    ((offset, nbytes, mode),) = locked
+    assert (nbytes, mode) == (1, fake.LK_NBLCK)
+    assert offset >= 1 << 20 > path.stat().st_size  # far past any JSON the daemon writes
+    assert paths.read_lock_info(path) == {"pid": 4242, "endpoint": "tcp://127.0.0.1:47474"}
