@@ -26,10 +26,10 @@ from typing import Any
 import zmq
 
 from protocol import endpoint as ep
-from protocol.codec import DEFAULT_LIMITS, Limits, decode, encode
+from protocol.codec import DEFAULT_LIMITS, MAGIC, Limits, decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import (
-    CLIENT_TYPES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello,
+    CLIENT_TYPES, DTYPE_SIZES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello,
     JobState, Message, Ok, Ping, Pong, Preview, Progress, Result, Shutdown, Status, StatusReply, Submit, Welcome,
 )
 
@@ -162,7 +162,7 @@ class Daemon:
         r.setsockopt(zmq.LINGER, 0)
         r.setsockopt(zmq.SNDHWM, SNDHWM)
         r.setsockopt(zmq.RCVHWM, 1000)
-        r.setsockopt(zmq.MAXMSGSIZE, self.limits.max_blob_bytes + (1 << 20))  # per frame: the biggest blob
+        r.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(self.limits))  # libzmq drops a peer sending a bigger frame
         if ep.is_tcp(cfg.endpoint):
             self.token = paths.read_or_create_token()
             if not ep.is_loopback(cfg.endpoint):
@@ -601,6 +601,18 @@ class Daemon:
             if exc.errno == errno.EHOSTUNREACH or exc.errno == zmq.EHOSTUNREACH:
                 return "gone"
             raise
+
+
+def max_frame_bytes(limits: Limits) -> int:
+    """ZMQ_MAXMSGSIZE: the largest frame a legal client message has.
+
+    libzmq applies MAXMSGSIZE to each frame, not to the multipart message (checked: 10 frames of 900
+    bytes pass a 1000-byte cap). A client message is [magic][header ≤ max_header_bytes][image][mask], so
+    the biggest frame is the header or the biggest image the limits allow: max_pixels × 4 channels × 4
+    bytes (f32), capped by max_blob_bytes (the mask, 1 byte per pixel, is smaller). The frame count is
+    only checked by the decoder once libzmq has the whole message (see PROTOCOL.md §2)."""
+    largest_image = min(limits.max_blob_bytes, limits.max_pixels * 4 * max(DTYPE_SIZES.values()))
+    return max(limits.max_header_bytes, largest_image, len(MAGIC))
 
 
 def _refuse_non_socket(path: Path) -> None:

@@ -181,3 +181,54 @@ def test_windows_lock_takes_a_byte_past_the_json(tmp_path, monkeypatch):
     assert (nbytes, mode) == (1, fake.LK_NBLCK)
     assert offset >= 1 << 20 > path.stat().st_size  # far past any JSON the daemon writes
     assert paths.read_lock_info(path) == {"pid": 4242, "endpoint": "tcp://127.0.0.1:47474"}
+
+
+# ---- 4. ZMQ_MAXMSGSIZE is the largest legal frame, derived from the limits --------------------------------
+
+
+def test_a_frame_over_the_largest_legal_image_drops_the_connection(tmp_path):
+    import msgpack
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    from protocol.codec import MAGIC, decode, encode
+    from protocol.messages import Error, Hello, ImageBlob, Submit, Welcome
+
+    # 64×64 pixels at most: the largest legal image frame is 64·64·4·4 = 64 KiB (= the header cap).
+    d = start_daemon(tmp_path, weights="noop:", endpoint="tcp", args=["--max-pixels", str(64 * 64)])
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    monitor = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+    try:
+        s.connect(d.endpoint)
+        s.send_multipart(encode(Hello(token=d.token, client="raw")))
+        assert s.poll(10_000) and isinstance(decode(s.recv_multipart()), Welcome)
+        # 256×256 u8 RGBA = 256 KiB: within the old cap (max_blob_bytes + 1 MiB), over the new one.
+        too_big = encode(Submit("big", ImageBlob(256, 256, 4, "u8", bytes(256 * 256 * 4))))
+        s.send_multipart(too_big)
+        events = []
+        while monitor.poll(5000):
+            events.append(recv_monitor_message(monitor)["event"])
+            if zmq.EVENT_DISCONNECTED in events:
+                break
+        assert zmq.EVENT_DISCONNECTED in events  # libzmq dropped us before the daemon saw the frame
+        assert not s.poll(200)  # and nothing was answered
+        # Legal frames still pass, and the daemon is fine.
+        header = {"type": "SUBMIT", "job_id": "claim", "image": 0, "params": {},
+                  "blobs": [{"kind": "image", "w": 64, "h": 65, "c": 1, "dtype": "u8", "nbytes": 64 * 65}]}
+        with d.client() as c:
+            c.connect()
+        s2 = ctx.socket(zmq.DEALER)
+        s2.linger = 0
+        s2.connect(d.endpoint)
+        s2.send_multipart([MAGIC, msgpack.packb(header), bytes(64 * 65)])
+        assert s2.poll(10_000)
+        reply = decode(s2.recv_multipart())
+        assert isinstance(reply, Error) and reply.code == "TOO_LARGE"  # the decoder's check, on a small frame
+        s2.close(0)
+    finally:
+        monitor.close(0)
+        s.close(0)
+        d.stop()
+
