@@ -139,14 +139,13 @@ def _adjacent_contrast(img: np.ndarray, block: int, rect: tuple[int, int, int, i
 MIN_CONTRAST = 12.0  # a face mosaic: neighbouring cells differ (astronaut's face at 8–24 px blocks: 25–50)
 
 
-def test_detection_accuracy_on_real_photographs() -> None:
-    """≥ 95 % exact (block size AND phase) over 120 random mosaics on real photos, half of them JPEG q75."""
-    photos = _photos()
+def _sweep(photos: dict[str, np.ndarray], n: int, seed: int, layer_aligned: bool) -> tuple[float, list]:
+    """Detection on n random mosaics over real photos, every other one JPEG q75, in a box 0–2 cells larger."""
     names = sorted(photos)
-    rng = np.random.default_rng(1234)
+    rng = np.random.default_rng(seed)
     total = correct = 0
     misses = []
-    while total < 120:
+    while total < n:
         img = photos[names[total % len(names)]]
         h, w = img.shape[:2]
         b = int(rng.integers(4, 33))
@@ -157,22 +156,37 @@ def test_detection_accuracy_on_real_photographs() -> None:
         if _adjacent_contrast(img, b, (mx, my, mw, mh)) < MIN_CONTRAST:
             continue  # a mosaic over empty sky: nothing for anyone to see (or to depixelate)
         use_jpeg = total % 2 == 1
-        mos = pixelate(img, b, (mx, my, mw, mh))
+        origin = (0, 0) if layer_aligned else (mx, my)
+        mos = pixelate(img, b, (mx, my, mw, mh), origin=origin)
         if use_jpeg:
             mos = jpeg(mos, 75)
         pad = [int(rng.integers(0, 2 * b + 1)) for _ in range(4)] if rng.random() < 0.7 else [0, 0, 0, 0]
         x0, y0 = max(0, mx - pad[0]), max(0, my - pad[1])
         x1, y1 = min(w, mx + mw + pad[2]), min(h, my + mh + pad[3])
         info = detect_grid(as_float(mos[y0:y1, x0:x1]))
-        want = (b, ((mx - x0) % b, (my - y0) % b))
+        want = (b, ((origin[0] - x0) % b, (origin[1] - y0) % b))
         total += 1
         if info.detected and (info.block, info.phase) == want:
             correct += 1
         else:
-            misses.append((want, (info.block, info.phase), use_jpeg))
-    accuracy = correct / total
-    print(f"mosaic detection: {correct}/{total} = {accuracy:.3f}; misses {misses}")
+            misses.append((want, (info.block, info.phase), "jpeg" if use_jpeg else "clean"))
+    return correct / total, misses
+
+
+def test_detection_accuracy_on_real_photographs() -> None:
+    """≥ 95 % exact (block size AND phase) over 120 random mosaics on real photos, half of them JPEG q75:
+    the mosaic's blocks start at its own corner (whole cells)."""
+    accuracy, misses = _sweep(_photos(), 120, 1234, layer_aligned=False)
+    print(f"mosaic detection (whole cells): {accuracy:.3f}; misses {misses}")
     assert accuracy >= 0.95, misses
+
+
+def test_detection_accuracy_layer_aligned_blocks() -> None:
+    """GIMP/Krita align the blocks to the layer origin: partial cells along the mosaic's edges. Harder (thin
+    partial cells, JPEG): measured ~0.90-0.93 on 300-sample sweeps; guarded at 0.85."""
+    accuracy, misses = _sweep(_photos(), 80, 4321, layer_aligned=True)
+    print(f"mosaic detection (layer-aligned): {accuracy:.3f}; misses {misses}")
+    assert accuracy >= 0.85, misses
 
 
 def test_no_false_mosaics_on_real_photographs() -> None:

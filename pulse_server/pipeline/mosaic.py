@@ -20,6 +20,9 @@ import numpy as np
 MAX_BLOCK = 64  # larger blocks hold too little of a face to be worth solving
 MIN_RECT = 12  # pixels per side: a smaller "mosaic" is texture, not a face
 MIN_CELLS = 4  # per axis: fewer cells hold too little of a face (and a photo can fake them)
+# JPEG erodes the outermost cells of a small mosaic, and partial cells at its edges may not count: the
+# search works on 3 whole cells per axis, a detection needs 3 per axis and 12 in all
+_WORK_CELLS = MIN_CELLS - 1
 _FLOOR = 0.5 / 255  # below this a difference is "zero" (rounding noise of 8-bit mosaics)
 _DETECT_SCORE = 1.4  # evidence (line score on the rectangle + half-cell shift score) a mosaic must reach
 
@@ -299,12 +302,12 @@ def _refine(dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid) -> _Gri
     g.rect, g.frac = _locate(dx, dy, g.block, g.px, g.py)
     for _ in range(3):
         x, y, rw, rh = g.rect
-        if rw < MIN_CELLS * g.block or rh < MIN_CELLS * g.block:
+        if rw < _WORK_CELLS * g.block or rh < _WORK_CELLS * g.block:
             return g
         # one pixel of context on each side: the rectangle's own borders are grid lines too
         x0, y0 = max(0, x - 1), max(0, y - 1)
         x1, y1 = min(w, x + rw + 1), min(h, y + rh + 1)
-        sub = [b for b in blocks if b <= min(x1 - x0, y1 - y0) // MIN_CELLS]
+        sub = [b for b in blocks if b <= min(x1 - x0, y1 - y0) // _WORK_CELLS]
         if not sub:
             return g
         b, qx, qy, sx, sy = _best_grid(dx[y0:y1, x0 : x1 - 1], dy[y0 : y1 - 1, x0:x1], sub)
@@ -315,7 +318,7 @@ def _refine(dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid) -> _Gri
             g.score = nxt.score
             break
         g = nxt
-    if g.rect[2] >= MIN_CELLS * g.block and g.rect[3] >= MIN_CELLS * g.block:
+    if g.rect[2] >= _WORK_CELLS * g.block and g.rect[3] >= _WORK_CELLS * g.block:
         inner, border, _ = _cell_flatness(dx, dy, g.block, g.px, g.py)
         x, y, rw, rh = g.rect
         cx, cy = (x - g.px) // g.block, (y - g.py) // g.block
@@ -326,10 +329,39 @@ def _refine(dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid) -> _Gri
         # measured on the whole cells inside
         g.full = _extend_partial(dx, dy, g)
         inside = _whole_inside(g.full, g.block, g.px, g.py)
-        if min(inside[2], inside[3]) >= MIN_CELLS * g.block and inside != g.rect:
+        if min(inside[2], inside[3]) >= _WORK_CELLS * g.block and inside != g.rect:
             g.rect = inside
             g.score = _rect_line_score(dx, dy, g)
     return g
+
+
+def _prefer_multiple(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, g: _Grid) -> _Grid:
+    """A divisor of the true block looks fine on a rectangle it located well (each true cell is m×m of its
+    cells) while the true grid's rectangle may have gone wrong. On g's rectangle the true grid's lines score
+    about log(m) higher than g's; a real grid's multiples score lower (every other line of theirs is flat)."""
+    h, w = dy.shape[0] + 1, dx.shape[1] + 1
+    x, y, rw, rh = g.rect
+    x0, y0 = max(0, x - 1), max(0, y - 1)
+    x1, y1 = min(w, x + rw + 1), min(h, y + rh + 1)
+    prof_x = dx[y0:y1, x0 : x1 - 1].mean(axis=0).astype(np.float64)
+    prof_y = dy[y0 : y1 - 1, x0:x1].mean(axis=1).astype(np.float64)
+    own = min(_line_scores(prof_x, g.block)[(g.px - x0) % g.block], _line_scores(prof_y, g.block)[(g.py - y0) % g.block])
+    best = None
+    for m in (2, 3, 4):
+        big = m * g.block
+        if big > MAX_BLOCK or min(g.full[2], g.full[3]) < (MIN_CELLS - 0.5) * big:
+            break
+        sx = _line_scores(prof_x, big)
+        sy = _line_scores(prof_y, big)
+        jx = max(range(m), key=lambda j: sx[(g.px + j * g.block - x0) % big])
+        jy = max(range(m), key=lambda j: sy[(g.py + j * g.block - y0) % big])
+        score = min(sx[(g.px + jx * g.block - x0) % big], sy[(g.py + jy * g.block - y0) % big])
+        if score >= own + 0.5 * np.log(m) and (best is None or score > best[0]):
+            best = (score, big, (g.px + jx * g.block) % big, (g.py + jy * g.block) % big)
+    if best is None:
+        return g
+    cand = _add_shift(rgb, _refine(dx, dy, [best[1]], _Grid(best[1], best[2], best[3], score=best[0])))
+    return cand if cand.evidence >= _DETECT_SCORE and cand.full is not None else g
 
 
 def _rect_line_score(dx: np.ndarray, dy: np.ndarray, g: _Grid) -> float:
@@ -352,7 +384,7 @@ def _whole_inside(rect: tuple[int, int, int, int], b: int, px: int, py: int) -> 
 
 
 def _add_shift(rgb: np.ndarray, g: _Grid) -> _Grid:
-    if g.rect[2] >= MIN_CELLS * g.block and g.rect[3] >= MIN_CELLS * g.block:
+    if g.rect[2] >= _WORK_CELLS * g.block and g.rect[3] >= _WORK_CELLS * g.block:
         g.shift = _shift_evidence(rgb, g.block, g.rect)
     return g
 
@@ -383,8 +415,13 @@ def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
             if best is None or g.rank > best.rank:
                 best = g
     g = best
+    if not block and g.full is not None:
+        g = _prefer_multiple(rgb, dx, dy, g)
     b, (px, py), rect = g.block, (g.px, g.py), g.rect
-    ok_rect = min(rect[2], rect[3]) >= max(MIN_CELLS * b, MIN_RECT)
+    extent = g.full if g.full is not None else rect
+    whole = (rect[2] // b) * (rect[3] // b) if b else 0
+    ok_rect = (min(rect[2], rect[3]) >= _WORK_CELLS * b and whole >= MIN_CELLS * (MIN_CELLS - 1)
+               and min(extent[2], extent[3]) >= MIN_RECT)
     margin = g.evidence - _DETECT_SCORE
     conf = float(1.0 / (1.0 + np.exp(-2.0 * margin))) * (g.frac if ok_rect else 0.0)
     detected = bool(ok_rect and margin >= 0 and g.frac >= 0.6)
