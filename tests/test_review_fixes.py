@@ -232,3 +232,31 @@ def test_a_frame_over_the_largest_legal_image_drops_the_connection(tmp_path):
         s.close(0)
         d.stop()
 
+
+# ---- 5. the queued-bytes budget bounds the regions held by waiting jobs -----------------------------------
+
+
+def test_queued_regions_are_bounded_in_bytes_not_just_in_jobs(tmp_path):
+    import threading
+
+    import numpy as np
+
+    from protocol.errors import JobFailed
+    from protocol.messages import ImageBlob
+
+    region = ImageBlob.from_numpy(np.zeros((1024, 1024, 4), np.uint8))  # 4 MiB
+    d = start_daemon(tmp_path, weights="noop:0.05", endpoint="ipc", args=["--max-queued-bytes", str(6 << 20)])
+    try:
+        with d.client() as a, d.client() as b:
+            a.connect()
+            b.connect()
+            first = a.submit(region, None, {"steps": 400})  # 20 s of noop steps: still held below
+            assert first.state == "queued"
+            with pytest.raises(JobFailed) as err:
+                b.submit(region, None, {"steps": 1})  # 8 MiB > 6 MiB: refused although 31 slots are free
+            assert err.value.code == "QUEUE_FULL" and err.value.retryable and "MiB" in str(err.value)
+            small = ImageBlob.from_numpy(np.zeros((512, 512, 4), np.uint8))  # 1 MiB: fits beside it
+            assert b.run_job(small, None, {"steps": 1}).candidates
+            a.cancel(first.job_id)
+    finally:
+        d.stop()

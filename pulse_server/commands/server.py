@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--max-pixels", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--max-blob-bytes", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--result-ttl", type=float, default=120.0, help=argparse.SUPPRESS)
+    run.add_argument("--max-queued-bytes", type=int, default=None, help=argparse.SUPPRESS)
     run.set_defaults(func=_run)
 
     status = sub.add_parser("status", help="show whether the daemon runs, its device, model and queue")
@@ -111,6 +112,8 @@ def _run(args: argparse.Namespace) -> int:
         heartbeat_ms=args.heartbeat_ms, allow_remote=args.allow_remote, limits=limits, max_queue=args.max_queue,
         max_per_session=args.max_per_client, result_ttl=args.result_ttl, preload=args.preload,
     )
+    if args.max_queued_bytes:
+        config = dataclasses.replace(config, max_queued_bytes=args.max_queued_bytes)
     return run_daemon(config)
 
 
