@@ -234,10 +234,14 @@ def _locate(dx: np.ndarray, dy: np.ndarray, block: int, px: int, py: int) -> tup
     r0, r1, c0, c1 = band
     typical = float(np.percentile(inner[r0:r1, c0:c1], 75))
     cells &= inner <= 3.0 * typical + 0.5 * _FLOOR
+    # and a flat photo area (sky, a wall, JPEG-flattened) next to the mosaic has flat cells with faint
+    # borders: keep cells whose borders are a fair share of the band's, or that are exactly flat (clean mosaic)
+    edge = float(np.median(border[r0:r1, c0:c1]))
+    cells &= (border >= 0.25 * edge) | (inner <= 0.25 * _FLOOR)
     band = _band(cells)
     if band is None:
         return (0, 0, 0, 0), 0.0
-    loose = cells | _mosaic_cells(inner, border, 4) & (inner <= 3.5 * typical + _FLOOR)
+    loose = cells | (_mosaic_cells(inner, border, 4) & (inner <= 3.5 * typical + _FLOOR) & (border >= 0.25 * edge))
     r0, r1, c0, c1 = _grow(band, loose)
     frac = float(loose[r0:r1, c0:c1].mean())
     rect = (int(xs[c0]), int(ys[r0]), int((c1 - c0) * block), int((r1 - r0) * block))
