@@ -448,16 +448,17 @@ def _extend_partial(dx: np.ndarray, dy: np.ndarray, g: _Grid) -> tuple[int, int,
     inner, _, _ = _cell_flatness(dx[y : y + h, x : x + w - 1], dy[y : y + h - 1, x : x + w], b, 0, 0)
     thr = 2.0 * float(np.median(inner)) + _FLOOR if inner.size else _FLOOR
     H, W = dy.shape[0] + 1, dx.shape[1] + 1
+    loose = 1.5 * thr  # JPEG rings next to the grid lines; a photo is caught by the steps-on-lines test
 
     def flat_col(c: int, r0: int, r1: int, pair: int | None) -> bool:
         rows = np.arange(r0, r1 - 1)
         within = ((rows + 1 - g.py) % b) != 0  # dy[r] crosses the line at r+1
-        return _steps_on_lines(dy[rows, c], within, thr) and (pair is None or dx[r0:r1, pair].mean() <= thr)
+        return _steps_on_lines(dy[rows, c], within, loose) and (pair is None or dx[r0:r1, pair].mean() <= loose)
 
     def flat_row(r: int, c0: int, c1: int, pair: int | None) -> bool:
         cols = np.arange(c0, c1 - 1)
         within = ((cols + 1 - g.px) % b) != 0
-        return _steps_on_lines(dx[r, cols], within, thr) and (pair is None or dy[pair, c0:c1].mean() <= thr)
+        return _steps_on_lines(dx[r, cols], within, loose) and (pair is None or dy[pair, c0:c1].mean() <= loose)
 
     # an edge cell that is mostly mosaic may still hold photo lines at the rectangle's edge (a partial cell
     # that happened to pass as whole): keep only the flat part next to the grid line
