@@ -156,29 +156,32 @@ class Daemon:
 
     def _bind(self) -> None:
         cfg = self.config
-        self._ctx = zmq.Context()
-        r = self._ctx.socket(zmq.ROUTER)
-        r.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
-        r.setsockopt(zmq.LINGER, 0)
-        r.setsockopt(zmq.SNDHWM, SNDHWM)
-        r.setsockopt(zmq.RCVHWM, 1000)
-        r.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(self.limits))  # libzmq drops a peer sending a bigger frame
-        if ep.is_tcp(cfg.endpoint):
-            self.token = paths.read_or_create_token()
-            if not ep.is_loopback(cfg.endpoint):
-                self._setup_curve(r)
         path = ep.ipc_path(cfg.endpoint)
-        if path is not None:
+        if path is not None:  # before any zmq socket exists: a refusal here must not leave one open
             if path.parent == paths.runtime_dir():
                 paths.ensure_runtime_dir()
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
             _remove_stale_socket(path, locked=self._lock._fh is not None)
+        self._ctx = zmq.Context()
+        r = self._ctx.socket(zmq.ROUTER)
         try:
-            r.bind(cfg.endpoint)
-        except zmq.ZMQError as exc:
-            r.close(0)
-            raise PulseError(f"cannot listen on {cfg.endpoint}: {exc}", "BIND_FAILED") from exc
+            r.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
+            r.setsockopt(zmq.LINGER, 0)
+            r.setsockopt(zmq.SNDHWM, SNDHWM)
+            r.setsockopt(zmq.RCVHWM, 1000)
+            r.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(self.limits))  # libzmq drops a peer sending a bigger frame
+            if ep.is_tcp(cfg.endpoint):
+                self.token = paths.read_or_create_token()
+                if not ep.is_loopback(cfg.endpoint):
+                    self._setup_curve(r)
+            try:
+                r.bind(cfg.endpoint)
+            except zmq.ZMQError as exc:
+                raise PulseError(f"cannot listen on {cfg.endpoint}: {exc}", "BIND_FAILED") from exc
+        except BaseException:
+            r.close(0)  # an open socket would make Context.term() in _shutdown wait forever
+            raise
         self.bound_endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT) or cfg.endpoint
         if path is not None:
             self._ipc_file = path
@@ -636,7 +639,24 @@ def _remove_stale_socket(path: Path, *, locked: bool) -> None:
     _refuse_non_socket(path)  # re-checked: the path may have changed since _check_endpoint
     if not locked or not os.path.lexists(path):
         return
+    if _socket_answers(path):  # e.g. a daemon of another runtime dir (another lock) listens there
+        raise PulseError(f"{path} is in use: another process listens on it; stop it or choose another ipc path",
+                         "ENDPOINT_IN_USE")
     path.unlink()
+
+
+def _socket_answers(path: Path) -> bool:
+    import socket
+
+    if not hasattr(socket, "AF_UNIX"):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:  # ECONNREFUSED: nobody listens, the file is stale
+            return False
+    return True
 
 
 def _input_bytes(job: Job) -> int:

@@ -53,6 +53,25 @@ def test_a_stale_socket_of_a_crashed_daemon_is_replaced(tmp_path):
     assert not sock_path.exists()
 
 
+def test_a_live_socket_of_another_process_is_not_stolen(tmp_path):
+    # A daemon started with another runtime dir (so another lock) that listens on the same ipc path.
+    sock_path = tmp_path / "d.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(sock_path))
+        listener.listen(4)
+        env = isolated_env(tmp_path)
+        out = _server(env, "run", "--endpoint", f"ipc://{sock_path}", "--weights", "noop:", "--no-log-file", timeout=20)
+        assert out.returncode == 2, out.stderr
+        assert "in use" in out.stderr and str(sock_path) in out.stderr
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.connect(str(sock_path))  # still the first listener's
+            conn, _ = listener.accept()
+            conn.close()
+    finally:
+        listener.close()
+
+
 # ---- 3. --device cuda without CUDA fails at start ---------------------------------------------------------
 
 
