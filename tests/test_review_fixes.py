@@ -279,3 +279,27 @@ def test_queued_regions_are_bounded_in_bytes_not_just_in_jobs(tmp_path):
             a.cancel(first.job_id)
     finally:
         d.stop()
+
+
+# ---- 14. `run` twice in one process does not duplicate log lines ------------------------------------------
+
+
+def test_setup_logging_twice_keeps_one_set_of_handlers(tmp_path, monkeypatch):
+    import logging
+
+    from pulse_server.commands import server
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = logging.getLogger("pulse")
+    before = list(root.handlers)
+    try:
+        server._setup_logging("INFO", True)
+        first = [h for h in root.handlers if h not in before]
+        server._setup_logging("INFO", True)
+        second = [h for h in root.handlers if h not in before]
+        assert len(first) == len(second) == 2  # stderr + the rotating file, once each
+    finally:
+        for h in [h for h in root.handlers if h not in before]:
+            root.removeHandler(h)
+            h.close()

@@ -74,13 +74,18 @@ def _setup_logging(level: str, to_file: bool) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger("pulse")
     root.setLevel(level)
+    for old in [h for h in root.handlers if getattr(h, "_pulse_run", False)]:  # a second `run` in one process
+        root.removeHandler(old)
+        old.close()
     err = logging.StreamHandler(sys.stderr)
+    err._pulse_run = True
     err.setFormatter(fmt)
     root.addHandler(err)
     if to_file:
         try:
             log_dir = paths.ensure_private_dir(paths.log_dir())
             fh = logging.handlers.RotatingFileHandler(log_dir / "daemon.log", maxBytes=2 << 20, backupCount=3, encoding="utf-8")
+            fh._pulse_run = True
             fh.setFormatter(fmt)
             root.addHandler(fh)
             root.info("logging to %s", log_dir / "daemon.log")
