@@ -97,11 +97,11 @@ class DaemonLock:
         self.path = path or lock_path()
         self._fh = None
 
-    def acquire(self, endpoint: str) -> None:
+    def acquire(self, endpoint: str, retry_s: float = 0.5) -> None:
         ensure_private_dir(self.path.parent)
         fh = open(self.path, "a+", encoding="utf-8")
         try:
-            _lock(fh)
+            _lock_retrying(fh, retry_s)
         except OSError:
             fh.close()
             info = read_lock_info(self.path)
@@ -155,6 +155,22 @@ def is_locked(path: Path | None = None) -> bool:
     finally:
         fh.close()  # closing drops a lock we may have just taken
     return False
+
+
+def _lock_retrying(fh, retry_s: float) -> None:
+    """`_lock`, retried for `retry_s`: `is_locked()` (e.g. `pulse-server stop` waiting for the old daemon)
+    holds the lock for a moment while probing; a daemon starting just then must not give up at once."""
+    import time
+
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            _lock(fh)
+            return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _same_file(fh, path: Path) -> bool:

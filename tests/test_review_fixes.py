@@ -303,3 +303,25 @@ def test_setup_logging_twice_keeps_one_set_of_handlers(tmp_path, monkeypatch):
         for h in [h for h in root.handlers if h not in before]:
             root.removeHandler(h)
             h.close()
+
+
+# ---- 12. a daemon starting while `is_locked()` probes is not refused --------------------------------------
+
+
+def test_lock_acquire_waits_out_a_momentary_probe(tmp_path):
+    import fcntl
+    import threading
+
+    from pulse_server import paths
+
+    path = tmp_path / "run" / "daemon.lock"
+    path.parent.mkdir(mode=0o700)
+    prober = open(path, "a+")  # what is_locked() does: take the lock for an instant, then close
+    fcntl.flock(prober.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Timer(0.1, prober.close).start()
+    lock = paths.DaemonLock(path)
+    lock.acquire("ipc://x")  # not ALREADY_RUNNING: the probe ends within the retry window
+    try:
+        assert paths.read_lock_info(path)["pid"] == os.getpid()
+    finally:
+        lock.release()
