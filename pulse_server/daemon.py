@@ -122,6 +122,8 @@ class Daemon:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, self.request_stop)
                 signal.signal(signal.SIGINT, self.request_stop)
+                if hasattr(signal, "SIGBREAK"):  # Windows: CTRL_BREAK_EVENT to a console process group
+                    signal.signal(signal.SIGBREAK, self.request_stop)
             self.worker.start()
             log.info("pulse-server %s listening on %s (pid %d, protocol %d, heartbeat %d ms)", __version__,
                      self.bound_endpoint, os.getpid(), PROTOCOL_VERSION, cfg.heartbeat_ms)

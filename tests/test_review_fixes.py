@@ -325,3 +325,44 @@ def test_lock_acquire_waits_out_a_momentary_probe(tmp_path):
         assert paths.read_lock_info(path)["pid"] == os.getpid()
     finally:
         lock.release()
+
+
+# ---- 15. SIGBREAK (Windows' CTRL_BREAK_EVENT) stops the daemon gracefully ---------------------------------
+
+
+def test_sigbreak_stops_the_daemon_gracefully(tmp_path):
+    # SIGBREAK exists only on Windows: the daemon runs with SIGUSR1 standing in for it, so the handler
+    # it installs when `signal.SIGBREAK` exists is exercised here.
+    import signal
+    import sys
+    import time
+
+    env = isolated_env(tmp_path)
+    runtime = os.path.join(env["XDG_RUNTIME_DIR"], "pulse")
+    endpoint = f"ipc://{runtime}/daemon.sock"
+    code = ("import signal, sys; signal.SIGBREAK = signal.SIGUSR1; from pulse_server.cli import main_server; "
+            "sys.exit(main_server())")
+    proc = subprocess.Popen([sys.executable, "-c", code, "run", "--endpoint", endpoint, "--weights", "noop:",
+                             "--no-log-file"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        from protocol.client import PulseClient
+        from protocol.errors import ProtocolError
+
+        deadline = time.monotonic() + 30
+        while True:  # answering HELLO means the loop runs: the handlers were installed before it
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                with PulseClient(endpoint, timeout=2.0) as c:
+                    c.connect()
+                break
+            except ProtocolError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGUSR1)
+        assert proc.wait(20) == 0
+        assert not os.path.exists(os.path.join(runtime, "daemon.lock"))  # cleaned up, not killed
+        assert not os.path.exists(os.path.join(runtime, "daemon.sock"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
