@@ -637,10 +637,13 @@ def _refuse_non_socket(path: Path) -> None:
 
 def _remove_stale_socket(path: Path, *, locked: bool) -> None:
     """Unlink the socket a crashed daemon left behind: only a socket, and only while we hold the daemon
-    lock (no live daemon can be using it then; ZeroMQ would otherwise let us steal its address)."""
+    lock. This must run before the bind: libzmq's ipc bind unlinks whatever file is at the path."""
     _refuse_non_socket(path)  # re-checked: the path may have changed since _check_endpoint
-    if not locked or not os.path.lexists(path):
+    if not os.path.lexists(path):
         return
+    if not locked:
+        raise PulseError(f"{path} exists and this process does not hold the daemon lock; not replacing it",
+                         "ENDPOINT_IN_USE")
     if _socket_answers(path):  # e.g. a daemon of another runtime dir (another lock) listens there
         raise PulseError(f"{path} is in use: another process listens on it; stop it or choose another ipc path",
                          "ENDPOINT_IN_USE")
