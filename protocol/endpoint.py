@@ -4,11 +4,11 @@ The editors' Python has no platformdirs, so this module is the one place that de
 runtime directory, the default endpoint and the token file; `pulse_server.paths` reuses it so both
 sides always agree.
 
-  * POSIX: `ipc://<runtime dir>/daemon.sock`, runtime dir = `$XDG_RUNTIME_DIR/pulse`, else `/tmp/pulse-<uid>`;
-    macOS: `~/Library/Caches/pulse/run` (not `$TMPDIR`: ssh, sudo and some launchd jobs have no TMPDIR and
+  * POSIX: `ipc://<runtime dir>/daemon.sock`, runtime dir = `$XDG_RUNTIME_DIR/pulse-depixelate`, else `/tmp/pulse-depixelate-<uid>`;
+    macOS: `~/Library/Caches/pulse-depixelate/run` (not `$TMPDIR`: ssh, sudo and some launchd jobs have no TMPDIR and
     would fall back to /tmp, so client and daemon would disagree). The daemon creates it 0700 and checks
     its owner.
-  * Windows: `tcp://127.0.0.1:47474` (no ipc transport), token file in `%LOCALAPPDATA%\\pulse\\run`.
+  * Windows: `tcp://127.0.0.1:47474` (no ipc transport), token file in `%LOCALAPPDATA%\\pulse-depixelate\\run`.
   * `PULSE_ENDPOINT`, `PULSE_TOKEN` and `PULSE_RUNTIME_DIR` override.
 """
 
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-APP = "pulse"
+APP = "pulse-depixelate"  # not "pulse": that is PulseAudio's runtime/config folder name
 DEFAULT_TCP_PORT = 47474
 SOCKET_NAME = "daemon.sock"
 TOKEN_NAME = "token"

@@ -123,7 +123,7 @@ def start_daemon(tmp_path: Path, *, weights: str | Path | None, endpoint: str = 
     if endpoint == "tcp":
         endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
     elif endpoint == "ipc":
-        endpoint = f"ipc://{runtime / 'pulse' / 'daemon.sock'}"
+        endpoint = f"ipc://{runtime / 'pulse-depixelate' / 'daemon.sock'}"
     if endpoint.startswith("tcp://"):
         token = full_env.setdefault("PULSE_TOKEN", secrets.token_urlsafe(24))
     full_env["PULSE_ENDPOINT"] = endpoint

@@ -419,7 +419,7 @@ def test_launchd_plist(home, tmp_path):
     assert pl["KeepAlive"] == {"SuccessfulExit": False}  # restart after a crash, not after `stop`
     path_dirs = pl["EnvironmentVariables"]["PATH"].split(":")
     assert path_dirs[0] == os.path.dirname(program[0]) and "/usr/bin" in path_dirs
-    logs = home / "Library" / "Logs" / "pulse"
+    logs = home / "Library" / "Logs" / "pulse-depixelate"
     assert Path(pl["StandardOutPath"]).parent == logs and Path(pl["StandardErrorPath"]).parent == logs
     assert logs.is_dir()  # launchd creates the files but not the folder
     assert not stat.S_IMODE(path.stat().st_mode) & 0o022  # launchd ignores group/world-writable plists

@@ -84,7 +84,7 @@ def test_second_daemon_refuses_and_stop_cleans_up(tmp_path):
         status = _cli(d, "status")
         assert status.returncode == 3 and "not running" in status.stdout
         assert _cli(d, "stop").returncode == 0  # stopping a stopped daemon is fine
-        log_file = os.path.join(d.env["XDG_STATE_HOME"], "pulse", "log", "daemon.log")
+        log_file = os.path.join(d.env["XDG_STATE_HOME"], "pulse-depixelate", "log", "daemon.log")
         assert "stopped" in open(log_file, encoding="utf-8").read()  # the rotating file log in the user log dir
     finally:
         d.stop()
@@ -170,7 +170,7 @@ def test_remote_bind_with_curve(tmp_path):
                                            "--allow-remote", "--no-log-file"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        key_file = os.path.join(env["XDG_CONFIG_HOME"], "pulse", "curve.public")
+        key_file = os.path.join(env["XDG_CONFIG_HOME"], "pulse-depixelate", "curve.public")
         deadline = time.monotonic() + 60
         while not os.path.exists(key_file):
             assert proc.poll() is None and time.monotonic() < deadline

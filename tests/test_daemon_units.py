@@ -83,9 +83,9 @@ def runtime(tmp_path, monkeypatch):
 def test_paths_agree_with_the_stdlib_endpoint_module_and_platformdirs(runtime):
     import platformdirs
 
-    assert paths.runtime_dir() == ep.runtime_dir() == runtime / "pulse"
-    assert str(paths.runtime_dir()) == platformdirs.user_runtime_dir("pulse")
-    assert ep.default_endpoint() == f"ipc://{runtime / 'pulse' / 'daemon.sock'}"
+    assert paths.runtime_dir() == ep.runtime_dir() == runtime / ep.APP
+    assert str(paths.runtime_dir()) == platformdirs.user_runtime_dir(ep.APP)
+    assert ep.default_endpoint() == f"ipc://{runtime / ep.APP / 'daemon.sock'}"
     assert paths.token_path() == ep.token_path() and paths.lock_path() == ep.lock_path()
 
 

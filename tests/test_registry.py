@@ -230,7 +230,7 @@ def test_cache_dir_defaults_to_platformdirs(monkeypatch: pytest.MonkeyPatch) -> 
     import platformdirs
 
     monkeypatch.delenv("PULSE_CACHE_DIR")
-    assert registry.cache_dir() == Path(platformdirs.user_cache_dir("pulse"))
+    assert registry.cache_dir() == Path(platformdirs.user_cache_dir("pulse-depixelate"))
 
 
 def test_concurrent_first_runs_download_once(server: Server, data: bytes, cache: Path,

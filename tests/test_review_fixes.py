@@ -81,13 +81,13 @@ def test_device_cuda_without_cuda_refuses_to_start(tmp_path, tiny_weights):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the refusal cannot be observed here")
     env = isolated_env(tmp_path)
-    endpoint = f"ipc://{env['XDG_RUNTIME_DIR']}/pulse/daemon.sock"
+    endpoint = f"ipc://{env['XDG_RUNTIME_DIR']}/pulse-depixelate/daemon.sock"
     out = _server(env, "run", "--endpoint", endpoint, "--weights", str(tiny_weights), "--device", "cuda",
                   "--no-log-file", timeout=30)
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "CUDA is not available on this machine; use --device auto or cpu" in out.stderr
     assert not os.path.exists(endpoint[len("ipc://"):])  # nothing was bound, no lock left behind
-    assert not os.path.exists(os.path.join(env["XDG_RUNTIME_DIR"], "pulse", "daemon.lock"))
+    assert not os.path.exists(os.path.join(env["XDG_RUNTIME_DIR"], "pulse-depixelate", "daemon.lock"))
 
 
 # ---- 8. a session dropped while its job loads the model: CANCELLED, not a crash ---------------------------
@@ -157,18 +157,18 @@ def test_runtime_dir_per_platform(tmp_path, monkeypatch):
         else:
             monkeypatch.setenv("TMPDIR", tmpdir)
         seen.add(ep.runtime_dir("darwin"))
-    assert seen == {home / "Library" / "Caches" / "pulse" / "run"}
+    assert seen == {home / "Library" / "Caches" / "pulse-depixelate" / "run"}
     made = paths.ensure_private_dir(ep.runtime_dir("darwin"))
     assert stat.S_IMODE(os.stat(made).st_mode) == 0o700
     # Linux and Windows keep their places; PULSE_RUNTIME_DIR still wins everywhere.
     xdg = tmp_path / "xdg"
     xdg.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
-    assert ep.runtime_dir("linux") == xdg / "pulse"
+    assert ep.runtime_dir("linux") == xdg / "pulse-depixelate"
     monkeypatch.setenv("XDG_RUNTIME_DIR", "relative/dir")
-    assert ep.runtime_dir("linux") == Path("/tmp") / f"pulse-{os.getuid()}"
+    assert ep.runtime_dir("linux") == Path("/tmp") / f"pulse-depixelate-{os.getuid()}"
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "AppData" / "Local"))
-    assert ep.runtime_dir("win32") == tmp_path / "AppData" / "Local" / "pulse" / "run"
+    assert ep.runtime_dir("win32") == tmp_path / "AppData" / "Local" / "pulse-depixelate" / "run"
     monkeypatch.setenv("PULSE_RUNTIME_DIR", str(tmp_path / "override"))
     assert {ep.runtime_dir(p) for p in ("darwin", "linux", "win32")} == {tmp_path / "override"}
 
@@ -338,7 +338,7 @@ def test_sigbreak_stops_the_daemon_gracefully(tmp_path):
     import time
 
     env = isolated_env(tmp_path)
-    runtime = os.path.join(env["XDG_RUNTIME_DIR"], "pulse")
+    runtime = os.path.join(env["XDG_RUNTIME_DIR"], "pulse-depixelate")
     endpoint = f"ipc://{runtime}/daemon.sock"
     code = ("import signal, sys; signal.SIGBREAK = signal.SIGUSR1; from pulse_server.cli import main_server; "
             "sys.exit(main_server())")

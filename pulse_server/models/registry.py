@@ -22,7 +22,7 @@ by the user on first use and never bundled; the README must tell users the model
 research or evaluation (not legal advice: the licence texts are authoritative).
 
 Environment (tests, mirrors, air-gapped installs):
-  PULSE_CACHE_DIR      cache root instead of platformdirs.user_cache_dir("pulse")
+  PULSE_CACHE_DIR      cache root instead of platformdirs.user_cache_dir("pulse-depixelate")
   PULSE_WEIGHTS_URL    download URL of the default model instead of NVIDIA's
   PULSE_WEIGHTS_SHA256 expected sha256 of the default model's file
 """
@@ -39,6 +39,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
+
+from protocol.endpoint import APP
 
 from ..errors import ModelError
 
@@ -84,7 +86,7 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("pulse"))
+    return Path(platformdirs.user_cache_dir(APP))
 
 
 def get_spec(name: str = DEFAULT_MODEL) -> WeightsSpec:

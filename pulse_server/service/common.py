@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from protocol.endpoint import APP
+
 from ..errors import PulseError
 
-APP_NAME = "pulse"  # platformdirs app name (user log dir), shared with the daemon
+APP_NAME = APP  # platformdirs app name (user log dir), shared with the daemon
 SERVICE_NAME = "pulse-server"  # file stem of every entry: pulse-server.service / .desktop / .cmd
 LAUNCHD_LABEL = "org.pulse-depixelate.pulse-server"
 ENTRY_MODULE = "pulse_server.service"  # `python -m pulse_server.service ARGS` == `pulse-server ARGS`

@@ -33,9 +33,9 @@ def log_dir() -> Path:
 
 
 def login_env(platform: str) -> dict[str, str]:
-    """Variables to pin from the installing session. The daemon's default ipc socket lives under
-    $TMPDIR on macOS (protocol.endpoint), so the agent must see the same per-user TMPDIR as the editors;
-    pinning it also covers a launchd that leaves TMPDIR unset (the daemon would fall back to /tmp)."""
+    """Variables to pin from the installing session. The default socket no longer depends on $TMPDIR
+    (protocol.endpoint uses ~/Library/Caches), but the daemon's temporary files (tempfile, torch) should
+    stay in the per-user /var/folders TMPDIR rather than the shared /tmp a bare launchd job falls back to."""
     tmpdir = os.environ.get("TMPDIR")
     return {"TMPDIR": tmpdir} if platform == "darwin" and sys.platform == "darwin" and tmpdir else {}
 
