@@ -193,8 +193,8 @@ class Worker(threading.Thread):
 
         mask = None if mask_blob is None else np.array(mask_blob.to_numpy()[:, :, 0])
         dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=params.seed, block=params.block,
-                         eps=params.eps, precision=self._precision(job))
-        res = depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel)
+                         eps=params.eps, precision=self._precision(job), preview_every=_preview_every(job))
+        res = depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name)
         cands = [Candidate(ImageBlob.from_numpy(patch), int(c.seed), float(c.downscale_mse), bool(c.eps_reached), int(c.steps))
                  for patch, c in zip(res.patches, res.candidates)]
         m = res.mosaic

@@ -326,3 +326,16 @@ def test_previews_are_small_jpegs_at_the_clients_rate(daemon):
                   on_progress=progress.append, preview_interval=0.01)
     assert progress and progress[-1].total == 12 and all(p.job_id for p in progress)
     assert previews and all(p[:2] == b"\xff\xd8" for p in previews)
+
+
+def test_depixelate_jobs_send_previews_and_name_the_model(daemon, tiny_weights):
+    # A 40×40 u8 region holding an 8×8 grid of 5-px blocks: the editors' mode.
+    cells = (np.random.default_rng(3).random((8, 8, 3)) * 255).astype(np.uint8)
+    region = np.repeat(np.repeat(cells, 5, axis=0), 5, axis=1)
+    previews: list[bytes] = []
+    with daemon.client() as c:
+        res = c.run_job(ImageBlob.from_numpy(region), None, {"mode": "depixelate", "candidates": 1, "steps": 12, "seed": 0},
+                        on_preview=previews.append, preview_interval=0.01)
+    assert previews and all(p[:2] == b"\xff\xd8" for p in previews)
+    # The RESULT names the loaded checkpoint (what the layer metadata records), not just its family.
+    assert res.model == tiny_weights.stem

@@ -37,6 +37,7 @@ class DepixParams:
     # Beyond the contract:
     margin: float | None = None  # face margin in the generator frame, fraction of the grid side; None: by family
     feather: float | None = None  # feather width in pixels; None = a third of a block (at least 1 px)
+    preview_every: int = 0  # solver steps between progress previews (the generator frame); 0 = none
 
 
 @dataclass
@@ -131,7 +132,7 @@ def depixelate(prior, region: np.ndarray, mask: np.ndarray | None, params: Depix
     lowres = frame.to_lowres(cells)
 
     config = SolveConfig(candidates=params.candidates, steps=params.steps, eps=params.eps, seed=params.seed,
-                         precision=params.precision)
+                         precision=params.precision, preview_every=params.preview_every)
     result = solve(prior, lowres, config, progress=progress, cancel=cancel)
 
     weight = _weight(info, mask, params, touches)
