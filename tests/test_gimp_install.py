@@ -105,3 +105,72 @@ def test_bundled_python_version_is_read_from_the_gimp_installation(monkeypatch, 
     assert gimp.bundled_python_version("windows") == gimp.DEFAULT_BUNDLED_PYTHON["windows"]
     (tmp_path / "Local/Programs/GIMP 3/lib/python3.13").mkdir(parents=True)
     assert gimp.bundled_python_version("windows") == "3.13"
+
+
+# ---------------------------------------------------------------------------------------------- offline / stalled index
+
+
+@pytest.fixture
+def unreachable_index(monkeypatch):
+    """pip sees only a loopback index on a port nobody listens on (this machine's pip.conf and find-links off)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _only_index(monkeypatch, f"http://127.0.0.1:{port}/simple")
+
+
+@pytest.fixture
+def stalled_index(monkeypatch):
+    """A loopback 'mirror' that accepts connections (kernel backlog) but never answers a byte."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    _only_index(monkeypatch, f"http://127.0.0.1:{server.getsockname()[1]}/simple")
+    yield
+    server.close()
+
+
+def _only_index(monkeypatch, url: str) -> None:
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no pip.conf: no extra indexes, no find-links
+    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", url)
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+
+
+def test_offline_bundled_install_completes_and_says_how_to_finish(tmp_path, capsys, unreachable_index):
+    """Review 6: offline, a Windows/macOS/Flatpak install used to stop half-way with exit 2 after copying."""
+    assert _cli(["install-plugin", "gimp", "--dest", str(tmp_path), "--target", "windows",
+                 "--python-version", "3.12"]) == 0
+    folder = tmp_path / "pulse-depixelate"
+    main = folder / "pulse-depixelate.py"
+    assert main.is_file() and os.access(main, os.X_OK) and (folder / "protocol" / "client.py").is_file()
+    assert not (folder / common.VENDOR_DIR).exists()
+    out, err = capsys.readouterr()
+    assert "installed the GIMP 3 plug-in" in out
+    assert "warning:" in err and "pyzmq and msgpack" in err and "could not be vendored" in err
+    assert f"pulse-server install-plugin gimp --target windows --python-version 3.12 --dest {tmp_path}" in err
+
+
+def test_bad_python_version_is_refused_before_copying(tmp_path):
+    with pytest.raises(PulseError, match="bad Python version"):
+        gimp.install_plugin(tmp_path, target="windows", python_version="three")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pip_download_gives_up_on_a_stalled_mirror(tmp_path, stalled_index):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(PulseError) as err:  # per-socket timeout (1 s) x (1 + retries)
+        common.vendor_wheels(tmp_path, "3.12", ["win_amd64"], timeout=1)
+    assert err.value.code == "VENDOR_FAILED" and time.monotonic() - start < 30
+    start = time.monotonic()
+    with pytest.raises(PulseError, match="did not finish within 2 s") as err:  # the hard cap on the whole run
+        common.vendor_wheels(tmp_path, "3.12", ["win_amd64"], timeout=60, total_timeout=2)
+    assert err.value.code == "VENDOR_FAILED" and time.monotonic() - start < 15
+    assert not (tmp_path / common.VENDOR_DIR).exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import subprocess
 import sys
 import venv
@@ -13,6 +14,7 @@ import pytest
 
 from pulse_server.cli import main_server
 from pulse_server.editors import krita
+from pulse_server.errors import PulseError
 
 
 def test_install_lays_out_a_pykrita_plugin_and_uninstall_removes_it(tmp_path, capsys, monkeypatch):
@@ -127,9 +129,9 @@ def test_vendored_wheels_serve_a_bundled_python(tmp_path, capsys):
     version, exe = other
     target = krita.PythonTarget("bundled", versions=(version,), platforms=krita._machine_tags())
     pkg = krita.install(tmp_path / "pykrita", python=target)
-    out = capsys.readouterr().out
-    if "could not download" in out:
-        pytest.skip(f"the package index is not reachable: {out.strip().splitlines()[0]}")
+    err = capsys.readouterr().err
+    if "could not be vendored" in err:
+        pytest.skip(f"the package index is not reachable: {err.strip().splitlines()[0]}")
     digits = version.replace(".", "")
     assert (pkg / "_client" / f"py{digits}" / "_vendor" / "zmq").is_dir()
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from pulse_depixelate import client_path as c; "
@@ -139,3 +141,31 @@ def test_vendored_wheels_serve_a_bundled_python(tmp_path, capsys):
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert Path(res.stdout.strip()).is_relative_to(pkg / "_client" / f"py{digits}" / "_vendor")
+
+
+def test_offline_bundled_install_warns_how_to_finish(tmp_path, capsys, monkeypatch):
+    """Shared with the GIMP installer (common.vendor_or_warn): installed, then a clear warning with the fix."""
+    import socket
+
+    with socket.socket() as s:  # an index on a loopback port nobody listens on; this machine's pip.conf off
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    target = krita.PythonTarget("bundled", versions=("3.10",), platforms=["manylinux2014_x86_64"])
+    pkg = krita.install(tmp_path / "pykrita", python=target)
+    assert (pkg / "client_path.py").is_file() and (pkg / "_client" / "protocol" / "client.py").is_file()
+    assert not (pkg / "_client" / "py310" / "_vendor").exists()
+    out, err = capsys.readouterr()
+    assert "Python Plugin Manager" in out
+    assert "warning: the Krita plug-in is installed, but pyzmq and msgpack for Krita's own Python 3.10" in err
+    assert f"pulse-server install-plugin krita --python-version 3.10 --dest {tmp_path / 'pykrita'}" in err
+
+
+def test_bad_bundled_version_is_refused_before_copying(tmp_path):
+    with pytest.raises(PulseError, match="bad Python version"):
+        krita.install(tmp_path, python=krita.PythonTarget("bundled", versions=("3.x",), platforms=["win_amd64"]))
+    assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,8 @@ Plug-ins run inside the editor's own Python, which has neither our package nor (
 - `copy_client` puts the `protocol` package (pure Python, needs only pyzmq + msgpack) next to the plug-in;
 - `vendor_wheels` downloads binary pyzmq/msgpack wheels for a *bundled* Python (GIMP/Krita on Windows and
   macOS, Krita's AppImage) with pip and unpacks them into `<dest>/_vendor`, which the plug-in puts on sys.path;
+- `vendor_or_warn` is what both installers call: vendor, or (offline, stalled mirror) leave the plug-in installed
+  and say clearly what is missing and which command fixes it;
 - `missing_system_deps` checks a *system* Python (Linux distribution builds) and names the packages to install.
 """
 
@@ -24,6 +26,11 @@ CLIENT_DEPS: dict[str, tuple[str, str]] = {
     "msgpack": ("msgpack>=1.0", "python3-msgpack"),
 }
 VENDOR_DIR = "_vendor"
+# pip's per-socket timeout (connect/read) and retries: a mirror that accepts but never answers fails in
+# about (1 + retries) * timeout instead of hanging the installer. The whole download has a hard cap as well.
+PIP_SOCKET_TIMEOUT_S = 20.0
+PIP_RETRIES = 2
+PIP_TOTAL_TIMEOUT_S = 300.0
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
 
 
@@ -53,27 +60,41 @@ def _python_tag(python_tag: str) -> tuple[str, str]:
     return digits, f"cp{digits}"
 
 
-def vendor_wheels(dest: Path, python_tag: str, platform_tags: list[str]) -> list[str]:
+def check_python_version(python_tag: str) -> str:
+    """Validate a bundled-Python version before anything is copied; returns it as 'X.Y'."""
+    digits, _ = _python_tag(python_tag)
+    return f"{digits[0]}.{digits[1:]}"
+
+
+def vendor_wheels(dest: Path, python_tag: str, platform_tags: list[str], *,
+                  timeout: float = PIP_SOCKET_TIMEOUT_S, total_timeout: float = PIP_TOTAL_TIMEOUT_S) -> list[str]:
     """Download pyzmq + msgpack binary wheels for CPython `python_tag` on `platform_tags` and unpack them.
 
     Wheels are zip files laid out like site-packages, so unpacking into `dest/_vendor` is an install
     (pyzmq's wheels carry libzmq inside: delvewheel/delocate/auditwheel). Returns the wheel file names.
-    Uses this interpreter's pip and its configured index (no registry named here).
+    Uses this interpreter's pip and its configured index (no registry named here). `timeout` is pip's
+    per-socket timeout (overrides PIP_DEFAULT_TIMEOUT / pip.conf), `total_timeout` caps the whole download.
     """
     digits, cp = _python_tag(python_tag)
     vendor = Path(dest) / VENDOR_DIR
     with tempfile.TemporaryDirectory(prefix="pulse-wheels-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
                "--only-binary=:all:", "--no-deps", "--implementation", "cp", "--python-version", digits,
-               "--abi", cp, "--abi", "abi3", "--abi", "none", "--dest", tmp]
+               "--abi", cp, "--abi", "abi3", "--abi", "none", "--dest", tmp,
+               "--timeout", f"{timeout:g}", "--retries", str(PIP_RETRIES)]
         for tag in platform_tags:
             cmd += ["--platform", tag]
         cmd += [req for req, _ in CLIENT_DEPS.values()]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        where = f"Python {digits[0]}.{digits[1:]} on {', '.join(platform_tags)}"
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=total_timeout)
+        except subprocess.TimeoutExpired:
+            raise PulseError(f"could not download pyzmq/msgpack wheels for {where}: pip did not finish within "
+                             f"{total_timeout:g} s (stalled package index?)", code="VENDOR_FAILED") from None
         if proc.returncode != 0:
             raise PulseError(
-                f"could not download pyzmq/msgpack wheels for Python {digits[0]}.{digits[1:]} on "
-                f"{', '.join(platform_tags)}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}",
+                f"could not download pyzmq/msgpack wheels for {where}: "
+                f"{(proc.stderr.strip().splitlines() or [f'pip exited with {proc.returncode}'])[-1]}",
                 code="VENDOR_FAILED",
             )
         wheels = sorted(Path(tmp).glob("*.whl"))
@@ -87,6 +108,31 @@ def vendor_wheels(dest: Path, python_tag: str, platform_tags: list[str]) -> list
             with zipfile.ZipFile(wheel) as zf:
                 zf.extractall(vendor)
         return [w.name for w in wheels]
+
+
+def vendor_or_warn(dest: Path, version: str, platform_tags: list[str], *, editor: str, fix_command: str,
+                   timeout: float = PIP_SOCKET_TIMEOUT_S, total_timeout: float = PIP_TOTAL_TIMEOUT_S) -> list[str]:
+    """Vendor the wheels for a bundled Python; when that fails (offline, stalled or missing mirror) keep the
+    installed plug-in, which loads anyway and names the missing modules, and warn on stderr how to finish.
+
+    Returns the wheel names, [] after a warning. Other errors (a bad version) still raise."""
+    try:
+        return vendor_wheels(dest, version, platform_tags, timeout=timeout, total_timeout=total_timeout)
+    except PulseError as exc:
+        if exc.code != "VENDOR_FAILED":
+            raise
+        print(vendor_warning(editor, version, exc.message, fix_command), file=sys.stderr)
+        return []
+
+
+def vendor_warning(editor: str, version: str, reason: str, fix_command: str) -> str:
+    deps = " and ".join(req.split(">")[0] for req, _ in CLIENT_DEPS.values())
+    return (f"warning: the {editor} plug-in is installed, but {deps} for {editor}'s own Python {version} could not "
+            f"be vendored into it ({reason}).\n"
+            f"  Until they are, the plug-in loads but cannot reach the daemon and says which modules are missing.\n"
+            f"  Fix: once the package index is reachable (pip's own settings apply: `pip config list`), run\n"
+            f"      {fix_command}\n"
+            f"  and restart {editor}.")
 
 
 def missing_system_deps(python: str) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import shutil
 import stat
 import sys
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PulseError
-from .common import VENDOR_DIR, copy_client, missing_system_deps, vendor_wheels
+from .common import (PIP_SOCKET_TIMEOUT_S, VENDOR_DIR, check_python_version, copy_client, missing_system_deps,
+                     vendor_or_warn)
 
 PLUGIN_NAME = "pulse-depixelate"
 GIMP_API = "3.0"
@@ -101,10 +103,16 @@ def _make_executable(path: Path) -> None:
 
 
 def install_plugin(dest: Path | None = None, *, target: str = "auto", python_version: str | None = None,
-                   system_python: str | None = None) -> InstallReport:
-    """Copy the plug-in folder + protocol client into `dest` (a plug-ins folder); returns what was done."""
+                   system_python: str | None = None, pip_timeout: float = PIP_SOCKET_TIMEOUT_S) -> InstallReport:
+    """Copy the plug-in folder + protocol client into `dest` (a plug-ins folder); returns what was done.
+
+    For a bundled Python the wheels are vendored; when that fails (offline) the plug-in stays installed and a
+    warning on stderr says how to finish (like the Krita installer)."""
     target = detect_target() if target == "auto" else target
     base = Path(dest) if dest is not None else plugins_dir(target)
+    version = None
+    if target in PLATFORM_TAGS:  # refuse a bad --python-version before touching the plug-ins folder
+        version = check_python_version(python_version or bundled_python_version(target))
     folder = base / PLUGIN_NAME
     src = plugin_source()
     if folder.exists():
@@ -113,9 +121,11 @@ def install_plugin(dest: Path | None = None, *, target: str = "auto", python_ver
     _make_executable(folder / f"{PLUGIN_NAME}.py")
     copy_client(folder)
     report = InstallReport(dest=folder, target=target)
-    if target in PLATFORM_TAGS:
-        version = python_version or bundled_python_version(target)
-        report.vendored = vendor_wheels(folder, version, PLATFORM_TAGS[target])
+    if version is not None:
+        fix = f"pulse-server install-plugin gimp --target {target} --python-version {version}"
+        fix += f" --dest {shlex.quote(str(base))}" if dest is not None else ""
+        report.vendored = vendor_or_warn(folder, version, PLATFORM_TAGS[target], editor="GIMP", fix_command=fix,
+                                         timeout=pip_timeout)
     else:
         # A distribution's GIMP runs plug-ins with /usr/bin/python3 (not whatever python3 is first on PATH).
         system_python = system_python or ("/usr/bin/python3" if Path("/usr/bin/python3").exists() else "python3")

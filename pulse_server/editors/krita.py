@@ -15,10 +15,12 @@ Override the Python detection with PULSE_KRITA_PYTHON: `system`, a path to a pyt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import PulseError
-from .common import copy_client, missing_system_deps, vendor_wheels
+from .common import check_python_version, copy_client, missing_system_deps, vendor_or_warn
 
 NAME = "pulse_depixelate"
 FLATPAK_ID = "org.kde.krita"
@@ -157,6 +159,9 @@ def install(dest: Optional[Path] = None, *, python: Optional[PythonTarget] = Non
     """Copy the plug-in into `dest` (default: Krita's per-user pykrita folder); returns the package folder."""
     src = plugin_source()
     pykrita = Path(dest).expanduser() if dest is not None else pykrita_dir()
+    python = python or detect_python()
+    if python.kind == "bundled":  # refuse a bad version before touching the pykrita folder
+        python = dataclasses.replace(python, versions=tuple(check_python_version(v) for v in python.versions))
     pykrita.mkdir(parents=True, exist_ok=True)
     target = pykrita / NAME
     if target.exists():
@@ -171,7 +176,6 @@ def install(dest: Optional[Path] = None, *, python: Optional[PythonTarget] = Non
     copy_client(client)
     (target / "server.json").write_text(json.dumps({"command": _server_command()}, indent=1) + "\n", "utf-8")
 
-    python = python or detect_python()
     if python.kind == "system":
         missing = missing_system_deps(python.python)
         if missing:
@@ -180,11 +184,13 @@ def install(dest: Optional[Path] = None, *, python: Optional[PythonTarget] = Non
     else:
         for version in python.versions:
             digits = version.replace(".", "")
-            try:
-                wheels = vendor_wheels(client / f"py{digits}", version, python.platforms)
+            fix = f"pulse-server install-plugin krita --python-version {version}"
+            fix += f" --dest {shlex.quote(str(pykrita))}" if dest is not None else ""
+            # Offline: the plug-in still loads and its docker names what Krita's Python lacks.
+            wheels = vendor_or_warn(client / f"py{digits}", version, python.platforms, editor="Krita",
+                                    fix_command=fix)
+            if wheels:
                 print(f"bundled for Krita's Python {version}: {', '.join(wheels)}")
-            except PulseError as exc:  # offline: the plug-in still loads and explains in its docker
-                print(f"warning: {exc}; the docker will say which packages Krita's Python lacks")
     print("Enable “PULSE Depixelate” in Krita: Settings ▸ Configure Krita ▸ Python Plugin Manager, restart Krita, "
           "then show Settings ▸ Dockers ▸ PULSE Depixelate (or use Tools ▸ Scripts ▸ Depixelate Face (PULSE)).")
     return target
