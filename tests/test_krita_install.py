@@ -169,3 +169,45 @@ def test_bad_bundled_version_is_refused_before_copying(tmp_path):
     with pytest.raises(PulseError, match="bad Python version"):
         krita.install(tmp_path, python=krita.PythonTarget("bundled", versions=("3.x",), platforms=["win_amd64"]))
     assert list(tmp_path.iterdir()) == []
+
+
+def _client_path():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(  # the module alone: no package __init__, no krita import
+        "pulse_client_path_under_test",
+        Path(__file__).resolve().parents[1] / "krita_plugin" / "pulse_depixelate" / "client_path.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_daemon_started_from_an_appimage_gets_no_appimage_library_env(tmp_path, monkeypatch):
+    """Review 7: Krita's AppImage exports LD_LIBRARY_PATH, QT_PLUGIN_PATH, PYTHON* into the Start button's daemon."""
+    cp = _client_path()
+    appdir = tmp_path / ".mount_krita"
+    krita_env = {"PATH": f"{appdir}/usr/bin{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin",
+                 "XDG_DATA_DIRS": f"{appdir}/usr/share:/usr/share", "APPDIR": str(appdir),
+                 "APPIMAGE": str(tmp_path / "krita.appimage"), "ARGV0": "krita", "OWD": str(tmp_path),
+                 "LD_LIBRARY_PATH": f"{appdir}/usr/lib", "QT_PLUGIN_PATH": f"{appdir}/usr/plugins",
+                 "PYTHONHOME": f"{appdir}/usr", "PYTHONPATH": f"{appdir}/usr/lib/python3.10",
+                 "PYTHONDONTWRITEBYTECODE": "1", "PULSE_ENDPOINT": "tcp://127.0.0.1:1"}
+    for key, value in krita_env.items():  # this process stands in for Krita started from its AppImage
+        monkeypatch.setenv(key, value)
+    env = cp.daemon_env()
+    # what a real child process started with it sees
+    child = subprocess.run([sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    seen = json.loads(child.stdout)
+    for key in ("LD_LIBRARY_PATH", "QT_PLUGIN_PATH", "APPDIR", "APPIMAGE", "ARGV0", "OWD", "PYTHONHOME",
+                "PYTHONPATH", "PYTHONDONTWRITEBYTECODE"):
+        assert key not in seen, key
+    assert seen["PATH"] == f"/usr/local/bin{os.pathsep}/usr/bin" and seen["XDG_DATA_DIRS"] == "/usr/share"
+    assert seen["PULSE_ENDPOINT"] == "tcp://127.0.0.1:1" and seen["HOME"] == os.environ["HOME"]
+    # Not an AppImage (distribution Krita): the user's own LD_LIBRARY_PATH stays, PYTHONHOME/PYTHONPATH go.
+    for key in ("APPDIR", "APPIMAGE"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/cuda/lib64")
+    plain = cp.daemon_env()
+    assert plain["LD_LIBRARY_PATH"] == "/opt/cuda/lib64" and plain["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert "PYTHONHOME" not in plain and "PYTHONPATH" not in plain and plain["PATH"] == krita_env["PATH"]

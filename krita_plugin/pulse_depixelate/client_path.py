@@ -70,10 +70,28 @@ def server_command(endpoint: Optional[str] = None) -> Optional[list[str]]:
     return cmd
 
 
-def daemon_env() -> dict[str, str]:
-    """The environment for a daemon started from Krita: without the editor's Python settings
-    (an AppImage's PYTHONHOME/PYTHONPATH would break the daemon's own interpreter)."""
-    env = dict(os.environ)
-    for key in ("PYTHONHOME", "PYTHONPATH", "PYTHONEXECUTABLE", "PYTHONNOUSERSITE"):
-        env.pop(key, None)
+# Always wrong for the daemon's own interpreter (an AppImage's or a bundled Python's settings).
+_PYTHON_VARS = ("PYTHONHOME", "PYTHONPATH", "PYTHONEXECUTABLE", "PYTHONNOUSERSITE")
+# What an AppImage's runtime and Krita's AppRun set for the bundled libraries: passed on, the system daemon's
+# numpy/torch would load the AppImage's older libstdc++/libgomp, and Qt paths or APPDIR would point into it.
+_APPIMAGE_VARS = ("LD_LIBRARY_PATH", "QT_PLUGIN_PATH", "QML2_IMPORT_PATH", "QT_QPA_PLATFORM_PLUGIN_PATH",
+                  "APPDIR", "APPIMAGE", "ARGV0", "OWD")
+
+
+def daemon_env(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The environment for a daemon started from Krita (default: this process's): without the editor's Python
+    settings, and when Krita runs from an AppImage (APPIMAGE/APPDIR set) without its library environment:
+    every PYTHON* variable, the loader/Qt paths above, and PATH/XDG_DATA_DIRS entries inside the AppImage."""
+    env = dict(os.environ if environ is None else environ)
+    appdir = env.get("APPDIR", "")
+    appimage = bool(env.get("APPIMAGE") or appdir)
+    for key in list(env):
+        if key in _PYTHON_VARS or (appimage and (key in _APPIMAGE_VARS or key.startswith("PYTHON"))):
+            del env[key]
+    if appdir:
+        inside = os.path.join(os.path.normpath(appdir), "")
+        for key in ("PATH", "XDG_DATA_DIRS"):
+            if key in env:
+                kept = [p for p in env[key].split(os.pathsep) if p and not os.path.join(os.path.normpath(p), "").startswith(inside)]
+                env[key] = os.pathsep.join(kept)
     return env
