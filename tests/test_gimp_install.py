@@ -63,6 +63,8 @@ def test_default_plugin_folders(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     assert gimp.plugins_dir("linux") == tmp_path / ".config/GIMP/3.0/plug-ins"
+    monkeypatch.setenv("XDG_CONFIG_HOME", "cfg")  # relative: invalid per the XDG spec, ignored (review 13)
+    assert gimp.plugins_dir("linux") == tmp_path / ".config/GIMP/3.0/plug-ins"
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     assert gimp.plugins_dir("linux") == tmp_path / "cfg/GIMP/3.0/plug-ins"
     assert gimp.plugins_dir("flatpak") == tmp_path / ".var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins"

@@ -102,6 +102,8 @@ def test_default_folders(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     if sys.platform.startswith("linux"):
         assert krita.pykrita_dir() == tmp_path / "data" / "krita" / "pykrita"
+        monkeypatch.setenv("XDG_DATA_HOME", "data")  # relative: invalid per the XDG spec, ignored (review 13)
+        assert krita.pykrita_dir() == tmp_path / ".local" / "share" / "krita" / "pykrita"
 
 
 def _other_cpython() -> tuple[str, str] | None:

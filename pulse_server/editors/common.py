@@ -11,6 +11,7 @@ Plug-ins run inside the editor's own Python, which has neither our package nor (
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,13 @@ PIP_SOCKET_TIMEOUT_S = 20.0
 PIP_RETRIES = 2
 PIP_TOTAL_TIMEOUT_S = 300.0
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+
+
+def xdg_base(var: str, fallback: Path) -> Path:
+    """An XDG base directory: `$var` when it is an absolute path, else `fallback`. The XDG Base Directory
+    spec says a relative value is invalid and must be ignored (and the editors do ignore it)."""
+    value = os.environ.get(var, "")
+    return Path(value) if value and os.path.isabs(value) else fallback
 
 
 def protocol_source() -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import PulseError
 from .common import (PIP_SOCKET_TIMEOUT_S, VENDOR_DIR, check_python_version, copy_client, missing_system_deps,
-                     vendor_or_warn)
+                     vendor_or_warn, xdg_base)
 
 PLUGIN_NAME = "pulse-depixelate"
 GIMP_API = "3.0"
@@ -67,7 +67,7 @@ def plugins_dir(target: str) -> Path:
     """The per-user GIMP 3.0 plug-ins folder of each kind of installation."""
     home = Path.home()
     if target == "linux":
-        config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+        config = xdg_base("XDG_CONFIG_HOME", home / ".config")
         return config / "GIMP" / GIMP_API / "plug-ins"
     if target == "flatpak":
         return home / ".var/app" / FLATPAK_ID / "config/GIMP" / GIMP_API / "plug-ins"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import PulseError
-from .common import check_python_version, copy_client, missing_system_deps, vendor_or_warn
+from .common import check_python_version, copy_client, missing_system_deps, vendor_or_warn, xdg_base
 
 NAME = "pulse_depixelate"
 FLATPAK_ID = "org.kde.krita"
@@ -63,7 +63,7 @@ def resources_dir() -> Path:
         return Path(os.environ.get("APPDATA") or home / "AppData/Roaming") / "krita"
     if sys.platform == "darwin":
         return home / "Library/Application Support/krita"
-    native = Path(os.environ.get("XDG_DATA_HOME") or home / ".local/share") / "krita"
+    native = xdg_base("XDG_DATA_HOME", home / ".local/share") / "krita"
     flatpak = home / ".var/app" / FLATPAK_ID / "data/krita"
     if flatpak.parent.parent.is_dir() and not native.exists() and not shutil.which("krita"):
         return flatpak  # only the Flatpak is installed
