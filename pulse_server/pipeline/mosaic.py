@@ -267,6 +267,7 @@ class _Grid:
     shift: float = 0.0  # log(residual of cell means on the grid shifted by half a cell / on the grid)
     edge: float = 0.0  # mean difference across the cell borders inside the rectangle (0..1)
     full: tuple[int, int, int, int] | None = None  # the rectangle with its partial edge cells
+    complete: float = 0.0  # log(weak grid line's step / step inside cells) over `full`: see _completeness
 
     @property
     def evidence(self) -> float:
@@ -275,7 +276,7 @@ class _Grid:
     @property
     def rank(self) -> float:
         """Evidence plus a bonus for area: a divisor of the true block can look good on a small patch only."""
-        return self.evidence + 0.5 * float(np.log(max(self.rect[2] * self.rect[3], 1)))
+        return self.evidence + 0.5 * float(np.log(max(self.rect[2] * self.rect[3], 1))) + _COMPLETE_W * self.complete
 
 
 def _cell_residual(rgb: np.ndarray, block: int, rect: tuple[int, int, int, int]) -> float:
@@ -387,10 +388,34 @@ def _whole_inside(rect: tuple[int, int, int, int], b: int, px: int, py: int) -> 
     return (x0, y0, max(0, x1 - x0), max(0, y1 - y0))
 
 
-def _add_shift(rgb: np.ndarray, g: _Grid) -> _Grid:
+def _add_shift(rgb: np.ndarray, g: _Grid, dx: np.ndarray | None = None, dy: np.ndarray | None = None) -> _Grid:
     if g.rect[2] >= _WORK_CELLS * g.block and g.rect[3] >= _WORK_CELLS * g.block:
         g.shift = _shift_evidence(rgb, g.block, g.rect)
+        if dx is not None and dy is not None and g.full is not None:
+            g.complete = _completeness(dx, dy, g)
     return g
+
+
+_COMPLETE_W = 1.0  # weight of a grid's line completeness in its rank (sweeps: 0.5–2 all help, 1 best)
+
+
+def _completeness(dx: np.ndarray, dy: np.ndarray, g: _Grid) -> float:
+    """Does every grid line inside the mosaic carry a step? log(weak line / inside-cell level), weaker axis.
+
+    A divisor of the true block has every other line flat, a near-miss block size drifts off the true lines
+    across the mosaic: both have weak lines. Measured over the whole extent (partial cells included)."""
+    x, y, w, h = g.full
+    out = []
+    for prof, ph, o in ((dx[y : y + h, x : x + w - 1].mean(axis=0), g.px, x),
+                        (dy[y : y + h - 1, x : x + w].mean(axis=1), g.py, y)):
+        pos = np.arange(len(prof)) + o + 1  # prof[i] crosses the line at pixel o+i+1
+        on = (pos - ph) % g.block == 0
+        if on.sum() < 2 or (~on).sum() < 2:
+            return 0.0
+        steps = np.sort(prof[on])
+        weak = float(np.mean(steps[: max(1, len(steps) // 3)]))
+        out.append(np.log((weak + _FLOOR) / (float(np.median(prof[~on])) + _FLOOR)))
+    return float(min(out))
 
 
 def detect_grid(rgb: np.ndarray, block: int | None = None) -> MosaicInfo:
@@ -415,7 +440,7 @@ def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
         # the rectangle (a small mosaic in a large box); the evidence decides
         for search in ([row[1]], blocks) if not block else ([row[1]],):
             g = _refine(dx, dy, search, _Grid(row[1], row[2], row[3], score=min(row[4], row[5])))
-            g = _add_shift(rgb, g)
+            g = _add_shift(rgb, g, dx, dy)
             if best is None or g.rank > best.rank:
                 best = g
     g = best
