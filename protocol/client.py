@@ -33,6 +33,13 @@ from .messages import (
 )
 
 POLL_MS = 100  # granularity of should_cancel() checks and heartbeats
+# tcp peers authenticate during the ZMTP handshake (the daemon's ZAP handler): PLAIN on loopback with the
+# token as password, CURVE (remote daemons) with a client key pair derived from the token.
+PLAIN_USERNAME = b"pulse"
+ZAP_DOMAIN = b"pulse"
+_AUTH_OK = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0)  # libzmq >= 4.3 (Debian 11+); 0: not reported
+_AUTH_FAILED = getattr(zmq, "EVENT_HANDSHAKE_FAILED_AUTH", 0)
+_HANDSHAKE_FAILED = getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0) | getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0)
 _JOB_EVENTS = (Accepted, JobState, Progress, Preview, Result, Failed)
 
 
@@ -94,6 +101,37 @@ class PulseClient:
     def _token_value(self) -> str | None:
         return self._token if self._token is not None else ep.read_token()
 
+    def _token_source(self) -> str:
+        if self._token is not None:
+            return "the token given to the client"
+        if os.environ.get("PULSE_TOKEN"):
+            return "PULSE_TOKEN"
+        path = ep.token_path()
+        return f"the token file {path}" if path.exists() else f"no token (the daemon writes it to {path})"
+
+    def _bad_token(self) -> ProtocolError:
+        return ProtocolError(
+            f"the daemon at {self.endpoint} refused this client's token ({self._token_source()}): use the token "
+            f"the daemon uses — its file {ep.token_path()} (the daemon's user and runtime dir) or PULSE_TOKEN",
+            "BAD_TOKEN")
+
+    def _set_credentials(self, s: zmq.Socket) -> bool:
+        """tcp: credentials checked by the daemon's ZAP handler at the handshake. True if they are."""
+        if not ep.is_tcp(self.endpoint):
+            return False  # ipc: the socket file's permissions authenticate
+        token = self._token_value() or ""
+        if len(token.encode("utf-8")) > 255:
+            raise ProtocolError("the token is longer than 255 bytes (ZMQ PLAIN's limit)", "BAD_TOKEN")
+        if self._server_key:
+            public, secret = curve_client_keys(token) if token else zmq.curve_keypair()
+            s.curve_serverkey = self._server_key.encode("ascii")
+            s.curve_publickey = public
+            s.curve_secretkey = secret
+        else:
+            s.plain_username = PLAIN_USERNAME
+            s.plain_password = token.encode("utf-8") or b"-"  # libzmq refuses an empty password
+        return True
+
     def _open_socket(self, wait: float) -> bool:
         """Connect a DEALER; True once a connection to a listener exists (within `wait` seconds).
 
@@ -108,19 +146,45 @@ class PulseClient:
         s.setsockopt(zmq.MAXMSGSIZE, self.limits.max_blob_bytes + (1 << 20))
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        if self._server_key and ep.is_tcp(self.endpoint):
-            public, secret = zmq.curve_keypair()
-            s.curve_serverkey = self._server_key.encode("ascii")
-            s.curve_publickey = public
-            s.curve_secretkey = secret
-        monitor = s.get_monitor_socket(zmq.EVENT_CONNECTED)
+        try:
+            secure = self._set_credentials(s) and bool(_AUTH_OK and _AUTH_FAILED)
+        except BaseException:
+            s.close(0)
+            raise
+        monitor = s.get_monitor_socket(zmq.EVENT_CONNECTED | _AUTH_OK | _AUTH_FAILED | _HANDSHAKE_FAILED)
         try:
             s.connect(self.endpoint)
             self._sock = s
-            return bool(monitor.poll(int(wait * 1000)))
+            return self._await_handshake(monitor, wait, secure)
         finally:
-            s.disable_monitor()
+            if not s.closed:  # closed on BAD_TOKEN
+                s.disable_monitor()
             monitor.close(0)
+
+    def _await_handshake(self, monitor: zmq.Socket, wait: float, secure: bool) -> bool:
+        """True once connected (ipc) or once the handshake passed (tcp); BAD_TOKEN if the daemon's ZAP
+        handler refused our credentials — libzmq itself would just retry silently forever."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        deadline = time.monotonic() + wait
+        connected = False
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not monitor.poll(max(1, int(remaining * 1000))):
+                return connected  # connected but no verdict yet: HELLO's own timeout decides
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_CONNECTED:
+                connected = True
+                if not secure:
+                    return True
+            elif event == _AUTH_OK:
+                return True
+            elif event == _AUTH_FAILED:
+                self._close_socket()
+                raise self._bad_token()
+            elif event & _HANDSHAKE_FAILED:
+                # e.g. a CURVE daemon and no PULSE_SERVER_KEY here: HELLO times out with that hint.
+                return True
 
     def _close_socket(self) -> None:
         if self._sock is not None:
@@ -367,6 +431,17 @@ class PulseClient:
     def shutdown(self) -> None:
         """Ask the daemon to stop gracefully (running job cancelled, socket and lock removed)."""
         self._request(Shutdown(), lambda m: isinstance(m, Ok) and m.request == "SHUTDOWN", "OK")
+
+
+def curve_client_keys(token: str) -> tuple[bytes, bytes]:
+    """The CURVE client key pair (z85 public, z85 secret) that `token` stands for: a remote daemon's ZAP
+    handler accepts only this public key, so with CURVE the token is checked at the handshake as well."""
+    import hashlib
+
+    from zmq.utils import z85
+
+    secret = z85.encode(hashlib.sha256(b"pulse-depixelate CURVE client key\0" + token.encode("utf-8")).digest())
+    return zmq.curve_public(secret), secret
 
 
 def _is_job_error(m: Message) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 import zmq
 
 from protocol import endpoint as ep
+from protocol.client import PLAIN_USERNAME, ZAP_DOMAIN, curve_client_keys
 from protocol.codec import DEFAULT_LIMITS, MAGIC, Limits, decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import (
@@ -45,6 +46,8 @@ MAX_ID_LEN = 128
 MAX_STATUS_JOBS = 200
 PROGRESS_INTERVAL = 0.05  # seconds between two PROGRESS of one job
 SNDHWM = 100  # messages per client pipe before sends fail with EAGAIN (updates dropped, results wait)
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks a context's ZAP handler (RFC 27)
+MAX_PLAIN_TOKEN = 255  # ZMTP PLAIN carries the password in a length-prefixed byte string
 
 
 @dataclass
@@ -94,6 +97,10 @@ class Daemon:
         self.started = time.time()
         self._events: deque = deque()
         self._bad_log: deque[float] = deque()
+        self._refused_log: deque[float] = deque()
+        self.refused_peers = 0  # tcp handshakes the ZAP handler denied (in STATUS_REPLY's server info)
+        self._curve_client_key: bytes | None = None  # raw 32-byte public key the token stands for
+        self._zap: zmq.Socket | None = None
         self._stop = threading.Event()
         self._ctx: zmq.Context | None = None
         self._router: zmq.Socket | None = None
@@ -175,7 +182,11 @@ class Daemon:
             r.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(self.limits))  # libzmq drops a peer sending a bigger frame
             if ep.is_tcp(cfg.endpoint):
                 self.token = paths.read_or_create_token()
-                if not ep.is_loopback(cfg.endpoint):
+                self._start_zap()  # before the bind: PLAIN with no ZAP handler would let everybody in
+                r.zap_domain = ZAP_DOMAIN
+                if ep.is_loopback(cfg.endpoint):
+                    r.plain_server = True
+                else:
                     self._setup_curve(r)
             try:
                 r.bind(cfg.endpoint)
@@ -195,6 +206,52 @@ class Daemon:
         self._wake_send = self._ctx.socket(zmq.PAIR)
         self._wake_send.connect(f"inproc://pulse-wake-{id(self)}")
         self._wake_recv = wake_recv
+
+    def _start_zap(self) -> None:
+        """The ZAP handler (RFC 27) on this context: tcp peers must prove the token during the ZMTP
+        handshake, so libzmq never delivers (nor buffers beyond the handshake) a message from a peer that
+        lacks it. PLAIN (loopback): the password is the token. CURVE (--allow-remote): the client's public
+        key is the one derived from the token (`protocol.client.curve_client_keys`). HELLO checks the token
+        again (defence in depth). Answered by the loop itself (`_on_zap`): one thread owns every socket."""
+        token = self.token.encode("utf-8")
+        if not 1 <= len(token) <= MAX_PLAIN_TOKEN:
+            raise PulseError(f"the token must be 1..{MAX_PLAIN_TOKEN} bytes (PULSE_TOKEN or {paths.token_path()})", "BAD_TOKEN")
+        self._token_bytes = token
+        if not ep.is_loopback(self.config.endpoint) and zmq.has("curve"):
+            from zmq.utils import z85
+
+            self._curve_client_key = z85.decode(curve_client_keys(self.token)[0])
+        zap = self._ctx.socket(zmq.REP)
+        zap.setsockopt(zmq.LINGER, 0)
+        zap.bind(ZAP_ENDPOINT)
+        self._zap = zap
+
+    def _on_zap(self) -> None:
+        """Answer one ZAP request: [version, request id, domain, address, routing id, mechanism, *credentials]
+        -> [version, request id, status code, status text, user id, metadata]."""
+        frames = self._zap.recv_multipart(zmq.NOBLOCK)
+        if len(frames) < 6 or frames[0] != b"1.0":  # not a ZAP 1.0 request: refuse (REP must still answer)
+            self._zap.send_multipart([b"1.0", frames[1] if len(frames) > 1 else b"", b"500", b"bad ZAP request", b"", b""])
+            return
+        request_id, address, mechanism, creds = frames[1], frames[3], frames[5], frames[6:]
+        if mechanism == b"PLAIN" and len(creds) == 2:
+            ok = hmac.compare_digest(creds[1], self._token_bytes)
+        elif mechanism == b"CURVE" and len(creds) == 1 and self._curve_client_key is not None:
+            ok = hmac.compare_digest(creds[0], self._curve_client_key)
+        else:
+            ok = False
+        if ok:
+            self._zap.send_multipart([b"1.0", request_id, b"200", b"OK", PLAIN_USERNAME, b""])
+            return
+        self.refused_peers += 1
+        now = time.monotonic()  # at most 10 warnings per 10 s: a flood of bad handshakes must not flood the log
+        while self._refused_log and now - self._refused_log[0] > 10:
+            self._refused_log.popleft()
+        self._refused_log.append(now)
+        log.log(logging.WARNING if len(self._refused_log) <= 10 else logging.DEBUG,
+                "refused a %s peer from %s at the handshake: wrong or missing token",
+                mechanism.decode("ascii", "replace")[:16], address.decode("ascii", "replace")[:64])
+        self._zap.send_multipart([b"1.0", request_id, b"400", b"wrong or missing token", b"", b""])
 
     def _setup_curve(self, r: zmq.Socket) -> None:
         if not zmq.has("curve"):
@@ -238,6 +295,9 @@ class Daemon:
                 self._wake_send.close(0)
                 self._wake_send = None
             self._wake_recv.close(0)
+        if self._zap is not None:
+            self._zap.close(0)
+            self._zap = None
         if self._ctx is not None:
             self._ctx.term()
         if self._ipc_file is not None:
@@ -255,6 +315,8 @@ class Daemon:
         poller = zmq.Poller()
         poller.register(r, zmq.POLLIN)
         poller.register(self._wake_recv, zmq.POLLIN)
+        if self._zap is not None:
+            poller.register(self._zap, zmq.POLLIN)
         tick = self.config.heartbeat_ms / 1000.0
         next_tick = time.monotonic() + tick
         while not self._stop.is_set():
@@ -267,6 +329,11 @@ class Daemon:
                     except zmq.Again:
                         break
                     self._on_frames(frames)
+            if self._zap is not None and self._zap in ready:
+                for _ in range(64):
+                    if not self._zap.poll(0):
+                        break
+                    self._on_zap()
             if self._wake_recv in ready:
                 while True:
                     try:
@@ -421,6 +488,7 @@ class Daemon:
             "device": str(self.worker.device), "models": [self.worker.model_summary()], "queued": len(self.queue),
             "running": 0 if running is None or running.done else 1, "sessions": len(self.sessions),
             "uptime": round(time.time() - self.started, 1), "kept_results": len(self.results),
+            "refused_peers": self.refused_peers,
         }
 
     def _on_fetch(self, s: Session, msg: Fetch) -> None:

@@ -11,8 +11,14 @@
 HOME and XDG_* point into `tmp_path`; XDG_RUNTIME_DIR is a short private dir under /tmp (ipc paths are
 limited to ~100 bytes). `d.env` is that environment with PULSE_ENDPOINT (and, for tcp, PULSE_TOKEN) set:
 pass it to any subprocess (an editor, `pulse-server status`) that should talk to this daemon.
-`start_daemon` waits until the daemon answers HELLO; `stop()` asks for a graceful stop (SIGTERM) and
-kills after a timeout. Every daemon is also killed at interpreter exit if a test forgot to stop it.
+`start_daemon` waits until the daemon answers HELLO; `stop()` asks for a graceful stop (SIGTERM; on Windows
+CTRL_BREAK_EVENT to the daemon's own process group) and kills after a timeout. Every daemon is also killed at
+interpreter exit if a test forgot to stop it.
+
+tcp daemons authenticate peers during the ZMTP handshake (PLAIN, the token as password): a raw socket needs
+`d.raw_socket()` (or `plain_credentials(sock, d.token)`). While a tcp daemon started here is alive, sockets
+made from `zmq.Context.instance()` get its PLAIN credentials by default (older raw-socket tests rely on it);
+`stop()` removes them again.
 """
 
 from __future__ import annotations
@@ -52,6 +58,18 @@ class DaemonHandle:
         kwargs.setdefault("timeout", 15.0)
         return PulseClient(self.endpoint, **kwargs)
 
+    def raw_socket(self, socket_type: int | None = None):
+        """A bare zmq socket (DEALER by default) connected to the daemon, with the PLAIN credentials a tcp
+        endpoint needs; for sending hand-made frames."""
+        import zmq
+
+        s = zmq.Context.instance().socket(zmq.DEALER if socket_type is None else socket_type)
+        s.linger = 0
+        if self.token is not None:
+            plain_credentials(s, self.token)
+        s.connect(self.endpoint)
+        return s
+
     def output(self) -> str:
         """Everything the daemon logged to stderr so far."""
         try:
@@ -71,6 +89,7 @@ class DaemonHandle:
             except (subprocess.TimeoutExpired, OSError, ValueError):
                 self.kill()
         _LIVE.discard(self.proc)
+        _drop_instance_credentials(self.token)
         shutil.rmtree(self.runtime_dir, ignore_errors=True) if self.runtime_dir != Path() else None
         return self.proc.returncode
 
@@ -79,6 +98,36 @@ class DaemonHandle:
             self.proc.kill()
             self.proc.wait(10)
         _LIVE.discard(self.proc)
+        _drop_instance_credentials(self.token)
+
+
+def plain_credentials(sock, token: str) -> None:
+    """Make `sock` a ZMQ PLAIN client with the daemon's token as password (what PulseClient does on tcp)."""
+    from protocol.client import PLAIN_USERNAME
+
+    sock.plain_username = PLAIN_USERNAME
+    sock.plain_password = token.encode("utf-8")
+
+
+def _set_instance_credentials(token: str) -> None:
+    import zmq
+
+    from protocol.client import PLAIN_USERNAME
+
+    ctx = zmq.Context.instance()
+    ctx.plain_username = PLAIN_USERNAME  # pyzmq applies context-level options to every new socket
+    ctx.plain_password = token.encode("utf-8")
+
+
+def _drop_instance_credentials(token: str | None) -> None:
+    import zmq
+
+    if token is None:
+        return
+    opts = zmq.Context.instance().sockopts
+    if opts.get(zmq.PLAIN_PASSWORD) == token.encode("utf-8"):
+        opts.pop(zmq.PLAIN_PASSWORD, None)
+        opts.pop(zmq.PLAIN_USERNAME, None)
 
 
 def isolated_env(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -130,11 +179,15 @@ def start_daemon(tmp_path: Path, *, weights: str | Path | None, endpoint: str = 
     log_path = tmp_path / f"daemon-{secrets.token_hex(4)}.log"
     cmd = server_command("run", "--endpoint", endpoint, *(["--weights", str(weights)] if weights is not None else []), *args)
     log_fh = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, env=full_env, stdout=log_fh, stderr=subprocess.STDOUT, cwd=str(REPO),
-                            start_new_session=os.name == "posix")
+    # Own session / process group: a signal meant for the test run does not hit the daemon, and on
+    # Windows CTRL_BREAK_EVENT (stop()) reaches only a process that leads its own group.
+    group = {"start_new_session": True} if os.name == "posix" else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    proc = subprocess.Popen(cmd, env=full_env, stdout=log_fh, stderr=subprocess.STDOUT, cwd=str(REPO), **group)
     log_fh.close()
     _LIVE.add(proc)
     handle = DaemonHandle(endpoint, token, proc, full_env, log_path, runtime)
+    if token is not None and not ("--allow-remote" in args):
+        _set_instance_credentials(token)
     try:
         wait_until_answers(handle, timeout)
     except BaseException:

@@ -14,7 +14,7 @@ import pytest
 
 from daemon_fixture import free_tcp_port, server_command, start_daemon
 from protocol.client import PulseClient
-from protocol.errors import DaemonNotRunning, JobFailed
+from protocol.errors import DaemonNotRunning, JobFailed, ProtocolError
 from protocol.messages import ImageBlob, Progress
 
 pytestmark = pytest.mark.timeout(180)
@@ -180,6 +180,12 @@ def test_remote_bind_with_curve(tmp_path):
         with PulseClient(f"tcp://127.0.0.1:{port}", token="curve-token", server_key=server_key, timeout=15) as c:
             res = c.run_job(ImageBlob.from_numpy(_rgba(3, 16)), None, {})
             assert np.array_equal(res.candidates[0].image.to_numpy(), _rgba(3, 16))
+        # With the server key but a wrong token: the client key derived from it is refused at the handshake.
+        t0 = time.monotonic()
+        with pytest.raises(ProtocolError) as err:
+            with PulseClient(f"tcp://127.0.0.1:{port}", token="wrong", server_key=server_key, timeout=15) as c:
+                c.connect()
+        assert err.value.code == "BAD_TOKEN" and time.monotonic() - t0 < 5
         # Without the server key the plain-text handshake never completes.
         with pytest.raises(DaemonNotRunning):
             with PulseClient(f"tcp://127.0.0.1:{port}", token="curve-token", timeout=1.5) as c:

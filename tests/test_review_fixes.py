@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_fixture import isolated_env, server_command, start_daemon
+from daemon_fixture import isolated_env, plain_credentials, server_command, start_daemon
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -218,6 +218,7 @@ def test_a_frame_over_the_largest_legal_image_drops_the_connection(tmp_path):
     ctx = zmq.Context.instance()
     s = ctx.socket(zmq.DEALER)
     s.linger = 0
+    plain_credentials(s, d.token)  # tcp: the token is checked at the handshake (ZAP) and again at HELLO
     monitor = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
     try:
         s.connect(d.endpoint)
@@ -238,9 +239,7 @@ def test_a_frame_over_the_largest_legal_image_drops_the_connection(tmp_path):
                   "blobs": [{"kind": "image", "w": 64, "h": 65, "c": 1, "dtype": "u8", "nbytes": 64 * 65}]}
         with d.client() as c:
             c.connect()
-        s2 = ctx.socket(zmq.DEALER)
-        s2.linger = 0
-        s2.connect(d.endpoint)
+        s2 = d.raw_socket()
         s2.send_multipart([MAGIC, msgpack.packb(header), bytes(64 * 65)])
         assert s2.poll(10_000)
         reply = decode(s2.recv_multipart())
