@@ -92,6 +92,7 @@ def daemon_env(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
         inside = os.path.join(os.path.normpath(appdir), "")
         for key in ("PATH", "XDG_DATA_DIRS"):
             if key in env:
-                kept = [p for p in env[key].split(os.pathsep) if p and not os.path.join(os.path.normpath(p), "").startswith(inside)]
+                kept = [p for p in env[key].split(os.pathsep)
+                        if p and not os.path.join(os.path.normpath(p), "").startswith(inside)]
                 env[key] = os.pathsep.join(kept)
     return env
