@@ -176,3 +176,60 @@ def test_pip_download_gives_up_on_a_stalled_mirror(tmp_path, stalled_index):
         common.vendor_wheels(tmp_path, "3.12", ["win_amd64"], timeout=60, total_timeout=2)
     assert err.value.code == "VENDOR_FAILED" and time.monotonic() - start < 15
     assert not (tmp_path / common.VENDOR_DIR).exists()
+
+
+# ---------------------------------------------------------------------------------------------- Flatpak sandbox
+
+OVERRIDE = "flatpak override --user --filesystem=xdg-run/pulse-depixelate:create org.gimp.GIMP"
+
+
+@pytest.fixture
+def fake_flatpak(tmp_path, monkeypatch):
+    """A `flatpak` on PATH that records its arguments (Flatpak itself cannot run in this container);
+    FAKE_FLATPAK_EXIT makes it fail."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    log = tmp_path / "flatpak-args"
+    (bindir / "flatpak").write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > "{log}"\n[ -z "$FAKE_FLATPAK_EXIT" ] || echo "error: nope" >&2\n'
+        'exit "${FAKE_FLATPAK_EXIT:-0}"\n')
+    (bindir / "flatpak").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def test_flatpak_install_prints_the_override_and_restart(tmp_path, capsys, unreachable_index, fake_flatpak):
+    dest = tmp_path / "plug-ins"
+    assert _cli(["install-plugin", "gimp", "--dest", str(dest), "--target", "flatpak"]) == 0
+    out = capsys.readouterr().out
+    assert OVERRIDE in out and "restart GIMP" in out and "--flatpak-override" in out
+    assert not fake_flatpak.exists()  # only printed, not run
+    assert (dest / "pulse-depixelate" / "pulse-depixelate.py").is_file()
+
+
+def test_flatpak_override_runs_flatpak_for_the_user(tmp_path, capsys, unreachable_index, fake_flatpak, monkeypatch):
+    dest = tmp_path / "plug-ins"
+    # --flatpak-override implies the flatpak target
+    assert _cli(["install-plugin", "gimp", "--dest", str(dest), "--flatpak-override"]) == 0
+    assert fake_flatpak.read_text().splitlines() == OVERRIDE.split()[1:]
+    out = capsys.readouterr().out
+    assert "restart GIMP" in out and (dest / "pulse-depixelate" / "pulse-depixelate.py").is_file()
+
+    monkeypatch.setenv("FAKE_FLATPAK_EXIT", "1")  # flatpak fails: say so (exit 2 via the CLI), plug-in stays
+    with pytest.raises(PulseError, match="error: nope") as err:
+        _cli(["install-plugin", "gimp", "--dest", str(dest), "--flatpak-override"])
+    assert err.value.code == "FLATPAK_OVERRIDE" and OVERRIDE in err.value.message
+    assert (dest / "pulse-depixelate" / "pulse-depixelate.py").is_file()
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no flatpak at all: the command to run by hand
+    with pytest.raises(PulseError, match="not on PATH") as err:
+        _cli(["install-plugin", "gimp", "--dest", str(dest), "--flatpak-override"])
+    assert OVERRIDE in err.value.message and "restart GIMP" in err.value.message
+
+    with pytest.raises(PulseError, match="not --target windows"):
+        _cli(["install-plugin", "gimp", "--dest", str(dest), "--target", "windows", "--flatpak-override"])
+
+
+def test_readme_gives_the_flatpak_override():
+    readme = (Path(__file__).resolve().parents[1] / "gimp_plugin" / "README.md").read_text(encoding="utf-8")
+    assert OVERRIDE in readme and OVERRIDE.replace("org.gimp.GIMP", "org.kde.krita") in readme

@@ -213,3 +213,34 @@ def test_daemon_started_from_an_appimage_gets_no_appimage_library_env(tmp_path, 
     plain = cp.daemon_env()
     assert plain["LD_LIBRARY_PATH"] == "/opt/cuda/lib64" and plain["PYTHONDONTWRITEBYTECODE"] == "1"
     assert "PYTHONHOME" not in plain and "PYTHONPATH" not in plain and plain["PATH"] == krita_env["PATH"]
+
+
+def test_flatpak_krita_gets_the_override(tmp_path, capsys, monkeypatch):
+    """Flatpak Krita's sandbox has a private $XDG_RUNTIME_DIR: print (or run) the override, then restart."""
+    override = ["override", "--user", "--filesystem=xdg-run/pulse-depixelate:create", "org.kde.krita"]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PULSE_KRITA_PYTHON", sys.executable)  # a Python with zmq + msgpack: no download
+    bindir, log = tmp_path / "fakebin", tmp_path / "flatpak-args"
+    bindir.mkdir()  # a `flatpak` that records its arguments (Flatpak cannot run in this container)
+    (bindir / "flatpak").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{log}"\n')
+    (bindir / "flatpak").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+
+    # --target flatpak without --dest: the Flatpak's own resource folder; the override is printed, not run
+    assert main_server(["install-plugin", "krita", "--target", "flatpak"]) == 0
+    pkg = tmp_path / ".var/app/org.kde.krita/data/krita/pykrita/pulse_depixelate"
+    assert (pkg / "client_path.py").is_file()
+    out = capsys.readouterr().out
+    assert "flatpak " + " ".join(override) in out and "restart Krita" in out and not log.exists()
+
+    # a --dest inside the Flatpak's folder is recognised; --flatpak-override runs it
+    assert main_server(["install-plugin", "krita", "--dest", str(pkg.parent), "--flatpak-override"]) == 0
+    assert log.read_text().splitlines() == override
+    assert "restart Krita" in capsys.readouterr().out
+
+    # a plain Krita hears nothing about Flatpak
+    assert main_server(["install-plugin", "krita", "--dest", str(tmp_path / "native")]) == 0
+    assert "flatpak override" not in capsys.readouterr().out
+    assert main_server(["install-plugin", "krita", "--target", "windows"]) == 2
+    assert main_server(["uninstall-plugin", "krita", "--target", "flatpak"]) == 0
+    assert not pkg.exists() and not (pkg.parent / "pulse_depixelate.desktop").exists()

@@ -6,18 +6,22 @@ Plug-ins run inside the editor's own Python, which has neither our package nor (
   macOS, Krita's AppImage) with pip and unpacks them into `<dest>/_vendor`, which the plug-in puts on sys.path;
 - `vendor_or_warn` is what both installers call: vendor, or (offline, stalled mirror) leave the plug-in installed
   and say clearly what is missing and which command fixes it;
-- `missing_system_deps` checks a *system* Python (Linux distribution builds) and names the packages to install.
+- `missing_system_deps` checks a *system* Python (Linux distribution builds) and names the packages to install;
+- `flatpak_access` tells (or, asked to, runs) the `flatpak override` a sandboxed editor needs to see the daemon.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from protocol.endpoint import APP
 
 from ..errors import PulseError
 
@@ -154,3 +158,41 @@ def missing_system_deps(python: str) -> list[str]:
         if not ok:
             missing.append(package)
     return missing
+
+
+# ---------------------------------------------------------------------------------------------- Flatpak
+
+
+def flatpak_override_args(app_id: str) -> list[str]:
+    """`flatpak override` that shows the sandbox the host's $XDG_RUNTIME_DIR/pulse-depixelate (the daemon's
+    socket and token, protocol.endpoint.runtime_dir); `:create` lets the sandbox see it even when the
+    daemon has not created it yet. Without it the sandbox has a private runtime dir and finds no daemon."""
+    return ["flatpak", "override", "--user", f"--filesystem=xdg-run/{APP}:create", app_id]
+
+
+def flatpak_access(app_id: str, editor: str, *, apply: bool = False) -> None:
+    """Print the override a Flatpak editor needs, or with `apply` run it (needs `flatpak` on PATH).
+
+    Raises PulseError("FLATPAK_OVERRIDE") when asked to apply and that is impossible or fails; the plug-in is
+    installed either way, so the message says what to run by hand."""
+    cmd = flatpak_override_args(app_id)
+    restart = f"then restart {editor} (quit it fully: `flatpak kill {app_id}`)"
+    if not apply:
+        print(f"Flatpak {editor}: its sandbox does not see the daemon's socket in $XDG_RUNTIME_DIR/{APP}. "
+              f"Allow it once with\n    {shlex.join(cmd)}\n{restart}, or re-run this install with "
+              f"--flatpak-override to have it done for you.")
+        return
+    exe = shutil.which("flatpak")
+    if exe is None:
+        raise PulseError(f"the plug-in is installed, but `flatpak` is not on PATH, so the override was not set: run "
+                         f"`{shlex.join(cmd)}` where flatpak is available, {restart}", code="FLATPAK_OVERRIDE")
+    try:
+        proc = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PulseError(f"the plug-in is installed, but `{shlex.join(cmd)}` failed ({exc}): run it yourself, "
+                         f"{restart}", code="FLATPAK_OVERRIDE") from None
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise PulseError(f"the plug-in is installed, but `{shlex.join(cmd)}` failed ({why}): run it yourself, "
+                         f"{restart}", code="FLATPAK_OVERRIDE")
+    print(f"Flatpak {editor} may now reach the daemon (ran `{shlex.join(cmd)}`); {restart}.")

@@ -56,22 +56,37 @@ def plugin_source() -> Path:
     return src
 
 
-def resources_dir() -> Path:
-    """Krita's per-user resource folder (QStandardPaths::AppDataLocation for the app "krita")."""
+def flatpak_resources_dir() -> Path:
+    """The Flatpak's resource folder: its XDG_DATA_HOME is ~/.var/app/org.kde.krita/data."""
+    return Path.home() / ".var/app" / FLATPAK_ID / "data/krita"
+
+
+def is_flatpak_dir(pykrita: Path) -> bool:
+    """Whether a pykrita folder belongs to the Flatpak (lies under ~/.var/app/org.kde.krita)."""
+    sandbox = Path.home() / ".var/app" / FLATPAK_ID
+    return Path(os.path.abspath(Path(pykrita).expanduser())).is_relative_to(os.path.abspath(sandbox))
+
+
+def resources_dir(flatpak: Optional[bool] = None) -> Path:
+    """Krita's per-user resource folder (QStandardPaths::AppDataLocation for the app "krita").
+
+    `flatpak` True/False picks the Flatpak's or the native one on Linux; None detects."""
     home = Path.home()
+    if flatpak:
+        return flatpak_resources_dir()
     if sys.platform.startswith("win"):
         return Path(os.environ.get("APPDATA") or home / "AppData/Roaming") / "krita"
     if sys.platform == "darwin":
         return home / "Library/Application Support/krita"
     native = xdg_base("XDG_DATA_HOME", home / ".local/share") / "krita"
-    flatpak = home / ".var/app" / FLATPAK_ID / "data/krita"
-    if flatpak.parent.parent.is_dir() and not native.exists() and not shutil.which("krita"):
-        return flatpak  # only the Flatpak is installed
+    sandboxed = flatpak_resources_dir()
+    if flatpak is None and sandboxed.parent.parent.is_dir() and not native.exists() and not shutil.which("krita"):
+        return sandboxed  # only the Flatpak is installed
     return native
 
 
-def pykrita_dir() -> Path:
-    return resources_dir() / "pykrita"
+def pykrita_dir(flatpak: Optional[bool] = None) -> Path:
+    return resources_dir(flatpak) / "pykrita"
 
 
 # ---------------------------------------------------------------------------------------------- Krita's Python
@@ -115,7 +130,8 @@ def _machine_tags() -> list[str]:
     return [f"manylinux_2_28_{arch}", f"manylinux_2_17_{arch}", f"manylinux2014_{arch}"]
 
 
-def detect_python() -> PythonTarget:
+def detect_python(flatpak: bool = False) -> PythonTarget:
+    """Which Python runs Krita's plug-ins here (PULSE_KRITA_PYTHON overrides); the Flatpak has its own."""
     override = os.environ.get("PULSE_KRITA_PYTHON", "").strip()
     if override == "system":
         return PythonTarget("system", python=shutil.which("python3") or "python3")
@@ -129,7 +145,7 @@ def detect_python() -> PythonTarget:
     if sys.platform == "darwin":
         roots = [Path("/Applications/krita.app"), Path.home() / "Applications/krita.app"]
         return PythonTarget("bundled", versions=_bundled_versions(roots), platforms=_machine_tags())
-    system = _linux_system_python()
+    system = None if flatpak else _linux_system_python()
     if system:
         return PythonTarget("system", python=system)
     # No distribution Krita: an AppImage (or the Flatpak), each with its own CPython.
