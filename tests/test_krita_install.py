@@ -145,11 +145,12 @@ def test_vendored_wheels_serve_a_bundled_python(tmp_path, capsys):
     assert Path(res.stdout.strip()).is_relative_to(pkg / "_client" / f"py{digits}" / "_vendor")
 
 
-def test_offline_bundled_install_warns_how_to_finish(tmp_path, capsys, monkeypatch):
-    """Shared with the GIMP installer (common.vendor_or_warn): installed, then a clear warning with the fix."""
+@pytest.fixture
+def offline_pip(monkeypatch):
+    """pip sees only a loopback index on a port nobody listens on (this machine's pip.conf and find-links off)."""
     import socket
 
-    with socket.socket() as s:  # an index on a loopback port nobody listens on; this machine's pip.conf off
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
@@ -157,6 +158,10 @@ def test_offline_bundled_install_warns_how_to_finish(tmp_path, capsys, monkeypat
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple")
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+
+
+def test_offline_bundled_install_warns_how_to_finish(tmp_path, capsys, offline_pip):
+    """Shared with the GIMP installer (common.vendor_or_warn): installed, then a clear warning with the fix."""
     target = krita.PythonTarget("bundled", versions=("3.10",), platforms=["manylinux2014_x86_64"])
     pkg = krita.install(tmp_path / "pykrita", python=target)
     assert (pkg / "client_path.py").is_file() and (pkg / "_client" / "protocol" / "client.py").is_file()
@@ -244,3 +249,16 @@ def test_flatpak_krita_gets_the_override(tmp_path, capsys, monkeypatch):
     assert main_server(["install-plugin", "krita", "--target", "windows"]) == 2
     assert main_server(["uninstall-plugin", "krita", "--target", "flatpak"]) == 0
     assert not pkg.exists() and not (pkg.parent / "pulse_depixelate.desktop").exists()
+
+
+def test_python_version_option_vendors_for_that_python_only(tmp_path, capsys, offline_pip, monkeypatch):
+    """`install-plugin krita --python-version X.Y` like GIMP's: wheels for Krita's bundled CPython X.Y alone."""
+    monkeypatch.setenv("PULSE_KRITA_PYTHON", sys.executable)  # what it overrides: the detected Python
+    pykrita = tmp_path / "pykrita"
+    assert main_server(["install-plugin", "krita", "--dest", str(pykrita), "--python-version", "3.12"]) == 0
+    err = capsys.readouterr().err  # offline here: the warning names the version it tried and the same option
+    assert "Krita's own Python 3.12" in err and "3.10" not in err and "3.13" not in err
+    assert f"pulse-server install-plugin krita --python-version 3.12 --dest {pykrita}" in err
+    assert (pykrita / "pulse_depixelate" / "client_path.py").is_file()
+    assert main_server(["install-plugin", "krita", "--dest", str(tmp_path / "bad"), "--python-version", "3"]) == 2
+    assert "bad Python version" in capsys.readouterr().err and not (tmp_path / "bad").exists()

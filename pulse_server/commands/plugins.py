@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="which kind of editor installation to install for (default: detect; Krita: auto, linux "
                         "or flatpak)")
     p.add_argument("--python-version", default=None, metavar="X.Y",
-                   help="GIMP only: Python version of a bundled interpreter to vendor wheels for")
+                   help="the editor's bundled Python (GIMP on Windows/macOS/Flatpak; Krita's AppImage, Windows, "
+                        "macOS, Flatpak builds): vendor pyzmq/msgpack wheels for CPython X.Y")
     p.add_argument("--flatpak-override", action="store_true",
                    help="Flatpak editors: also run `flatpak override --user --filesystem=xdg-run/"
                         f"{APP}:create <app>` so the sandbox sees the daemon (implies --target flatpak)")
@@ -57,7 +58,8 @@ def _install(args: argparse.Namespace) -> int:
         dest = args.dest if args.dest is not None or flatpak is None else krita.pykrita_dir(flatpak)
         sandboxed = flatpak or (flatpak is None
                                 and krita.is_flatpak_dir(dest if dest is not None else krita.pykrita_dir()))
-        python = krita.detect_python(flatpak=sandboxed)
+        python = (krita.bundled_python(args.python_version) if args.python_version
+                  else krita.detect_python(flatpak=sandboxed))
         print(f"installed the Krita plug-in into {krita.install(dest, python=python)}")
         if sandboxed:
             common.flatpak_access(krita.FLATPAK_ID, "Krita", apply=args.flatpak_override)

@@ -10,7 +10,8 @@ With a distribution's Krita (system Python) it checks that zmq and msgpack impor
 
 `--dest DIR` is the `pykrita` folder to install into; the action file goes to its sibling `actions/` when
 DIR is named `pykrita` (Krita's layout) and stays inside the package otherwise.
-Override the Python detection with PULSE_KRITA_PYTHON: `system`, a path to a python, or a version (`3.10`).
+Override the Python detection with `--python-version X.Y` (Krita's bundled CPython) or PULSE_KRITA_PYTHON:
+`system`, a path to a python, or a version (`3.10`).
 """
 
 from __future__ import annotations
@@ -130,13 +131,18 @@ def _machine_tags() -> list[str]:
     return [f"manylinux_2_28_{arch}", f"manylinux_2_17_{arch}", f"manylinux2014_{arch}"]
 
 
+def bundled_python(version: str) -> PythonTarget:
+    """Krita's own CPython `version` (`--python-version X.Y`) on this machine's wheel platform."""
+    return PythonTarget("bundled", versions=(check_python_version(version),), platforms=_machine_tags())
+
+
 def detect_python(flatpak: bool = False) -> PythonTarget:
     """Which Python runs Krita's plug-ins here (PULSE_KRITA_PYTHON overrides); the Flatpak has its own."""
     override = os.environ.get("PULSE_KRITA_PYTHON", "").strip()
     if override == "system":
         return PythonTarget("system", python=shutil.which("python3") or "python3")
     if override and re.fullmatch(r"3\.\d+", override):
-        return PythonTarget("bundled", versions=(override,), platforms=_machine_tags())
+        return bundled_python(override)
     if override:
         return PythonTarget("system", python=override)
     if sys.platform.startswith("win"):
