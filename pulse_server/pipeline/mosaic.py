@@ -448,7 +448,8 @@ def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
         g = _prefer_multiple(rgb, dx, dy, g)
     b, (px, py), rect = g.block, (g.px, g.py), g.rect
     extent = g.full if g.full is not None else rect
-    whole = (rect[2] // b) * (rect[3] // b) if b else 0
+    # cells in all, partial edge cells by their area (layer-aligned: 4 cells of a side may show as 3 whole + 2 cut)
+    whole = max((rect[2] // b) * (rect[3] // b), (extent[2] * extent[3]) // (b * b)) if b else 0
     ok_rect = (min(rect[2], rect[3]) >= _WORK_CELLS * b and whole >= MIN_CELLS * (MIN_CELLS - 1)
                and min(extent[2], extent[3]) >= MIN_RECT)
     margin = g.evidence - _DETECT_SCORE
