@@ -77,6 +77,18 @@ def test_default_plugin_folders(monkeypatch, tmp_path):
     assert gimp.install_plugin(target="linux").dest == tmp_path / "cfg/GIMP/3.0/plug-ins/pulse-depixelate"
 
 
+def test_plugin_folder_follows_the_newest_gimp_3_series(monkeypatch, tmp_path):
+    # GIMP creates its user folder per major.minor series on first run; a user on 3.2 has GIMP/3.2.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    for name in ("2.10", "3.0", "3.2", "3.x-backup"):
+        (tmp_path / "cfg/GIMP" / name).mkdir(parents=True)
+    (tmp_path / "cfg/GIMP/3.10").write_text("not a folder")
+    assert gimp.plugins_dir("linux") == tmp_path / "cfg/GIMP/3.2/plug-ins"
+    (tmp_path / "cfg/GIMP/3.12").mkdir()
+    assert gimp.plugins_dir("linux") == tmp_path / "cfg/GIMP/3.12/plug-ins"
+
+
 def test_copy_client_replaces_an_old_copy(tmp_path):
     (tmp_path / "protocol").mkdir()
     (tmp_path / "protocol" / "old.py").write_text("")

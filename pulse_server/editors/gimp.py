@@ -64,19 +64,30 @@ def detect_target() -> str:
 
 
 def plugins_dir(target: str) -> Path:
-    """The per-user GIMP 3.0 plug-ins folder of each kind of installation."""
+    """The per-user GIMP 3 plug-ins folder of each kind of installation."""
     home = Path.home()
     if target == "linux":
-        config = xdg_base("XDG_CONFIG_HOME", home / ".config")
-        return config / "GIMP" / GIMP_API / "plug-ins"
-    if target == "flatpak":
-        return home / ".var/app" / FLATPAK_ID / "config/GIMP" / GIMP_API / "plug-ins"
-    if target == "windows":
-        appdata = Path(os.environ.get("APPDATA") or home / "AppData/Roaming")
-        return appdata / "GIMP" / GIMP_API / "plug-ins"
-    if target == "macos":
-        return home / "Library/Application Support/GIMP" / GIMP_API / "plug-ins"
-    raise PulseError(f"unknown GIMP target {target!r} (one of {', '.join(TARGETS[1:])})", code="BAD_TARGET")
+        root = xdg_base("XDG_CONFIG_HOME", home / ".config") / "GIMP"
+    elif target == "flatpak":
+        root = home / ".var/app" / FLATPAK_ID / "config/GIMP"
+    elif target == "windows":
+        root = Path(os.environ.get("APPDATA") or home / "AppData/Roaming") / "GIMP"
+    elif target == "macos":
+        root = home / "Library/Application Support/GIMP"
+    else:
+        raise PulseError(f"unknown GIMP target {target!r} (one of {', '.join(TARGETS[1:])})", code="BAD_TARGET")
+    return root / _user_series(root) / "plug-ins"
+
+
+def _user_series(root: Path) -> str:
+    """GIMP names its user folder after its major.minor series (3.0, 3.2, ...) and creates it on first run:
+    take the newest 3.x folder that exists, else 3.0 (the folder GIMP 3.0 reads)."""
+    series = []
+    for d in root.glob("3.*") if root.is_dir() else []:
+        minor = d.name[2:]
+        if d.is_dir() and minor.isdigit():
+            series.append((int(minor), d.name))
+    return max(series)[1] if series else GIMP_API
 
 
 def bundled_python_version(target: str) -> str:
