@@ -445,6 +445,7 @@ def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
                 best = g
     g = best
     if not block and g.full is not None:
+        g = _try_multiples(rgb, dx, dy, blocks, g)
         g = _prefer_multiple(rgb, dx, dy, g)
     b, (px, py), rect = g.block, (g.px, g.py), g.rect
     extent = g.full if g.full is not None else rect
@@ -464,6 +465,25 @@ def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
     if not detected:
         return MosaicInfo(1, (0, 0), (0, 0, w, h), 1.0 - conf, False), g
     return MosaicInfo(b, (px, py), rect, conf, True), g
+
+
+def _try_multiples(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid) -> _Grid:
+    """The best grid's multiples (every compatible phase), refined with their block kept; the rank decides.
+
+    A mosaic's half-block grid can out-score it on the whole region (its lines include all the true ones)
+    and keep the true grid out of the candidates; with the rectangle known, completeness tells them apart."""
+    best = g
+    for m in (2, 3):
+        big = m * g.block
+        if big not in blocks:
+            break
+        for jx in range(m):
+            for jy in range(m):
+                c = _Grid(big, (g.px + jx * g.block) % big, (g.py + jy * g.block) % big)
+                c = _add_shift(rgb, _refine(dx, dy, [big], c), dx, dy)
+                if c.rank > best.rank:
+                    best = c
+    return best
 
 
 def _extend_partial(dx: np.ndarray, dy: np.ndarray, g: _Grid) -> tuple[int, int, int, int]:
