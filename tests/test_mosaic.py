@@ -182,11 +182,11 @@ def test_detection_accuracy_on_real_photographs() -> None:
 
 
 def test_detection_accuracy_layer_aligned_blocks() -> None:
-    """GIMP/Krita align the blocks to the layer origin: partial cells along the mosaic's edges. Harder (thin
-    partial cells, JPEG): measured ~0.90-0.93 on 300-sample sweeps; guarded at 0.85."""
+    """GIMP/Krita align the blocks to the layer origin: partial cells along the mosaic's edges (thin partial
+    cells, JPEG). Measured 0.957-0.963 on 300-sample sweeps (seeds 777, 11, 4321), 0.963 here."""
     accuracy, misses = _sweep(_photos(), 80, 4321, layer_aligned=True)
     print(f"mosaic detection (layer-aligned): {accuracy:.3f}; misses {misses}")
-    assert accuracy >= 0.85, misses
+    assert accuracy >= 0.95, misses
 
 
 def test_no_false_mosaics_on_real_photographs() -> None:
