@@ -16,9 +16,7 @@ CTRL_BREAK_EVENT to the daemon's own process group) and kills after a timeout. E
 interpreter exit if a test forgot to stop it.
 
 tcp daemons authenticate peers during the ZMTP handshake (PLAIN, the token as password): a raw socket needs
-`d.raw_socket()` (or `plain_credentials(sock, d.token)`). While a tcp daemon started here is alive, sockets
-made from `zmq.Context.instance()` get its PLAIN credentials by default (older raw-socket tests rely on it);
-`stop()` removes them again.
+`d.raw_socket()` (or `plain_credentials(sock, d.token)`).
 """
 
 from __future__ import annotations
@@ -89,7 +87,6 @@ class DaemonHandle:
             except (subprocess.TimeoutExpired, OSError, ValueError):
                 self.kill()
         _LIVE.discard(self.proc)
-        _drop_instance_credentials(self.token)
         shutil.rmtree(self.runtime_dir, ignore_errors=True) if self.runtime_dir != Path() else None
         return self.proc.returncode
 
@@ -98,7 +95,6 @@ class DaemonHandle:
             self.proc.kill()
             self.proc.wait(10)
         _LIVE.discard(self.proc)
-        _drop_instance_credentials(self.token)
 
 
 def plain_credentials(sock, token: str) -> None:
@@ -107,27 +103,6 @@ def plain_credentials(sock, token: str) -> None:
 
     sock.plain_username = PLAIN_USERNAME
     sock.plain_password = token.encode("utf-8")
-
-
-def _set_instance_credentials(token: str) -> None:
-    import zmq
-
-    from protocol.client import PLAIN_USERNAME
-
-    ctx = zmq.Context.instance()
-    ctx.plain_username = PLAIN_USERNAME  # pyzmq applies context-level options to every new socket
-    ctx.plain_password = token.encode("utf-8")
-
-
-def _drop_instance_credentials(token: str | None) -> None:
-    import zmq
-
-    if token is None:
-        return
-    opts = zmq.Context.instance().sockopts
-    if opts.get(zmq.PLAIN_PASSWORD) == token.encode("utf-8"):
-        opts.pop(zmq.PLAIN_PASSWORD, None)
-        opts.pop(zmq.PLAIN_USERNAME, None)
 
 
 def isolated_env(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -186,8 +161,6 @@ def start_daemon(tmp_path: Path, *, weights: str | Path | None, endpoint: str = 
     log_fh.close()
     _LIVE.add(proc)
     handle = DaemonHandle(endpoint, token, proc, full_env, log_path, runtime)
-    if token is not None and not ("--allow-remote" in args):
-        _set_instance_credentials(token)
     try:
         wait_until_answers(handle, timeout)
     except BaseException:
