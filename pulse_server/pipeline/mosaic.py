@@ -446,6 +446,7 @@ def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
     g = best
     if not block and g.full is not None:
         g = _try_multiples(rgb, dx, dy, blocks, g)
+        g = _try_phases(rgb, dx, dy, g)
         g = _prefer_multiple(rgb, dx, dy, g)
     b, (px, py), rect = g.block, (g.px, g.py), g.rect
     extent = g.full if g.full is not None else rect
@@ -483,6 +484,24 @@ def _try_multiples(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, blocks: list
                 c = _add_shift(rgb, _refine(dx, dy, [big], c), dx, dy)
                 if c.rank > best.rank:
                     best = c
+    return best
+
+
+def _try_phases(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, g: _Grid, top: int = 3) -> _Grid:
+    """The best grid's block at the phases whose lines peak most on its extent (per axis), refined; the rank
+    decides. A photo edge next to a small mosaic can pull the whole-region phase off the mosaic's own."""
+    x, y, w, h = g.full
+    px_scores = _line_scores(dx[y : y + h, x : x + w - 1].mean(axis=0).astype(np.float64), g.block)
+    py_scores = _line_scores(dy[y : y + h - 1, x : x + w].mean(axis=1).astype(np.float64), g.block)
+    best = g
+    for qx in np.argsort(-px_scores)[:top]:
+        for qy in np.argsort(-py_scores)[:top]:
+            c = _Grid(g.block, int(qx + x) % g.block, int(qy + y) % g.block)
+            if (c.px, c.py) == (g.px, g.py):
+                continue
+            c = _add_shift(rgb, _refine(dx, dy, [g.block], c), dx, dy)
+            if c.rank > best.rank:
+                best = c
     return best
 
 
