@@ -424,6 +424,7 @@ def detect_grid(rgb: np.ndarray, block: int | None = None) -> MosaicInfo:
 
 
 _CANDIDATES = 10  # grid hypotheses from the whole region that are refined (JPEG's own 8-grid competes)
+_MORE_CANDIDATES = 15  # further ones looked at when none of those is a mosaic (stricter bar, see _analyze)
 
 
 def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
@@ -442,6 +443,13 @@ def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
             g = _refine(dx, dy, search, _Grid(row[1], row[2], row[3], score=min(row[4], row[5])))
             g = _add_shift(rgb, g, dx, dy)
             if best is None or g.rank > best.rank:
+                best = g
+    if best is not None and best.evidence < _DETECT_SCORE and not block:
+        # nothing convincing among the whole region's top grids: a small mosaic in a busy (JPEG) box can rank
+        # lower there; further grids must show stronger evidence and complete lines (photos fake weak grids)
+        for row in rows[_CANDIDATES : _CANDIDATES + _MORE_CANDIDATES]:
+            g = _add_shift(rgb, _refine(dx, dy, blocks, _Grid(row[1], row[2], row[3], score=min(row[4], row[5]))), dx, dy)
+            if g.evidence >= _DETECT_SCORE + 1.0 and g.complete >= 0.3 and g.rank > best.rank:
                 best = g
     g = best
     if not block and g.full is not None:
