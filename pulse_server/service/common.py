@@ -226,6 +226,15 @@ def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
             tmp.unlink()
 
 
+def write_entry(path: Path, data: bytes, say: Say, dry_run: bool) -> bool:
+    """Write an autostart entry, or on a dry run show what would be written; True when written."""
+    if dry_run:
+        say(f"would write {path}:\n{data.decode('utf-8')}")
+        return False
+    write_file(path, data)
+    return True
+
+
 def remove_file(path: Path, say: Say, dry_run: bool) -> bool:
     """Remove `path` (file or symlink, even a dangling one); False when there was nothing to remove."""
     if not (path.is_symlink() or path.exists()):

@@ -17,7 +17,7 @@ from pathlib import Path
 from platformdirs.macos import MacOS
 
 from .common import APP_NAME, LAUNCHD_LABEL, SERVICE_NAME, AutostartError, LaunchCommand, Say, home, \
-    remove_file, run_tool, tool_error, write_file
+    remove_file, run_tool, tool_error, write_entry
 
 # Where Homebrew (Apple silicon, Intel) and the system keep tools, after the interpreter's own folder.
 _BASE_PATH = ["/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]
@@ -67,13 +67,11 @@ def install(command: LaunchCommand, say: Say, *, dry_run: bool = False, load: bo
             extra_env: dict[str, str] | None = None) -> Path:
     """Write the plist; with `load` (on macOS) also (re)load it so it runs now, not only at next login."""
     path, data = plist_path(), render(command, extra_env)
-    if dry_run:
-        say(f"would write {path}:\n{data.decode()}")
+    if not write_entry(path, data, say, dry_run):
         if load:
             say(f"would run: launchctl bootstrap {_domain()} {path}")
         return path
     log_dir().mkdir(parents=True, exist_ok=True)  # launchd creates the log files, not their folder
-    write_file(path, data)
     say(f"wrote {path}")
     launchctl = shutil.which("launchctl") if load else None
     if load and not launchctl:

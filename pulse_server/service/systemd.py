@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .common import DESCRIPTION, SERVICE_NAME, AutostartError, LaunchCommand, Say, remove_file, run_tool, \
-    tool_error, write_file, xdg_config_home
+    tool_error, write_entry, xdg_config_home
 
 UNIT = f"{SERVICE_NAME}.service"
 WANTED_BY = "default.target"
@@ -104,14 +104,12 @@ def install(command: LaunchCommand, say: Say, *, dry_run: bool = False, session:
     path = unit_path()
     text = render(command)
     session = session if session is not None else user_session()
-    if dry_run:
-        say(f"would write {path}:\n{text}")
+    if not write_entry(path, text.encode("utf-8"), say, dry_run):
         if session.available:
             say(f"would run: systemctl --user daemon-reload && systemctl --user enable --now {UNIT}")
         else:
             say(f"would link {wants_link()} -> {path} ({session.reason})")
         return path
-    write_file(path, text.encode())
     say(f"wrote {path}")
     if not session.available:
         _link_wants(path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import DESCRIPTION, SERVICE_NAME, AutostartError, LaunchCommand, Say, remove_file, write_file
+from .common import DESCRIPTION, SERVICE_NAME, AutostartError, LaunchCommand, Say, remove_file, write_entry
 
 # Characters cmd.exe treats specially outside quotes, plus what the C runtime splits arguments on.
 _SPECIAL = set(" \t&|<>^(),;=%!")
@@ -61,12 +61,9 @@ def render(command: LaunchCommand) -> str:
 
 
 def install(command: LaunchCommand, say: Say, *, dry_run: bool = False) -> Path:
-    path, text = entry_path(), render(command)
-    if dry_run:
-        say(f"would write {path}:\n{text}")
-        return path
-    write_file(path, text.encode("utf-8"))
-    say(f"wrote {path}: Windows starts the daemon at your next login (start it now with `pulse-server run`).")
+    path = entry_path()
+    if write_entry(path, render(command).encode("utf-8"), say, dry_run):
+        say(f"wrote {path}: Windows starts the daemon at your next login (start it now with `pulse-server run`).")
     return path
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import DESCRIPTION, SERVICE_NAME, LaunchCommand, Say, remove_file, write_file, xdg_config_home
+from .common import DESCRIPTION, SERVICE_NAME, LaunchCommand, Say, remove_file, write_entry, xdg_config_home
 
 # Desktop Entry spec, "The Exec key": an argument with one of these must be quoted.
 _RESERVED = set(" \t\n\"'\\><~|&;$*?#`()")
@@ -54,13 +54,10 @@ X-GNOME-Autostart-enabled=true
 
 
 def install(command: LaunchCommand, say: Say, *, dry_run: bool = False) -> Path:
-    path, text = entry_path(), render(command)
-    if dry_run:
-        say(f"would write {path}:\n{text}")
-        return path
-    write_file(path, text.encode("utf-8"))
-    say(f"wrote {path}: your desktop session starts the daemon at the next login "
-        "(start it now with `pulse-server run`).")
+    path = entry_path()
+    if write_entry(path, render(command).encode("utf-8"), say, dry_run):
+        say(f"wrote {path}: your desktop session starts the daemon at the next login "
+            "(start it now with `pulse-server run`).")
     return path
 
 
