@@ -17,7 +17,7 @@ from ..errors import PipelineError
 from . import blend
 from .formats import PixelFormat, check_region, from_working, to_working
 from .framing import Frame, FrameFn, FrameHints, center_frame
-from .mosaic import MAX_BLOCK, MosaicInfo, detect_grid
+from .mosaic import MAX_BLOCK, MosaicInfo, detect_grid, no_mosaic
 
 MAX_SIDE = 4096  # pixels per region side: a face selection; bigger is a mistake (or a job for another tool)
 MIN_SIDE = 4  # a region smaller than this holds no face
@@ -68,7 +68,7 @@ def _analysis(rgb: np.ndarray, block: int | None) -> MosaicInfo:
                 f"block size {block} does not fit a {w}×{h} region twice (max {min(MAX_BLOCK, min(w, h) // 2)})",
                 code="BAD_REGION")
         if block == 1:
-            return MosaicInfo(1, (0, 0), (0, 0, w, h), 1.0, False)
+            return no_mosaic(w, h)
         return detect_grid(rgb, int(block))
     return detect_grid(rgb, None)
 
