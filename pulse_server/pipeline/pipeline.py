@@ -51,11 +51,17 @@ class DepixResult:
 
 def analyze_mosaic(region: np.ndarray, mask: np.ndarray | None = None, block: int | None = None) -> MosaicInfo:
     """Mosaic analysis of an editor region in any supported format (see `depixelate` for the arguments)."""
+    return _prepare(region, mask, block)[3]
+
+
+def _prepare(region: np.ndarray, mask: np.ndarray | None, block: int | None
+             ) -> tuple[PixelFormat, np.ndarray | None, np.ndarray, MosaicInfo]:
+    """Checks shared by analysis and depixelation -> (format, mask, working RGB, mosaic analysis)."""
     fmt = check_region(region)
     _check_size(region)
-    rgb, _ = to_working(region, fmt)
-    _check_mask(mask, region.shape[:2])
-    return _analysis(rgb, block)
+    mask = _check_mask(mask, region.shape[:2])
+    rgb, _alpha = to_working(region, fmt)
+    return fmt, mask, rgb, _analysis(rgb, block)
 
 
 def _analysis(rgb: np.ndarray, block: int | None) -> MosaicInfo:
@@ -112,11 +118,7 @@ def depixelate(prior, region: np.ndarray, mask: np.ndarray | None, params: Depix
     from ..solver import SolveConfig, solve  # torch stays out of pure analysis imports
 
     params = params or DepixParams()
-    fmt = check_region(region)
-    _check_size(region)
-    mask = _check_mask(mask, region.shape[:2])
-    rgb, _alpha = to_working(region, fmt)
-    info = _analysis(rgb, params.block)
+    fmt, mask, rgb, info = _prepare(region, mask, params.block)
     h, w = rgb.shape[:2]
     x, y, rw, rh = info.rect
     b = info.block
