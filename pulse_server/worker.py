@@ -77,6 +77,8 @@ class Worker(threading.Thread):
             if job is None:
                 continue
             self.current = job
+            if self._stopping.is_set():  # stop() may have looked at `current` before it was set
+                job.cancel("the daemon is stopping")
             try:
                 self._run_job(job)
             finally:
@@ -95,11 +97,10 @@ class Worker(threading.Thread):
             log.error("cannot import torch: %s", exc)
 
     def _run_job(self, job: Job) -> None:
-        if job.cancel_event.is_set():
-            self.emit("final", job, Failed(job.job_id, "CANCELLED", job.cancel_reason))
-            return
         t0 = time.monotonic()
         try:
+            if job.cancel_event.is_set():  # cancelled while queued, after take(): same report as mid-run
+                raise Cancelled(job.cancel_reason)
             if self.prior is None and not self.noop:
                 self.emit("state", job, "loading")
                 self._load()
