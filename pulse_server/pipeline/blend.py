@@ -10,6 +10,7 @@ and the face is shifted per cell so that every cell of `out` averages to the inp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
@@ -18,7 +19,10 @@ from PIL import Image
 @dataclass(frozen=True)
 class CellGrid:
     """The mosaic's cells over its rectangle: grid lines every `block` px from `origin` (rect coordinates,
-    -block < origin <= 0), so the first/last row/column may be partial cells cut by the mosaic's edge."""
+    -block < origin <= 0), so the first/last row/column may be partial cells cut by the mosaic's edge.
+
+    The index maps (`row`, `col`, `labels`) are computed once per grid: `enforce_cells` calls `sums` and
+    `spread` dozens of times on one grid."""
 
     height: int
     width: int
@@ -33,19 +37,19 @@ class CellGrid:
         oy = (phase[1] - y) % block
         return cls(h, w, block, (ox - block if ox else 0, oy - block if oy else 0))
 
-    @property
+    @cached_property
     def col(self) -> np.ndarray:
         return (np.arange(self.width) - self.origin[0]) // self.block
 
-    @property
+    @cached_property
     def row(self) -> np.ndarray:
         return (np.arange(self.height) - self.origin[1]) // self.block
 
-    @property
+    @cached_property
     def shape(self) -> tuple[int, int]:
         return int(self.row[-1]) + 1, int(self.col[-1]) + 1
 
-    @property
+    @cached_property
     def labels(self) -> np.ndarray:
         """(H, W) cell index of every pixel, row-major over the cells."""
         return self.row[:, None] * self.shape[1] + self.col[None, :]
@@ -73,10 +77,6 @@ class CellGrid:
     def spread(self, per_cell: np.ndarray) -> np.ndarray:
         """(ny, nx, C) -> (H, W, C): every pixel gets its cell's value."""
         return per_cell[self.row[:, None], self.col[None, :]]
-
-
-def cell_means(img: np.ndarray, grid: CellGrid) -> np.ndarray:
-    return grid.means(img)
 
 
 def match_colour(face: np.ndarray, target_cells: np.ndarray, grid: CellGrid) -> np.ndarray:
