@@ -244,11 +244,7 @@ class Daemon:
             self._zap.send_multipart([b"1.0", request_id, b"200", b"OK", PLAIN_USERNAME, b""])
             return
         self.refused_peers += 1
-        now = time.monotonic()  # at most 10 warnings per 10 s: a flood of bad handshakes must not flood the log
-        while self._refused_log and now - self._refused_log[0] > 10:
-            self._refused_log.popleft()
-        self._refused_log.append(now)
-        log.log(logging.WARNING if len(self._refused_log) <= 10 else logging.DEBUG,
+        log.log(_throttled_level(self._refused_log),
                 "refused a %s peer from %s at the handshake: wrong or missing token",
                 mechanism.decode("ascii", "replace")[:16], address.decode("ascii", "replace")[:64])
         self._zap.send_multipart([b"1.0", request_id, b"400", b"wrong or missing token", b"", b""])
@@ -364,13 +360,7 @@ class Daemon:
         try:
             msg = decode(frames[1:], self.limits, allowed=CLIENT_TYPES)
         except ProtocolError as exc:
-            # A flood of garbage must not flood the log: at most 10 warnings per 10 s, the rest at debug level.
-            now = time.monotonic()
-            while self._bad_log and now - self._bad_log[0] > 10:
-                self._bad_log.popleft()
-            level = logging.WARNING if len(self._bad_log) < 10 else logging.DEBUG
-            self._bad_log.append(now)
-            log.log(level, "bad message from %s: %s: %s", session.client if session else identity.hex(), exc.code, exc.message)
+            log.log(_throttled_level(self._bad_log), "bad message from %s: %s: %s", session.client if session else identity.hex(), exc.code, exc.message)
             self._reply(identity, Error(exc.code, exc.message))
             return
         if isinstance(msg, Hello):
@@ -730,6 +720,16 @@ def _socket_answers(path: Path) -> bool:
         except OSError:  # ECONNREFUSED: nobody listens, the file is stale
             return False
     return True
+
+
+def _throttled_level(recent: deque[float], most: int = 10, window: float = 10.0) -> int:
+    """WARNING for the first `most` events in `window` seconds, DEBUG for the rest: a flood of bad
+    messages or refused handshakes must not flood the log. `recent` holds the events' times."""
+    now = time.monotonic()
+    while recent and now - recent[0] > window:
+        recent.popleft()
+    recent.append(now)
+    return logging.WARNING if len(recent) <= most else logging.DEBUG
 
 
 def _input_bytes(job: Job) -> int:
