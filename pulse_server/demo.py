@@ -40,7 +40,8 @@ def _start_daemon(endpoint: str, weights: str | None, log: Path) -> subprocess.P
     if weights:
         cmd += ["--weights", weights]
     print(f"demo: starting the daemon ({' '.join(cmd[3:])}); log: {log}")
-    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor; ours is closed here
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _wait_for(proc: subprocess.Popen, endpoint: str, log: Path, timeout: float) -> None:
