@@ -561,8 +561,11 @@ class Daemon:
         self.results[key] = job
         self.result_bytes += job.final_bytes
         while self.results and self.result_bytes > self.config.max_result_bytes:
-            _, dropped = self.results.popitem(last=False)
-            self.result_bytes -= dropped.final_bytes
+            self._drop_oldest_result()
+
+    def _drop_oldest_result(self) -> None:
+        _, dropped = self.results.popitem(last=False)
+        self.result_bytes -= dropped.final_bytes  # kept in step with `results` by this and _keep_result only
 
     # ---- heartbeats and expiry --------------------------------------------------------------------
 
@@ -576,11 +579,10 @@ class Daemon:
             elif s.jobs and s.identity is not None:
                 self._send(s, Ping(time.time()), droppable=True)
         while self.results:
-            key, job = next(iter(self.results.items()))
-            if now - (job.finished or now) <= self.config.result_ttl:
+            oldest = next(iter(self.results.values()))
+            if now - (oldest.finished or now) <= self.config.result_ttl:
                 break
-            self.results.popitem(last=False)
-            self.result_bytes -= job.final_bytes
+            self._drop_oldest_result()
 
     def _drop_session(self, s: Session, reason: str) -> None:
         if s.jobs:
