@@ -102,14 +102,18 @@ def parse_loss(spec: str) -> LossSpec:
 
 
 def total_loss(spec: LossSpec, lowres_gen: Tensor, target: Tensor, wplus: Tensor, eps: float,
-               below_eps_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """-> (total (N,), {term: (N,)}) for N candidates; sum(total) is what backward() sees."""
+               below_eps_weight: float, mse: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """-> (total (N,), {term: (N,)}) for N candidates; sum(total) is what backward() sees.
+
+    `mse`: `mse_per_image(lowres_gen, target)` when the caller has it already (the solver reports it
+    every step), so L2 does not compute it a second time."""
     values: dict[str, Tensor] = {}
     total = None
     for weight, name in spec.terms:
         if name not in values:
             if name == "L2":
-                values[name] = l2_loss(lowres_gen, target, eps, below_eps_weight)
+                values[name] = (soft_clamp(mse, eps, below_eps_weight) if mse is not None
+                                else l2_loss(lowres_gen, target, eps, below_eps_weight))
             elif name == "L1":
                 values[name] = l1_loss(lowres_gen, target, eps, below_eps_weight)
             else:
