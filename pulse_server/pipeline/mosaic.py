@@ -344,12 +344,7 @@ def _prefer_multiple(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, g: _Grid) 
     """A divisor of the true block looks fine on a rectangle it located well (each true cell is m×m of its
     cells) while the true grid's rectangle may have gone wrong. On g's rectangle the true grid's lines score
     about log(m) higher than g's; a real grid's multiples score lower (every other line of theirs is flat)."""
-    h, w = dy.shape[0] + 1, dx.shape[1] + 1
-    x, y, rw, rh = g.rect
-    x0, y0 = max(0, x - 1), max(0, y - 1)
-    x1, y1 = min(w, x + rw + 1), min(h, y + rh + 1)
-    prof_x = dx[y0:y1, x0 : x1 - 1].mean(axis=0).astype(np.float64)
-    prof_y = dy[y0 : y1 - 1, x0:x1].mean(axis=1).astype(np.float64)
+    prof_x, prof_y, x0, y0 = _rect_profiles(dx, dy, g.rect)
     own = min(_line_scores(prof_x, g.block)[(g.px - x0) % g.block], _line_scores(prof_y, g.block)[(g.py - y0) % g.block])
     best = None
     for m in (2, 3, 4):
@@ -369,14 +364,24 @@ def _prefer_multiple(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, g: _Grid) 
     return cand if cand.evidence >= _DETECT_SCORE and cand.full is not None else g
 
 
-def _rect_line_score(dx: np.ndarray, dy: np.ndarray, g: _Grid) -> float:
-    """Line score of the weaker axis for this grid's own block and phase, on its rectangle (+1 px context)."""
+def _rect_profiles(dx: np.ndarray, dy: np.ndarray, rect: tuple[int, int, int, int]
+                   ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Mean step across each column / row boundary over `rect` with one pixel of context on each side (its
+    own borders are grid lines too): (profile x, profile y, x0, y0), profile index i = boundary after x0 + i."""
     h, w = dy.shape[0] + 1, dx.shape[1] + 1
-    x, y, rw, rh = g.rect
+    x, y, rw, rh = rect
     x0, y0 = max(0, x - 1), max(0, y - 1)
     x1, y1 = min(w, x + rw + 1), min(h, y + rh + 1)
-    sx = _line_scores(dx[y0:y1, x0 : x1 - 1].mean(axis=0).astype(np.float64), g.block)[(g.px - x0) % g.block]
-    sy = _line_scores(dy[y0 : y1 - 1, x0:x1].mean(axis=1).astype(np.float64), g.block)[(g.py - y0) % g.block]
+    prof_x = dx[y0:y1, x0 : x1 - 1].mean(axis=0).astype(np.float64)
+    prof_y = dy[y0 : y1 - 1, x0:x1].mean(axis=1).astype(np.float64)
+    return prof_x, prof_y, x0, y0
+
+
+def _rect_line_score(dx: np.ndarray, dy: np.ndarray, g: _Grid) -> float:
+    """Line score of the weaker axis for this grid's own block and phase, on its rectangle (+1 px context)."""
+    prof_x, prof_y, x0, y0 = _rect_profiles(dx, dy, g.rect)
+    sx = _line_scores(prof_x, g.block)[(g.px - x0) % g.block]
+    sy = _line_scores(prof_y, g.block)[(g.py - y0) % g.block]
     return float(min(sx, sy))
 
 
