@@ -220,6 +220,21 @@ def test_layers_still_land_in_rank_order_when_the_layer_was_deleted_meanwhile():
     assert [n.name() for n in doc.topLevelNodes()] == ["Top"] + [layer_name(i, 1.3e-3 * i) for i in (3, 2, 1)]
 
 
+def test_a_failure_while_pasting_leaves_the_document_as_it_was(monkeypatch):
+    doc = make_doc()
+    req = logic.build_request(doc, logic.Settings(candidates=3))
+    outcome = logic.plan_layers(req, fake_result(req, 3))
+    before = [n.name() for n in doc.topLevelNodes()]
+
+    def refuse(*_):
+        raise RuntimeError("annotation refused")
+
+    monkeypatch.setattr(doc, "setAnnotation", refuse)  # fails after every layer was added
+    with pytest.raises(RuntimeError, match="refused"):
+        logic.apply_outcome(req, outcome, krita.Krita.instance().documents())
+    assert [n.name() for n in doc.topLevelNodes()] == before
+
+
 def test_wrong_sized_result_and_closed_document_are_refused():
     doc = make_doc()
     req = logic.build_request(doc, logic.Settings())

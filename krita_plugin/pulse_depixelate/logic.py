@@ -387,11 +387,18 @@ def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any]) 
     if parent is None:
         parent = root
     created = [_make_layer(doc, request, plan) for plan in outcome.layers]
-    # Each one goes directly above the anchor, so the earlier (better) candidates end up on top; with the
-    # anchor gone (deleted during the job) they go on top of the stack, worst first for the same order.
-    for node in (created if anchor is not None else created[::-1]):
-        parent.addChildNode(node, anchor)
-    _record_provenance(doc, created, outcome)
+    added = []
+    try:
+        # Each one goes directly above the anchor, so the earlier (better) candidates end up on top; with the
+        # anchor gone (deleted during the job) they go on top of the stack, worst first for the same order.
+        for node in (created if anchor is not None else created[::-1]):
+            parent.addChildNode(node, anchor)
+            added.append(node)
+        _record_provenance(doc, created, outcome)
+    except Exception:
+        for node in added:  # a half-pasted result (or layers without their notes) is worse than none
+            node.remove()
+        raise
     doc.refreshProjection()
     return created
 
