@@ -171,7 +171,7 @@ class Daemon:
                 paths.ensure_runtime_dir()
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale_socket(path, locked=self._lock._fh is not None)
+            _remove_stale_socket(path, locked=self._lock.held)
         self._ctx = zmq.Context()
         r = self._ctx.socket(zmq.ROUTER)
         try:
@@ -266,14 +266,8 @@ class Daemon:
 
     def _lock_rewrite(self) -> None:
         # The lock file names the endpoint actually bound (a tcp port of "*" is resolved by now).
-        if self.bound_endpoint != self.config.endpoint and self._lock._fh is not None:
-            import json
-
-            fh = self._lock._fh
-            fh.seek(0)
-            fh.truncate()
-            fh.write(json.dumps({"pid": os.getpid(), "endpoint": self.bound_endpoint}))
-            fh.flush()
+        if self.bound_endpoint != self.config.endpoint and self._lock.held:
+            self._lock.write(self.bound_endpoint)
 
     def _shutdown(self) -> None:
         log.info("stopping")

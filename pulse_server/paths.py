@@ -114,11 +114,20 @@ class DaemonLock:
         if sys.platform != "win32" and not _same_file(fh, self.path):
             fh.close()  # we locked a file a stopping daemon had just unlinked: lock the new one
             return self.acquire(endpoint)
+        self._fh = fh
+        self.write(endpoint)
+
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def write(self, endpoint: str) -> None:
+        """(Re)write the held lock file's pid + endpoint (the daemon names the endpoint it actually bound)."""
+        fh = self._fh
         fh.seek(0)
         fh.truncate()
         fh.write(json.dumps({"pid": os.getpid(), "endpoint": endpoint}))
         fh.flush()
-        self._fh = fh
 
     def release(self) -> None:
         if self._fh is None:
