@@ -603,12 +603,16 @@ def block_means(img: np.ndarray, block: int, rect: tuple[int, int, int, int],
     Grid lines run every `block` px from `origin` (image coords; default: the rectangle's corner, whole cells);
     cells cut by the rectangle's edge are averaged over their pixels inside it.
     """
+    x, y, w, h = rect
+    return _rect_grid(block, rect, origin).means(img[y : y + h, x : x + w])
+
+
+def _rect_grid(block: int, rect: tuple[int, int, int, int], origin: tuple[int, int] | None):
+    """The CellGrid of `rect` with grid lines every `block` px from `origin` (default: the rectangle's corner)."""
     from .blend import CellGrid
 
-    x, y, w, h = rect
-    ox, oy = origin if origin is not None else (x, y)
-    grid = CellGrid.of(rect, block, (ox % block, oy % block))
-    return grid.means(img[y : y + h, x : x + w])
+    ox, oy = origin if origin is not None else rect[:2]
+    return CellGrid.of(rect, block, (ox % block, oy % block))
 
 
 def pixelate(img: np.ndarray, block: int, rect: tuple[int, int, int, int],
@@ -619,12 +623,9 @@ def pixelate(img: np.ndarray, block: int, rect: tuple[int, int, int, int],
     selection that does not start on a multiple of the block size has partial cells along its edges.
     Integer images get rounded means, like an editor's filter would produce.
     """
-    from .blend import CellGrid
-
     out = img.copy()
     x, y, w, h = rect
-    ox, oy = origin if origin is not None else (x, y)
-    grid = CellGrid.of(rect, block, (ox % block, oy % block))
+    grid = _rect_grid(block, rect, origin)
     cells = grid.spread(grid.means(img[y : y + h, x : x + w]))
     if np.issubdtype(img.dtype, np.integer):
         cells = np.rint(cells)
