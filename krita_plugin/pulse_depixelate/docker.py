@@ -392,8 +392,7 @@ class PulseDocker(DockWidget):
         except Exception as exc:  # noqa: BLE001 - the docker must end the job with a message, whatever happened
             if not isinstance(exc, logic.PluginError):
                 traceback.print_exc()
-            self._say(logic.user_message(exc), error=True)
-            self._end_job("failed", logic.user_message(exc))
+            self._on_failure(logic.user_message(exc))  # also stops the busy progress bar
             return
         best = outcome.layers[0]
         self._set_status(True, f"connected ({outcome.model})")
