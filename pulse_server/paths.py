@@ -148,6 +148,11 @@ def read_lock_info(path: Path | None = None) -> dict:
         return {}
 
 
+def running_lock_info(path: Path | None = None) -> dict:
+    """The running daemon's pid + endpoint; {} when no process holds the lock (a stale file is ignored)."""
+    return read_lock_info(path) if is_locked(path) else {}
+
+
 def is_locked(path: Path | None = None) -> bool:
     """True while some process holds the daemon lock."""
     path = path or lock_path()

@@ -61,10 +61,9 @@ def _running_endpoint(arg: str | None) -> str:
 
     if arg or os.environ.get("PULSE_ENDPOINT"):
         return _resolve_endpoint(arg)
-    if paths.is_locked():
-        endpoint = paths.read_lock_info().get("endpoint")
-        if isinstance(endpoint, str) and endpoint:
-            return endpoint
+    endpoint = paths.running_lock_info().get("endpoint")
+    if isinstance(endpoint, str) and endpoint:
+        return endpoint
     return _resolve_endpoint(None)
 
 
@@ -134,7 +133,7 @@ def _status(args: argparse.Namespace) -> int:
             c.connect()
             info = c.status().server
     except DaemonNotRunning:
-        lock = paths.read_lock_info() if paths.is_locked() else {}
+        lock = paths.running_lock_info()
         hint = f" (a daemon with pid {lock.get('pid')} listens on {lock.get('endpoint')})" if lock else ""
         print(f"pulse-server: not running on {endpoint}{hint}")
         return 3  # LSB "program is not running"
@@ -159,7 +158,7 @@ def _stop(args: argparse.Namespace) -> int:
             c.connect()
             pid = c.status().server.get("pid")
             # Decided before the daemon can drop its lock: is its lock the one this environment sees?
-            own_lock = pid is not None and paths.is_locked() and paths.read_lock_info().get("pid") == pid
+            own_lock = pid is not None and paths.running_lock_info().get("pid") == pid
             c.shutdown()
     except DaemonNotRunning:
         print(f"pulse-server: not running on {endpoint}")
