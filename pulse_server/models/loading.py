@@ -53,7 +53,7 @@ def load_prior(weights: str | Path | None, device: str | torch.device = "cpu") -
 
     `weights`: a file path, a registry name ("ffhq-1024"), or None for the registry's default model
     (downloaded on first use)."""
-    from .registry import DEFAULT_MODEL, REGISTRY, ensure_weights, get_spec
+    from .registry import DEFAULT_MODEL, REGISTRY, ensure_weights, get_spec, sha256_file
 
     name: str | None = None
     if weights is None or (isinstance(weights, str) and weights in REGISTRY and not Path(weights).exists()):
@@ -75,7 +75,7 @@ def load_prior(weights: str | Path | None, device: str | torch.device = "cpu") -
         meta = {}
         if extras.get("latent_avg") is not None:
             meta["latent_avg"] = extras["latent_avg"]
-        sha = _sha256(path)
+        sha = sha256_file(path)
 
     prior, fitted = _build_prior(family, config, state, meta, device, path)
     if cached is None or fitted:
@@ -426,12 +426,6 @@ def _load_into(module: torch.nn.Module, state: dict[str, Tensor], path: Path, wh
 
 # ---------------------------------------------------------------------------------------------------
 # Cache
-
-
-def _sha256(path: Path) -> str:
-    from .registry import sha256_file
-
-    return sha256_file(path)
 
 
 def _cache_paths(path: Path) -> tuple[Path, Path]:
