@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         echo.kill()
         daemon.wait(20)
         echo.wait(20)
+        echo.stdout.close()
+        shutil.rmtree(run_dir, ignore_errors=True)  # the ipc sockets and the daemon's runtime files
     if args.json:
         print(json.dumps({"transport": args.transport, "rows": rows}, indent=1))
         return 0
