@@ -194,3 +194,17 @@ def _kill_leftovers() -> None:
     for proc in list(_LIVE):
         if proc.poll() is None:
             proc.kill()
+
+
+def run_worker_until(worker, queue, jobs: Sequence, done, timeout: float = 120.0) -> None:
+    """In-process: queue `jobs` on `queue`, start the `pulse_server.worker.Worker` thread, wait for the
+    `done` event (set by the test's emit), then stop the worker and close the queue whatever happened."""
+    for job in jobs:
+        queue.put(job)
+    worker.start()
+    try:
+        assert done.wait(timeout)
+    finally:
+        worker.stop()
+        queue.close()
+        worker.join(10)

@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 
+from daemon_fixture import run_worker_until
 from protocol import endpoint as ep
 from protocol.messages import Failed, ImageBlob, Result
 from pulse_server import paths
@@ -166,15 +167,8 @@ def test_out_of_memory_fails_one_job_and_the_worker_carries_on(tiny_weights):
     w = Worker(q, emit, weights=str(tiny_weights), device="cpu")
     w.prior, w.info = prior, info  # warm model, as after the first load
     lowres = ImageBlob.from_numpy(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32))
-    for jid in ("first", "second"):
-        q.put(Job(jid, "s", JobParams.from_wire({"mode": "solve", "candidates": 1, "steps": 1, "seed": 1}), lowres, None))
-    w.start()
-    try:
-        assert done.wait(120)
-    finally:
-        w.stop()
-        q.close()
-        w.join(10)
+    params = JobParams.from_wire({"mode": "solve", "candidates": 1, "steps": 1, "seed": 1})
+    run_worker_until(w, q, [Job(jid, "s", params, lowres, None) for jid in ("first", "second")], done)
     finals = {jid: p for kind, jid, p in events if kind == "final"}
     assert isinstance(finals["first"], Failed) and finals["first"].code == "OUT_OF_MEMORY" and finals["first"].retryable
     assert isinstance(finals["second"], Result) and len(finals["second"].candidates) == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_fixture import isolated_env, plain_credentials, server_command, start_daemon
+from daemon_fixture import isolated_env, plain_credentials, run_worker_until, server_command, start_daemon
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,15 +122,7 @@ def test_job_dropped_while_the_model_loads_ends_cancelled_not_internal(tiny_weig
     w = Worker(q, emit, weights=str(tiny_weights), device="cpu")
     lowres = ImageBlob.from_numpy(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32))
     params = JobParams.from_wire({"mode": "solve", "candidates": 1, "steps": 1, "seed": 1})
-    q.put(Job("dropped", "a", params, lowres, None))
-    q.put(Job("next", "b", params, lowres, None))
-    w.start()
-    try:
-        assert done.wait(120)
-    finally:
-        w.stop()
-        q.close()
-        w.join(10)
+    run_worker_until(w, q, [Job("dropped", "a", params, lowres, None), Job("next", "b", params, lowres, None)], done)
     assert isinstance(finals["dropped"], Failed), finals["dropped"]
     assert finals["dropped"].code == "CANCELLED" and "vanished" in finals["dropped"].message
     assert ("state", "dropped", "running") not in events  # never started on a freed region
