@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import zmq
 
 from . import endpoint as ep
-from .codec import DEFAULT_LIMITS, Limits, decode, encode
+from .codec import DEFAULT_LIMITS, Limits, copy_frames, decode, encode
 from .errors import DaemonNotRunning, JobCancelled, JobFailed, ProtocolError, VersionMismatch
 from .messages import (
     PROTOCOL_VERSION, MIN_PROTOCOL_VERSION, SERVER_TYPES, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello,
@@ -230,10 +230,9 @@ class PulseClient:
 
     def _send(self, msg: Message) -> None:
         frames = encode(msg, self.limits)
-        big = any(memoryview(f).nbytes > 65536 for f in frames)
         if not self._sock.poll(int(self.timeout * 1000), zmq.POLLOUT):  # only at the high-water mark
             raise ProtocolError(f"cannot send to the daemon within {self.timeout:g} s", "TIMEOUT", retryable=True)
-        self._sock.send_multipart(frames, copy=not big)
+        self._sock.send_multipart(frames, copy=copy_frames(frames))
         self._last_send = time.monotonic()
 
     def _send_nowait(self, msg: Message) -> None:

@@ -62,6 +62,14 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | memory
     return [MAGIC, packed, *(data for _, data in blobs)]
 
 
+ZERO_COPY_MIN = 65536  # bytes: below this libzmq copying a frame is cheaper than pyzmq tracking a zero-copy one
+
+
+def copy_frames(frames: Sequence[Any]) -> bool:
+    """`copy=` for `send_multipart(frames)`: copy unless some frame (an image blob) is large."""
+    return not any(memoryview(f).nbytes > ZERO_COPY_MIN for f in frames)
+
+
 def _dump(value: Any, kind: str, blobs: list[tuple[dict[str, Any], memoryview]]) -> Any:
     if isinstance(value, ImageBlob):
         data = _bytes_view(value.data)

@@ -27,7 +27,7 @@ import zmq
 
 from protocol import endpoint as ep
 from protocol.client import PLAIN_USERNAME, ZAP_DOMAIN, curve_client_keys
-from protocol.codec import DEFAULT_LIMITS, MAGIC, Limits, decode, encode
+from protocol.codec import DEFAULT_LIMITS, MAGIC, Limits, copy_frames, decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import (
     CLIENT_TYPES, DTYPE_SIZES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello,
@@ -650,9 +650,8 @@ class Daemon:
             s.identity = None
 
     def _try_send(self, identity: bytes, frames: list) -> str:
-        big = any(memoryview(f).nbytes > 65536 for f in frames)
         try:
-            self._router.send_multipart([identity, *frames], zmq.NOBLOCK, copy=not big)
+            self._router.send_multipart([identity, *frames], zmq.NOBLOCK, copy=copy_frames(frames))
             return "ok"
         except zmq.Again:
             return "again"
