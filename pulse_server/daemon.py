@@ -111,6 +111,10 @@ class Daemon:
         self.worker = Worker(self.queue, self._emit, weights=config.weights, device=config.device,
                              precision=config.precision, preload=config.preload)
         self.bound_endpoint = config.endpoint
+        self._handlers = {  # message type -> handler(session, msg), for every message after HELLO
+            Submit: self._on_submit, Cancel: self._on_cancel, Status: self._on_status, Fetch: self._on_fetch,
+            Ping: self._on_ping, Pong: lambda s, m: None, Bye: self._on_bye, Shutdown: self._on_shutdown,
+        }
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -364,10 +368,7 @@ class Daemon:
             self._reply(identity, Error("HANDSHAKE_REQUIRED", "send HELLO first (session unknown or expired)", retryable=True))
             return
         session.last_seen = time.monotonic()
-        handler = {
-            Submit: self._on_submit, Cancel: self._on_cancel, Status: self._on_status, Fetch: self._on_fetch,
-            Ping: self._on_ping, Pong: lambda s, m: None, Bye: self._on_bye, Shutdown: self._on_shutdown,
-        }.get(type(msg))
+        handler = self._handlers.get(type(msg))
         if handler is None:
             self._send(session, Error("UNEXPECTED_TYPE", f"{msg.TYPE} is not accepted by the daemon"))
             return
