@@ -187,8 +187,7 @@ class Worker(threading.Thread):
             config = SolveConfig(candidates=params.candidates, steps=params.steps, eps=params.eps, seed=params.seed,
                                  precision=self._precision(job), preview_every=_preview_every(job))
             res = solve(self.prior, lowres, config, progress=progress, cancel=cancel)
-            cands = [Candidate(ImageBlob.from_numpy(np.asarray(c.image, dtype=np.float32)), int(c.seed),
-                               float(c.downscale_mse), bool(c.eps_reached), int(c.steps)) for c in res.candidates]
+            cands = [_candidate(np.asarray(c.image, dtype=np.float32), c) for c in res.candidates]
             return Result(job.job_id, cands, self.info.name, {"factor": int(res.factor), "resolution": int(res.resolution)})
         from .pipeline import DepixParams, depixelate
 
@@ -196,8 +195,7 @@ class Worker(threading.Thread):
         dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=params.seed, block=params.block,
                          eps=params.eps, precision=self._precision(job), preview_every=_preview_every(job))
         res = depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name)
-        cands = [Candidate(ImageBlob.from_numpy(patch), int(c.seed), float(c.downscale_mse), bool(c.eps_reached), int(c.steps))
-                 for patch, c in zip(res.patches, res.candidates)]
+        cands = [_candidate(patch, c) for patch, c in zip(res.patches, res.candidates)]
         m = res.mosaic
         analysis = {"block": int(m.block), "phase": [int(v) for v in m.phase], "rect": [int(v) for v in m.rect],
                     "confidence": float(m.confidence), "detected": bool(m.detected)}
@@ -218,6 +216,11 @@ class Worker(threading.Thread):
             raise Cancelled(job.cancel_reason)
         cands = [Candidate(image, i, 0.0, True, total) for i in range(job.params.candidates)]
         return Result(job.job_id, cands, "noop", {})
+
+
+def _candidate(pixels: Any, c: Any) -> Candidate:
+    """A solver CandidateResult's numbers with `pixels` (its image, or the pipeline's patch) as the wire image."""
+    return Candidate(ImageBlob.from_numpy(pixels), int(c.seed), float(c.downscale_mse), bool(c.eps_reached), int(c.steps))
 
 
 def _noop_delay(weights: str) -> float:
