@@ -20,6 +20,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable, Iterable
 
 from protocol.endpoint import APP
 
@@ -53,15 +54,17 @@ def protocol_source() -> Path:
     return Path(protocol.__file__).resolve().parent
 
 
-def copy_client(dest: Path) -> Path:
-    """Copy the `protocol` package to `dest/protocol` (replacing an older copy); returns that folder."""
-    dest = Path(dest)
-    target = dest / "protocol"
+def replace_tree(src: Path, target: Path, ignore: Callable[[str, list[str]], Iterable[str]] = _IGNORE) -> Path:
+    """Copy the folder `src` to `target` (parents created), replacing an older copy; caches left out."""
     if target.exists():
         shutil.rmtree(target)
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(protocol_source(), target, ignore=_IGNORE)
+    shutil.copytree(src, target, ignore=ignore)
     return target
+
+
+def copy_client(dest: Path) -> Path:
+    """Copy the `protocol` package to `dest/protocol` (replacing an older copy); returns that folder."""
+    return replace_tree(protocol_source(), Path(dest) / "protocol")
 
 
 def _python_tag(python_tag: str) -> tuple[str, str]:

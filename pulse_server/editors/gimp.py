@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import PulseError
 from .common import (PIP_SOCKET_TIMEOUT_S, VENDOR_DIR, check_python_version, copy_client, missing_system_deps,
-                     vendor_or_warn, xdg_base)
+                     replace_tree, vendor_or_warn, xdg_base)
 
 PLUGIN_NAME = "pulse-depixelate"
 GIMP_API = "3.0"
@@ -126,9 +126,7 @@ def install_plugin(dest: Path | None = None, *, target: str = "auto", python_ver
         version = check_python_version(python_version or bundled_python_version(target))
     folder = base / PLUGIN_NAME
     src = plugin_source()
-    if folder.exists():
-        shutil.rmtree(folder)
-    shutil.copytree(src, folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    replace_tree(src, folder)
     _make_executable(folder / f"{PLUGIN_NAME}.py")
     copy_client(folder)
     report = InstallReport(dest=folder, target=target)

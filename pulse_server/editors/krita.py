@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import PulseError
-from .common import check_python_version, copy_client, missing_system_deps, vendor_or_warn, xdg_base
+from .common import check_python_version, copy_client, missing_system_deps, replace_tree, vendor_or_warn, xdg_base
 
 NAME = "pulse_depixelate"
 FLATPAK_ID = "org.kde.krita"
@@ -186,9 +186,7 @@ def install(dest: Optional[Path] = None, *, python: Optional[PythonTarget] = Non
         python = dataclasses.replace(python, versions=tuple(check_python_version(v) for v in python.versions))
     pykrita.mkdir(parents=True, exist_ok=True)
     target = pykrita / NAME
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(src / NAME, target, ignore=_IGNORE)
+    replace_tree(src / NAME, target, ignore=_IGNORE)
     shutil.copy2(src / f"{NAME}.desktop", pykrita / f"{NAME}.desktop")
     # The action file (menu text, shortcut slot) belongs in <resources>/actions/ only: Krita reads it from there.
     actions = _actions_dir(pykrita) or target
