@@ -139,14 +139,14 @@ class JobQueue:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not self._closed:
-                for session, q in list(self._by_session.items()):
-                    if q:
-                        job = q.popleft()
-                        # Move this session to the back: the next take() serves someone else first.
-                        self._by_session.move_to_end(session)
-                        if not q:
-                            del self._by_session[session]
-                        return job
+                if self._by_session:  # holds only non-empty FIFOs: put/take/remove drop emptied ones
+                    session, q = next(iter(self._by_session.items()))
+                    job = q.popleft()
+                    # Move this session to the back: the next take() serves someone else first.
+                    self._by_session.move_to_end(session)
+                    if not q:
+                        del self._by_session[session]
+                    return job
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
