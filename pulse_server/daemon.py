@@ -504,7 +504,7 @@ class Daemon:
     def _drain_events(self) -> None:
         while self._events:
             kind, job, payload = self._events.popleft()
-            s = self.sessions.get(job.session)
+            s = self._session_of(job)
             if kind == "final":
                 self._finish(job, payload)
                 continue
@@ -520,6 +520,13 @@ class Daemon:
                     s.progress[job.job_id] = encode(payload, self.limits)
             elif kind == "preview" and s is not None:
                 s.previews[job.job_id] = encode(payload, self.limits)
+
+    def _session_of(self, job: Job) -> Session | None:
+        """The session that lists `job` as active, else None. A job cancelled by a dropped session may still
+        report (the worker stops at its next step) after the client came back and re-submitted the same
+        job id: those reports must not update, unlist, store or answer for the new job."""
+        s = self.sessions.get(job.session)
+        return s if s is not None and s.jobs.get(job.job_id) is job else None
 
     def _finish(self, job: Job, msg: Result | Failed, keep: bool = True) -> None:
         """A job ended (result, failure, cancel): store its final frames for FETCH and send them."""
@@ -538,9 +545,9 @@ class Daemon:
         job.final_frames = frames
         job.final_bytes = sum(memoryview(f).nbytes for f in frames)
         job.release_inputs()
-        s = self.sessions.get(job.session)
+        s = self._session_of(job)
         if s is not None:
-            s.jobs.pop(job.job_id, None)
+            s.jobs.pop(job.job_id)
             s.progress.pop(job.job_id, None)
             s.previews.pop(job.job_id, None)
             s.last_progress.pop(job.job_id, None)

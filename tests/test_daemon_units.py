@@ -12,7 +12,7 @@ import pytest
 
 from daemon_fixture import run_worker_until
 from protocol import endpoint as ep
-from protocol.messages import Failed, ImageBlob, Result
+from protocol.messages import Failed, ImageBlob, Progress, Result
 from pulse_server import paths
 from pulse_server.errors import PulseError
 from pulse_server.jobs import Job, JobParams, JobQueue, QueueFull
@@ -173,3 +173,29 @@ def test_out_of_memory_fails_one_job_and_the_worker_carries_on(tiny_weights):
     assert isinstance(finals["first"], Failed) and finals["first"].code == "OUT_OF_MEMORY" and finals["first"].retryable
     assert isinstance(finals["second"], Result) and len(finals["second"].candidates) == 1
     assert ("state", "first", "loading") not in events  # warm model: no reload
+
+
+def test_a_dropped_sessions_job_ending_late_does_not_speak_for_its_resubmitted_twin():
+    # The client went silent (heartbeats), the daemon dropped its session and cancelled the running job;
+    # the client came back with the same session id and re-sent SUBMIT before the worker noticed the cancel.
+    import time
+
+    from pulse_server.daemon import Daemon, DaemonConfig, Session
+
+    d = Daemon(DaemonConfig(endpoint="ipc:///nonexistent/pulse-test.sock", weights="noop:"))
+    params = JobParams.from_wire({"mode": "solve", "steps": 1})
+    old = Job("j", "sid", params, None, None, state="running")
+    s = d.sessions["sid"] = Session("sid", None, "test", time.monotonic(), jobs={"j": old})
+    d._drop_session(s, "client vanished (no heartbeat)")
+    assert old.cancel_event.is_set() and "sid" not in d.sessions
+
+    back = d.sessions["sid"] = Session("sid", None, "test", time.monotonic())
+    new = Job("j", "sid", params, None, None)
+    d.queue.put(new)
+    back.jobs["j"] = new
+    d._events.extend([("state", old, "running"), ("progress", old, Progress("j", 1, 1, {}, 0.0)),
+                      ("final", old, Failed("j", "CANCELLED", old.cancel_reason))])
+    d._drain_events()
+    assert back.jobs == {"j": new} and new.state == "queued" and not new.done
+    assert not back.outbox and not back.progress  # nothing reported to the client about the stale job
+    assert ("sid", "j") not in d.results  # and its CANCELLED is not what a FETCH or re-SUBMIT finds
