@@ -198,7 +198,8 @@ def _progress_bar(args: argparse.Namespace) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=args.steps * args.candidates, desc="solving", unit="step", file=sys.stderr, leave=False)
+    # The first PROGRESS event sets the real total (K candidates share each step in the batched mode).
+    return tqdm(total=args.steps, desc="solving", unit="step", file=sys.stderr, leave=False)
 
 
 def output_paths(out: Path, k: int) -> list[Path]:
