@@ -5,7 +5,10 @@ The solver (PULSE latent search) never looks inside a network: it asks a `FacePr
     for a DCGAN;
   * a random starting latent (`sample_latent`), drawn from the distribution the search assumes;
   * the per-layer noise inputs the network takes (`noise_shapes`), coarse to fine, `[]` if none;
-  * `render(latent, noises)`: images in [-1, 1], NCHW, `resolution`×`resolution`.
+  * `render(latent, noises)`: images in [-1, 1], NCHW, `resolution`×`resolution`;
+  * optionally, the network cut into stages for intermediate-layer refinement (ILO, Daras et al. 2021):
+    `render_to(latent, noises, k)` -> the features after stage k (a list of tensors), and
+    `render_from(features, k, latent, noises)` -> the image computed from them; `stages` of them (0: none).
 Everything is differentiable w.r.t. `latent` and the noise tensors; weights are frozen (eval, no grad).
 """
 
@@ -46,6 +49,23 @@ class FacePrior(nn.Module):
 
     def render(self, latent: Tensor, noises: list[Tensor] | None = None) -> Tensor:
         """latent (N, rows, dim) in search space [+ noises (N|1, 1, H, W)] -> images (N, 3, R, R) in [-1, 1]."""
+        raise NotImplementedError
+
+    @property
+    def stages(self) -> int:
+        """How many stages `render_to`/`render_from` can cut the network after (coarse to fine); 0 = none."""
+        return 0
+
+    def stage_resolution(self, stage: int) -> int:
+        """Spatial side of the features after `stage`."""
+        raise NotImplementedError
+
+    def render_to(self, latent: Tensor, noises: list[Tensor] | None, stage: int) -> list[Tensor]:
+        """The features after `stage` (0-based): tensors (N, C, h, h); `render_from` continues from them."""
+        raise NotImplementedError
+
+    def render_from(self, features: list[Tensor], stage: int, latent: Tensor, noises: list[Tensor] | None = None) -> Tensor:
+        """Images (N, 3, R, R) in [-1, 1] from the features after `stage` (later stages may read the latent)."""
         raise NotImplementedError
 
     @property

@@ -61,3 +61,18 @@ class DCGANPrior(FacePrior):
 
     def render(self, latent: Tensor, noises: list[Tensor] | None = None) -> Tensor:
         return self.generator(latent.reshape(latent.shape[0], self.latent_dim))
+
+    # Stages = the generator's blocks but the last (the cut after the last block would be the image itself).
+    @property
+    def stages(self) -> int:
+        return len(self.generator.generator_deconv) - 1
+
+    def stage_resolution(self, stage: int) -> int:
+        return 4 * 2 ** max(0, stage - 1)  # blocks 0, 1 at 4×4, then doubling
+
+    def render_to(self, latent: Tensor, noises: list[Tensor] | None, stage: int) -> list[Tensor]:
+        x = latent.reshape(latent.shape[0], self.latent_dim, 1, 1)
+        return [self.generator.generator_deconv[: stage + 1](x)]
+
+    def render_from(self, features: list[Tensor], stage: int, latent: Tensor, noises: list[Tensor] | None = None) -> Tensor:
+        return self.generator.generator_deconv[stage + 1 :](features[0])

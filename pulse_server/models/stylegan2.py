@@ -290,18 +290,32 @@ class Generator(nn.Module):
 
         -> image (B, 3, size, size), roughly in [-1, 1].
         """
+        return self.synthesis_from(self.synthesis_to(wplus, noises, 0, fused), 0, wplus, noises, fused)[1]
+
+    def synthesis_to(self, wplus: Tensor, noises: Sequence[Tensor | None] | None, stage: int,
+                     fused: bool = True) -> list[Tensor]:
+        """-> [features (B, C, h, h), rgb skip (B, 3, h, h)] after `stage` (0: the 4×4 block, k: 4·2^k)."""
         if noises is None:
             noises = self.fixed_noises()
         b = wplus.shape[0]
         out = self.conv1(self.input(b).to(wplus.dtype), wplus[:, 0], noises[0], fused)  # (B, C4, 4, 4)
         skip = self.to_rgb1(out, wplus[:, 1], fused=fused)  # (B, 3, 4, 4)
-        i = 1
-        for up, conv, n1, n2, to_rgb in zip(self.convs[::2], self.convs[1::2], noises[1::2], noises[2::2], self.to_rgbs):
-            out = up(out, wplus[:, i], n1, fused)  # (B, C, 2H, 2W)
-            out = conv(out, wplus[:, i + 1], n2, fused)
-            skip = to_rgb(out, wplus[:, i + 2], skip, fused)
-            i += 2
-        return skip
+        return self.synthesis_from([out, skip], 0, wplus, noises, fused, until=stage)
+
+    def synthesis_from(self, state: list[Tensor], stage: int, wplus: Tensor,
+                       noises: Sequence[Tensor | None] | None = None, fused: bool = True,
+                       until: int | None = None) -> list[Tensor]:
+        """Continue [features, skip] after `stage` up to stage `until` (None: the last; skip = the image)."""
+        if noises is None:
+            noises = self.fixed_noises()
+        out, skip = state
+        last = len(self.to_rgbs) if until is None else until
+        for k in range(stage, last):  # up-block k takes the resolution from 4·2^k to 4·2^(k+1)
+            i = 1 + 2 * k
+            out = self.convs[2 * k](out, wplus[:, i], noises[i], fused)  # (B, C, 2H, 2W)
+            out = self.convs[2 * k + 1](out, wplus[:, i + 1], noises[i + 1], fused)
+            skip = self.to_rgbs[k](out, wplus[:, i + 2], skip, fused)
+        return [out, skip]
 
     def forward(self, z: Tensor, noises: Sequence[Tensor | None] | None = None, truncation: float = 1.0,
                 w_avg: Tensor | None = None) -> Tensor:
@@ -367,3 +381,17 @@ class StyleGAN2Prior(FacePrior):
 
     def render(self, latent: Tensor, noises: list[Tensor] | None = None) -> Tensor:
         return self.generator.synthesis(self.to_wplus(latent), noises, fused=self.fused)
+
+    # Stage k ends at 4·2^k px with [features, rgb skip]; the last up-block's output is the image itself.
+    @property
+    def stages(self) -> int:
+        return len(self.generator.to_rgbs)
+
+    def stage_resolution(self, stage: int) -> int:
+        return 4 * 2**stage
+
+    def render_to(self, latent: Tensor, noises: list[Tensor] | None, stage: int) -> list[Tensor]:
+        return self.generator.synthesis_to(self.to_wplus(latent), noises, stage, fused=self.fused)
+
+    def render_from(self, features: list[Tensor], stage: int, latent: Tensor, noises: list[Tensor] | None = None) -> Tensor:
+        return self.generator.synthesis_from(features, stage, self.to_wplus(latent), noises, fused=self.fused)[1]
