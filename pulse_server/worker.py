@@ -1,7 +1,7 @@
 """One worker thread per device: loads the face prior once, then runs jobs one at a time.
 
 The worker never touches the socket: it reports through `emit(kind, job, payload)` (thread-safe, wakes
-the daemon loop). Per job it calls the pipeline (`mode="depixelate"`) or the solver (`mode="solve"`)
+the daemon loop). Per job it calls the runner (`runner.depixelate` or `runner.solve`, as the CLIs do)
 with `cancel=job.cancel_event.is_set`, so a cancel lands within one solver step. A failing job (bad
 region, GPU out of memory, a bug) becomes one FAILED; the worker and the warm model carry on.
 
@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from protocol.messages import Candidate, Failed, ImageBlob, JpegBlob, Preview, Progress, Result
 
+from . import runner
 from .errors import Cancelled, PulseError
 from .jobs import Job, JobQueue
 
@@ -181,25 +182,22 @@ class Worker(threading.Thread):
             raise Cancelled(job.cancel_reason)
         region = np.array(image.to_numpy())  # own, writable copy: the frame is read-only
         if params.mode == "solve":
-            from .solver import SolveConfig, solve
+            from .solver import SolveConfig
 
             lowres = _to_rgb_float(region)
             config = SolveConfig(candidates=params.candidates, steps=params.steps, eps=params.eps, seed=params.seed,
                                  precision=self._precision(job), preview_every=_preview_every(job))
-            res = solve(self.prior, lowres, config, progress=progress, cancel=cancel)
+            res = runner.solve(self.prior, lowres, config, progress=progress, cancel=cancel)
             cands = [_candidate(np.asarray(c.image, dtype=np.float32), c) for c in res.candidates]
             return Result(job.job_id, cands, self.info.name, {"factor": int(res.factor), "resolution": int(res.resolution)})
-        from .pipeline import DepixParams, depixelate
+        from .pipeline import DepixParams
 
         mask = None if mask_blob is None else np.array(mask_blob.to_numpy()[:, :, 0])
         dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=params.seed, block=params.block,
                          eps=params.eps, precision=self._precision(job), preview_every=_preview_every(job))
-        res = depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name)
+        res = runner.depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name)
         cands = [_candidate(patch, c) for patch, c in zip(res.patches, res.candidates)]
-        m = res.mosaic
-        analysis = {"block": int(m.block), "phase": [int(v) for v in m.phase], "rect": [int(v) for v in m.rect],
-                    "confidence": float(m.confidence), "detected": bool(m.detected)}
-        return Result(job.job_id, cands, str(res.model), analysis)
+        return Result(job.job_id, cands, str(res.model), depixelate_analysis(res))
 
     def _noop(self, job: Job) -> Result:
         """Echo the region back: measures transport, queueing and cancellation without a model."""
@@ -216,6 +214,15 @@ class Worker(threading.Thread):
             raise Cancelled(job.cancel_reason)
         cands = [Candidate(image, i, 0.0, True, total) for i in range(job.params.candidates)]
         return Result(job.job_id, cands, "noop", {})
+
+
+def depixelate_analysis(res: Any) -> dict[str, Any]:
+    """RESULT's `analysis` of a depixelate job: the mosaic found, the search method and each candidate's
+    placement θ (log-scale, angle in radians, shift as fractions of the base frame), best first."""
+    m = res.mosaic
+    return {"block": int(m.block), "phase": [int(v) for v in m.phase], "rect": [int(v) for v in m.rect],
+            "confidence": float(m.confidence), "detected": bool(m.detected), "method": str(res.method),
+            "theta": [[round(float(v), 5) for v in c.theta] for c in res.candidates]}
 
 
 def _candidate(pixels: Any, c: Any) -> Candidate:

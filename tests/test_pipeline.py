@@ -1,7 +1,8 @@
-"""depixelate() end to end on a tiny real StyleGAN2 checkpoint: the invariants the plug-ins rely on.
+"""runner.depixelate() end to end on a tiny real StyleGAN2 checkpoint: the invariants the plug-ins rely on.
 
 For every returned patch:
-  * re-pixelating it on the detected grid gives back the input mosaic (mean abs error per channel <= 2 / 255),
+  * re-pixelating it on the detected grid gives back the input mosaic (mean abs error per channel <= 1 / 255),
+  * the grid does not show through: intensity steps across cell edges are not much larger than inside cells,
   * it carries real detail inside the cells (edge energy well above the mosaic's own),
   * pixels outside the selection (mask 0, or outside the mosaic) are bit-identical to the input,
   * shape, dtype and alpha are those of the input.
@@ -14,8 +15,8 @@ import pytest
 from PIL import Image
 
 from pulse_server.errors import PipelineError
-from pulse_server.pipeline import DepixParams, block_means, depixelate, pixelate
-from pulse_server.pipeline.framing import FrameHints, center_frame, lowres_sides
+from pulse_server.pipeline import DepixParams, block_means, pixelate
+from pulse_server.runner import depixelate
 
 STEPS = 2  # the invariants hold for any face the solver returns: keep the sweep fast
 
@@ -70,6 +71,17 @@ def inner_energy(img: np.ndarray, block: int, offset: tuple[int, int] = (0, 0)) 
     return float(0.5 * (dx[:, keep_x].mean() + dy[keep_y].mean()))
 
 
+def blockiness(img: np.ndarray, block: int, offset: tuple[int, int]) -> float:
+    """Mean |neighbour difference| across cell edges ÷ inside cells: ≈ 1 for a photo, large for a mosaic."""
+    f = to255(img)
+    dx, dy = np.abs(np.diff(f, axis=1)), np.abs(np.diff(f, axis=0))
+    on_x = ((np.arange(1, f.shape[1]) - offset[0]) % block) == 0
+    on_y = ((np.arange(1, f.shape[0]) - offset[1]) % block) == 0
+    edge = np.concatenate([dx[:, on_x].ravel(), dy[on_y].ravel()]).mean()
+    inside = np.concatenate([dx[:, ~on_x].ravel(), dy[~on_y].ravel()]).mean()
+    return float(edge / max(inside, 1e-9))
+
+
 def check(region: np.ndarray, mask: np.ndarray | None, res, rect: tuple[int, int, int, int], block: int,
           phase: tuple[int, int]) -> None:
     info = res.mosaic
@@ -91,9 +103,12 @@ def check(region: np.ndarray, mask: np.ndarray | None, res, rect: tuple[int, int
         sub = patch[y : y + h, x : x + w, :colour]
         out_cells = block_means(to255(patch[..., :colour]), block, rect, origin=phase)
         err = np.abs(out_cells - in_cells).mean(axis=(0, 1))
-        assert (err <= 2.0).all(), f"re-pixelated patch differs from the mosaic by {err} per channel"
+        assert (err <= 1.0).all(), f"re-pixelated patch differs from the mosaic by {err} per channel"
         detail, flat = inner_energy(sub, block, off), inner_energy(region[y : y + h, x : x + w, :colour], block, off)
         assert detail > 3 * flat + 0.5, f"no detail: inner edge energy {detail:.2f} vs mosaic {flat:.2f}"
+        ratio = blockiness(sub, block, off)  # a photo: 0.97-1.06; the mosaic itself: >> 2
+        if mask is None:  # unselected pixels keep the mosaic, steps and all
+            assert ratio <= 1.3, f"the grid shows through: steps across cell edges / inside cells = {ratio:.2f}"
     errs = [c.downscale_mse for c in res.candidates]
     assert errs == sorted(errs)
 
@@ -194,49 +209,6 @@ def test_bad_regions(prior, region, mask, message) -> None:
 def test_forced_block_too_big(prior) -> None:
     with pytest.raises(PipelineError, match="block size 40"):
         depixelate(prior, np.zeros((60, 60, 3), np.uint8), None, DepixParams(candidates=1, steps=1, block=40))
-
-
-# ------------------------------------------------------------------------------------------------ framing
-
-
-@pytest.mark.parametrize("resolution", [32, 64, 256, 1024])
-@pytest.mark.parametrize("grid", [(4, 4), (10, 7), (5, 13), (25, 25), (40, 12)])
-def test_frame_sizes(resolution: int, grid: tuple[int, int]) -> None:
-    nx, ny = grid
-    samples = np.random.default_rng(0).random((ny, nx, 3)).astype(np.float32)
-    for touches in [(False,) * 4, (True, False, False, False), (False, True, True, False)]:
-        f = center_frame(samples, resolution, FrameHints(touches=touches, margin=0.1))
-        assert resolution % f.lowres == 0 and f.lowres in lowres_sides(resolution)
-        assert f.side >= max(nx, ny) and 0 <= f.pad[0] <= f.side - nx and 0 <= f.pad[1] <= f.side - ny
-        low = f.to_lowres(samples)
-        assert low.shape == (f.lowres, f.lowres, 3) and np.isfinite(low).all()
-        if touches[0] and not touches[2]:
-            assert f.pad[0] == f.side - nx  # the face continues beyond the left border: padding goes there
-        if touches[2] and not touches[0]:
-            assert f.pad[0] == 0
-
-
-def test_frame_round_trip_is_exact() -> None:
-    """A generator image that is exactly the framed grid, upsampled, comes back as the mosaic's cells."""
-    rng = np.random.default_rng(1)
-    samples = rng.random((6, 8, 3)).astype(np.float32)
-    f = center_frame(samples, 32, FrameHints(touches=(False, True, False, False), margin=0.0))
-    assert (f.side, f.lowres, f.pad) == (8, 8, (0, 2))  # padding on top: the mosaic touches the top border
-    low = f.to_lowres(samples)
-    assert np.allclose(low[2:, :], samples)  # one sample per cell, no resampling
-    assert np.allclose(low[:2], samples[1::-1])  # reflection above
-    gen = np.repeat(np.repeat(low, f.factor, 0), f.factor, 1)
-    back = f.from_generator(gen, 8 * 9, 6 * 9)  # blocks of 9 px
-    cells = back.reshape(6, 9, 8, 9, 3).mean(axis=(1, 3))
-    assert np.abs(cells - samples).max() < 0.06  # bicubic overshoot at the cell edges only
-    # geometry: a ramp in generator x comes back as the same ramp over the mosaic's pixels
-    R = 32
-    ramp = np.repeat((np.arange(R, dtype=np.float32) / R)[None, :, None], R, 0).repeat(3, 2)
-    back = f.from_generator(ramp, 72, 54)
-    x0, _, x1, _ = f.mosaic_box()
-    px = np.arange(72)
-    want = (x0 + (px + 0.5) * (x1 - x0) / 72 - 0.5) / R
-    assert np.abs(back[27, 8:-8, 0] - want[8:-8]).max() < 1e-3
 
 
 def test_progress_and_cancel(prior) -> None:

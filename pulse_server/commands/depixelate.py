@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -108,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
             "confidence": analysis["confidence"],
             "detected": analysis["detected"],
         },
-        "candidates": [dict(c, file=str(p)) for c, p in zip(cands, outputs)],
+        "method": analysis.get("method", ""),
+        "candidates": [dict(c, file=str(p), **_placement(analysis, i)) for i, (c, p) in enumerate(zip(cands, outputs))],
         "note": "imagined faces consistent with the mosaic, not the identity of the person",
     }
     if args.report is not None:
@@ -122,11 +124,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _placement(analysis: dict, i: int) -> dict:
+    """Candidate i's placement θ as found by the search, raw and in words (scale, degrees, shift)."""
+    thetas = analysis.get("theta") or []
+    if i >= len(thetas):
+        return {}
+    log_scale, angle, tx, ty = (float(v) for v in thetas[i])
+    return {"theta": [log_scale, angle, tx, ty],
+            "placement": {"scale": round(math.exp(log_scale), 4), "rotation_deg": round(math.degrees(angle), 2),
+                          "shift": [round(tx, 4), round(ty, 4)]}}  # shift: fractions of the face frame's side
+
+
 def _in_process(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, list[dict], dict, str]:
     import torch
 
     from ..models.loading import load_prior
-    from ..pipeline import DepixParams, depixelate
+    from ..pipeline import DepixParams
+    from ..runner import depixelate
+    from ..worker import depixelate_analysis
 
     device = args.device
     if device == "auto":
@@ -145,7 +160,7 @@ def _in_process(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     res = depixelate(prior, region, None, params, progress=progress, model=info.name)
     cands = [{"seed": int(c.seed), "downscale_error": float(c.downscale_mse), "eps_reached": bool(c.eps_reached),
               "steps": int(c.steps)} for c in res.candidates]
-    return res.patches, cands, res.mosaic.as_dict(), info.name
+    return res.patches, cands, depixelate_analysis(res), info.name
 
 
 def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, list[dict], dict, str]:
@@ -183,7 +198,8 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     a = dict(res.analysis)
     analysis = {"block": int(a.get("block", 1)), "phase": [int(v) for v in a.get("phase", (0, 0))],
                 "rect": [int(v) for v in a.get("rect", (0, 0, region.shape[1], region.shape[0]))],
-                "confidence": float(a.get("confidence", 0.0)), "detected": bool(a.get("detected", False))}
+                "confidence": float(a.get("confidence", 0.0)), "detected": bool(a.get("detected", False)),
+                "method": str(a.get("method", "")), "theta": [list(t) for t in a.get("theta", [])]}
     return patches, cands, analysis, res.model
 
 

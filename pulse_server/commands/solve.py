@@ -169,7 +169,8 @@ class _Bar:
 
 def _solve_here(args: argparse.Namespace, lowres: Any) -> tuple[list[dict], dict]:
     from ..models.loading import load_prior
-    from ..solver import SolveConfig, solve
+    from ..runner import solve
+    from ..solver import SolveConfig
 
     prior, info = load_prior(args.weights, _device(args.device))
     cfg = SolveConfig(candidates=args.candidates, steps=args.steps, eps=args.eps, seed=args.seed,

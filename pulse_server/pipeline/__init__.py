@@ -1,13 +1,14 @@
-"""Selection → face → patch: mosaic analysis, framing for the generator, solve, blend back (see pipeline.py).
+"""Selection → observation → patch: mosaic analysis and the cells the solver fits (`prepare`), placing,
+correcting and blending the faces it finds (`finish`); see pipeline.py. `runner.depixelate` joins them.
 
-Importing this package does not import torch; `depixelate` imports the solver when it runs.
+Importing this package does not import torch; `finish` imports it when it runs.
 """
 
-from .framing import Frame, FrameFn, FrameHints, center_frame
 from .mosaic import MosaicInfo, block_means, detect_grid, pixelate
-from .pipeline import MAX_SIDE, DepixParams, DepixResult, analyze_mosaic, depixelate
+from .observation import Observation
+from .pipeline import MAX_SIDE, DepixParams, DepixResult, Prepared, analyze_mosaic, finish, prepare
 
 __all__ = [
-    "depixelate", "DepixParams", "DepixResult", "MosaicInfo", "analyze_mosaic", "detect_grid", "pixelate",
-    "block_means", "Frame", "FrameFn", "FrameHints", "center_frame", "MAX_SIDE",
+    "prepare", "finish", "DepixParams", "DepixResult", "Prepared", "Observation", "MosaicInfo", "analyze_mosaic",
+    "detect_grid", "pixelate", "block_means", "MAX_SIDE",
 ]

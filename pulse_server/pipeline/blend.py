@@ -1,10 +1,11 @@
-"""Putting a generated face back: colour/tone match, feathered composite, block consistency.
+"""Putting a placed face back: feathered composite and a smooth correction to the cell means.
 
 All functions work on float32 RGB in [0, 1] over the mosaic rectangle; its cells are described by a
 `CellGrid` (the outermost rows/columns may be partial cells, cut by the mosaic's edge). The composite is
-    out = input + a * (face - input)        a = selection weight × feather ramp, in [0, 1]
-and the face is shifted per cell so that every cell of `out` averages to the input cell's colour
-(re-pixelating the result gives back the mosaic; the photo's white balance cannot drift).
+    out = smooth + a * (face - smooth)      a = selection weight × feather ramp, in (0, 1]
+    out = input                             where a = 0 (bit for bit)
+with `smooth` the mosaic's cell means interpolated between cell centres, and the face gets a smooth correction so that every cell of `out` averages to the input cell's colour
+(re-pixelating the result gives back the mosaic) with no step at any cell edge.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class CellGrid:
     """The mosaic's cells over its rectangle: grid lines every `block` px from `origin` (rect coordinates,
     -block < origin <= 0), so the first/last row/column may be partial cells cut by the mosaic's edge.
 
-    The index maps (`row`, `col`, `labels`) are computed once per grid: `enforce_cells` calls `sums` and
+    The index maps (`row`, `col`, `labels`) are computed once per grid: `correct_cells` calls `sums` and
     `spread` dozens of times on one grid."""
 
     height: int
@@ -79,25 +80,6 @@ class CellGrid:
         return per_cell[self.row[:, None], self.col[None, :]]
 
 
-def match_colour(face: np.ndarray, target_cells: np.ndarray, grid: CellGrid) -> np.ndarray:
-    """Per-channel gain and offset that make the face's cell means fit the target cell colours (least squares).
-
-    This keeps the photo's white balance and tone: a generator with a colour cast or a different contrast
-    is mapped onto the input's statistics before the per-cell correction adds only small offsets.
-    """
-    fc = grid.means(face).reshape(-1, 3)
-    tc = target_cells.reshape(-1, 3).astype(np.float64)
-    out = np.empty_like(face)
-    for c in range(3):
-        x, y = fc[:, c], tc[:, c]
-        vx = float(((x - x.mean()) ** 2).mean())
-        gain = float(((x - x.mean()) * (y - y.mean())).mean() / vx) if vx > 1e-8 else 1.0
-        gain = float(np.clip(gain, 0.25, 4.0))  # a flat or inverted fit would erase or negate the detail
-        off = float(y.mean() - gain * x.mean())
-        out[..., c] = face[..., c] * gain + off
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
 def feather_ramp(height: int, width: int, width_px: float, open_sides: tuple[bool, bool, bool, bool]) -> np.ndarray:
     """(H, W) weight: 0 → 1 over `width_px` pixels inward from each side in `open_sides` (left, top, right,
     bottom), 1 elsewhere. Sides on the region's border are not feathered: there is nothing to blend into."""
@@ -119,47 +101,59 @@ def feather_ramp(height: int, width: int, width_px: float, open_sides: tuple[boo
     return (t * t * (3 - 2 * t)).astype(np.float32)  # smoothstep: no visible kink where the ramp ends
 
 
-def enforce_cells(face: np.ndarray, base: np.ndarray, weight: np.ndarray, grid: CellGrid, iterations: int = 4,
-                  smooth_iterations: int = 10) -> np.ndarray:
-    """Shift the face per cell so that every cell of base + weight·(face − base) has base's cell mean.
+def correct_cells(face: np.ndarray, base: np.ndarray, under: np.ndarray, weight: np.ndarray, grid: CellGrid,
+                  rounds: int = 40, tolerance: float = 0.1 / 255) -> np.ndarray:
+    """A smooth correction of the face so that every cell of `composite(base, under, face, weight)` has
+    base's cell mean (re-pixelating the patch gives back the mosaic).
 
-    First a few rounds of smooth back-projection (the per-cell error, interpolated bilinearly over the pixels,
-    is subtracted: no visible steps at cell borders), then exact constant-per-cell steps for what is left.
-    Cells with no weight are left alone. Clipping to [0, 1] can leave a residual after one pass (a bright
-    cell whose face pixels saturate); the loop spreads it over the pixels that still have room.
+    Each round measures each cell's error per unit of weight and subtracts it, interpolated bilinearly
+    between cell centres: a correction with no steps at cell edges (a per-cell constant would draw the grid
+    again). A round leaves at most three quarters of the error (a checkerboard of cell errors; smooth errors
+    vanish at once); clipping to [0, 1] leaves more in cells whose face pixels saturate, which later rounds
+    push into the pixels that still have room. Stops when every cell is within `tolerance`.
+    Cells with no weight are left alone.
     """
-    w = np.broadcast_to(weight[..., None], face.shape).astype(np.float64)
-    b = base.astype(np.float64)
-    f = _smooth_backproject(face, b, w, grid, smooth_iterations).astype(np.float64)
-    for _ in range(iterations):
-        resid = grid.spread(grid.sums(w * (f - b)))  # Σ w·(f − b) of each pixel's cell, per channel
-        if np.abs(resid).max() < 1e-7:
-            break
-        # adding c to the pixels M of a cell changes the sum by c·Σ_M w; M = pixels that can still move that way
-        movable = np.where(resid < 0, f < 1.0, f > 0.0) & (w > 0)
-        wm = grid.spread(grid.sums(w * movable))
-        c = np.where(wm > 1e-12, -resid / np.maximum(wm, 1e-12), 0.0)
-        f = np.clip(f + c * movable, 0.0, 1.0)
-    return f.astype(np.float32)
-
-
-def _smooth_backproject(face: np.ndarray, base: np.ndarray, w: np.ndarray, grid: CellGrid, rounds: int) -> np.ndarray:
     ny, nx = grid.shape
-    if rounds <= 0 or ny < 2 or nx < 2:
-        return face
-    wsum = grid.sums(w)
+    w = np.broadcast_to(weight[..., None], face.shape).astype(np.float64)
     f = face.astype(np.float64)
+    target = grid.sums(base)
+    wsum = grid.sums(w)
     # the cell-error map lives on the cell grid; its pixel footprint, partial cells included, is this box
     l, t, r, btm = grid.trim
     box = (l, t, nx - r, ny - btm)
     for _ in range(rounds):
-        resid = np.where(wsum > 1e-9, grid.sums(w * (f - base)) / np.maximum(wsum, 1e-9), 0.0)  # mean error
-        corr = np.stack([np.asarray(Image.fromarray(resid[..., c].astype(np.float32)).resize(
-            (grid.width, grid.height), Image.Resampling.BILINEAR, box=box)) for c in range(resid.shape[2])], axis=2)
+        out = composite(base, under, f, weight)
+        resid = np.where(wsum > 1e-9, (grid.sums(out) - target) / np.maximum(wsum, 1e-9), 0.0)
+        if np.abs(resid).max() < tolerance:
+            break
+        corr = np.stack([_interpolate(resid[..., c], grid.width, grid.height, box) for c in range(resid.shape[2])],
+                        axis=2)
         f = np.clip(f - corr, 0.0, 1.0)
     return f.astype(np.float32)
 
 
-def composite(base: np.ndarray, face: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """base + weight·(face − base), float32."""
-    return (base + weight[..., None] * (face - base)).astype(np.float32)
+def smooth_cells(img: np.ndarray, grid: CellGrid) -> np.ndarray:
+    """(H, W, C) -> a smooth image with the same cell means: the mosaic without its grid, what the face is
+    feathered into (blending into the mosaic itself would draw its steps at the rim). Its cells already
+    average right, so a face that fades into it at a thin partial edge cell needs no correction there."""
+    ny, nx = grid.shape
+    l, t, r, btm = grid.trim
+    means = grid.means(img)
+    start = np.stack([_interpolate(means[..., c], grid.width, grid.height, (l, t, nx - r, ny - btm))
+                      for c in range(img.shape[2])], axis=2).astype(np.float32)
+    ones = np.ones(img.shape[:2], np.float32)
+    return correct_cells(start, img, start, ones, grid)
+
+
+def _interpolate(cells: np.ndarray, width: int, height: int, box: tuple[float, float, float, float]) -> np.ndarray:
+    """(ny, nx) per-cell values -> (height, width), bilinear between cell centres (PIL; constant beyond them)."""
+    if cells.shape[0] < 2 and cells.shape[1] < 2:
+        return np.full((height, width), float(cells.reshape(-1)[0]))
+    img = Image.fromarray(cells.astype(np.float32))
+    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR, box=box), dtype=np.float64)
+
+
+def composite(base: np.ndarray, under: np.ndarray, face: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """under + weight·(face − under) where weight > 0; base (bit for bit) where it is 0. float32."""
+    w = weight[..., None]
+    return np.where(w > 0, under + w * (face - under), base).astype(np.float32)

@@ -1,29 +1,31 @@
-"""`depixelate`: an editor region (+ selection mask) in, K finished patches of the same shape and format out.
+"""Editor region in, finished patches out: the two ends of a depixelate job, around the solver.
 
-    region ──formats.to_working──▶ float RGB ──mosaic.detect_grid──▶ MosaicInfo
-           ──cell means──▶ samples ──framing──▶ solver input (s × s) ──solver.solve──▶ K faces (R × R)
-           ──Frame.from_generator──▶ rect-sized faces ──blend (colour, feather, cells)──▶ formats.from_working
+    prepare:  region ──formats.to_working──▶ float RGB ──mosaic.detect_grid──▶ MosaicInfo
+                     ──cell means, grid geometry, mask weights──▶ Observation (what the solver fits)
+    (runner:  solver.solve_mosaic(prior, observation) ──▶ K faces, each with its placement θ and colour fit)
+    finish:   face ──placed by θ over the mosaic's pixels──▶ ──smooth correction to the cell means──▶
+              ──feathered composite──▶ formats.from_working ──▶ a patch of the region's shape and format
 Pixels with mask 0 and pixels outside the mosaic rectangle come back bit-identical; alpha is never touched.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..errors import PipelineError
 from . import blend
 from .formats import PixelFormat, check_region, from_working, to_working
-from .framing import Frame, FrameFn, FrameHints, center_frame
 from .mosaic import MAX_BLOCK, MosaicInfo, detect_grid, no_mosaic
+from .observation import Observation
+
+if TYPE_CHECKING:  # torch stays out of pure analysis imports
+    from ..solver.mosaic_search import MosaicSolveResult
 
 MAX_SIDE = 4096  # pixels per region side: a face selection; bigger is a mistake (or a job for another tool)
 MIN_SIDE = 4  # a region smaller than this holds no face
-# How much of the generator frame is not face, per side, as a fraction of the mosaic's side. FFHQ-aligned
-# StyleGAN2 faces fill about 60 % of the frame; the CelebA-crop DCGAN's fill nearly all of it.
-FAMILY_MARGIN = {"stylegan2": 0.15, "dcgan": 0.0}
 
 
 @dataclass
@@ -34,34 +36,83 @@ class DepixParams:
     block: int | None = None  # None / 0: detect
     eps: float = 2e-3
     precision: str = "default"
+    method: str = "ilo"  # the search: "pulse" (latent + placement) or "ilo" (+ intermediate features)
     # Beyond the contract:
-    margin: float | None = None  # face margin in the generator frame, fraction of the grid side; None: by family
+    margin: float | None = None  # face margin in the generator frame at the search's start; None: by family
     feather: float | None = None  # feather width in pixels; None = a third of a block (at least 1 px)
     preview_every: int = 0  # solver steps between progress previews (the generator frame); 0 = none
 
 
 @dataclass
+class Prepared:
+    """Everything `finish` needs from `prepare`, and the observation the solver fits."""
+
+    region: np.ndarray
+    fmt: PixelFormat
+    rgb: np.ndarray  # (H, W, 3) float32 working copy of the region
+    mosaic: MosaicInfo
+    grid: "blend.CellGrid"
+    observation: Observation
+    weight: np.ndarray  # (rh, rw) blend weight over the mosaic rectangle: selection × feather
+
+
+@dataclass
 class DepixResult:
     patches: list[np.ndarray]  # same shape & dtype as the region, best first
-    candidates: list  # list[solver.CandidateResult], same order
+    candidates: list  # list[solver.MosaicCandidate], same order
     mosaic: MosaicInfo
     model: str
-    frame: Frame | None = field(default=None, repr=False)
+    method: str = "ilo"
+    stage: int | None = field(default=None)
 
 
 def analyze_mosaic(region: np.ndarray, mask: np.ndarray | None = None, block: int | None = None) -> MosaicInfo:
-    """Mosaic analysis of an editor region in any supported format (see `depixelate` for the arguments)."""
-    return _prepare(region, mask, block)[3]
+    """Mosaic analysis of an editor region in any supported format (see `prepare` for the arguments)."""
+    return _analysis(_checked(region, mask)[2], block)
 
 
-def _prepare(region: np.ndarray, mask: np.ndarray | None, block: int | None
-             ) -> tuple[PixelFormat, np.ndarray | None, np.ndarray, MosaicInfo]:
-    """Checks shared by analysis and depixelation -> (format, mask, working RGB, mosaic analysis)."""
+def _checked(region: np.ndarray, mask: np.ndarray | None) -> tuple[PixelFormat, np.ndarray | None, np.ndarray]:
+    """The checks every entry point makes -> (format, mask, working RGB)."""
     fmt = check_region(region)
     _check_size(region)
     mask = _check_mask(mask, region.shape[:2])
     rgb, _alpha = to_working(region, fmt)
-    return fmt, mask, rgb, _analysis(rgb, block)
+    return fmt, mask, rgb
+
+
+def prepare(region: np.ndarray, mask: np.ndarray | None, params: DepixParams) -> Prepared:
+    """Check the region, find its mosaic and describe it for the solver. Raises PipelineError for bad input."""
+    fmt, mask, rgb = _checked(region, mask)
+    info = _analysis(rgb, params.block)
+    h, w = rgb.shape[:2]
+    x, y, rw, rh = info.rect
+    b = info.block
+    if rw < 2 * b or rh < 2 * b:
+        raise PipelineError(f"the mosaic ({rw}×{rh} px in blocks of {b}) has fewer than 2×2 blocks", code="BAD_REGION")
+    grid = blend.CellGrid.of(info.rect, b, info.phase)
+    base = rgb[y : y + rh, x : x + rw]
+    sel = np.ones((rh, rw), np.float32) if mask is None else mask[y : y + rh, x : x + rw].astype(np.float32) / 255.0
+    touches = _touches(info.rect, w, h)
+    obs = Observation(cells=grid.means(base).astype(np.float32), weight=grid.means(sel[..., None])[..., 0].astype(np.float32),
+                      width=rw, height=rh, block=b, origin=grid.origin, touches=touches)
+    if not obs.weight.any():
+        raise PipelineError("the selection leaves out every cell of the mosaic", code="BAD_REGION")
+    return Prepared(region, fmt, rgb, info, grid, obs, _weight(info, sel, params, touches))
+
+
+def finish(prep: Prepared, solved: "MosaicSolveResult") -> list[np.ndarray]:
+    """Each candidate placed by its θ and colour fit, corrected to the cell means, blended: patches, best first."""
+    import torch
+
+    op = solved.operator
+    images = torch.stack([torch.from_numpy(c.image).permute(2, 0, 1) for c in solved.candidates]).to(op.device)
+    theta = torch.tensor([c.theta for c in solved.candidates], dtype=torch.float32, device=op.device)
+    placed = op.place(images, theta).permute(0, 2, 3, 1).cpu().numpy()  # (K, rh, rw, 3)
+    return [_patch(prep, _coloured(face, c.gain, c.offset)) for face, c in zip(placed, solved.candidates)]
+
+
+def _coloured(face: np.ndarray, gain: tuple[float, ...], offset: tuple[float, ...]) -> np.ndarray:
+    return np.clip(face * np.asarray(gain, np.float32) + np.asarray(offset, np.float32), 0.0, 1.0).astype(np.float32)
 
 
 def _analysis(rgb: np.ndarray, block: int | None) -> MosaicInfo:
@@ -111,63 +162,27 @@ def _touches(rect: tuple[int, int, int, int], w: int, h: int) -> tuple[bool, boo
     return (x == 0, y == 0, x + rw >= w, y + rh >= h)
 
 
-def depixelate(prior, region: np.ndarray, mask: np.ndarray | None, params: DepixParams | None = None,
-               progress: Callable | None = None, cancel: Callable[[], bool] | None = None, *,
-               model: str | None = None, framer: FrameFn = center_frame) -> DepixResult:
-    """K candidate patches for an editor region; see the module doc. Raises PipelineError for bad regions."""
-    from ..solver import SolveConfig, solve  # torch stays out of pure analysis imports
-
-    params = params or DepixParams()
-    fmt, mask, rgb, info = _prepare(region, mask, params.block)
-    h, w = rgb.shape[:2]
-    x, y, rw, rh = info.rect
-    b = info.block
-    if rw < 2 * b or rh < 2 * b:
-        raise PipelineError(f"the mosaic ({rw}×{rh} px in blocks of {b}) has fewer than 2×2 blocks", code="BAD_REGION")
-
-    base = rgb[y : y + rh, x : x + rw]
-    grid = blend.CellGrid.of(info.rect, b, info.phase)
-    cells = grid.means(base).astype(np.float32)  # (ny, nx, 3): one sample per block (partial ones too)
-    touches = _touches(info.rect, w, h)
-    margin = params.margin if params.margin is not None else FAMILY_MARGIN.get(getattr(prior, "family", ""), 0.1)
-    frame = framer(cells, prior.resolution, FrameHints(touches=touches, margin=margin, trim=grid.trim))
-    lowres = frame.to_lowres(cells)
-
-    config = SolveConfig(candidates=params.candidates, steps=params.steps, eps=params.eps, seed=params.seed,
-                         precision=params.precision, preview_every=params.preview_every)
-    result = solve(prior, lowres, config, progress=progress, cancel=cancel)
-
-    weight = _weight(info, mask, params, touches)
-    patches = [_finish(c.image, frame, base, grid, cells, weight, info, region, fmt) for c in result.candidates]
-    name = model or getattr(prior, "name", None) or getattr(prior, "family", "") or type(prior).__name__
-    return DepixResult(patches=patches, candidates=list(result.candidates), mosaic=info, model=str(name), frame=frame)
-
-
-def _weight(info: MosaicInfo, mask: np.ndarray | None, params: DepixParams,
+def _weight(info: MosaicInfo, sel: np.ndarray, params: DepixParams,
             touches: tuple[bool, bool, bool, bool]) -> np.ndarray:
     """Blend weight over the mosaic rectangle: selection (0..1) × feather ramp at sides inside the region."""
     x, y, rw, rh = info.rect
     feather = params.feather if params.feather is not None else max(1.0, info.block / 3)
     open_sides = tuple(not t for t in touches)
-    wgt = blend.feather_ramp(rh, rw, feather, open_sides)  # type: ignore[arg-type]
-    if mask is not None:
-        wgt = wgt * (mask[y : y + rh, x : x + rw].astype(np.float32) / 255.0)
-    return wgt
+    return blend.feather_ramp(rh, rw, feather, open_sides) * sel  # type: ignore[arg-type]
 
 
-def _finish(face_r: np.ndarray, frame: Frame, base: np.ndarray, grid: "blend.CellGrid", cells: np.ndarray,
-            weight: np.ndarray, info: MosaicInfo, region: np.ndarray, fmt: PixelFormat) -> np.ndarray:
-    """One generated face (R, R, 3) -> a patch of the region's shape and format."""
-    x, y, rw, rh = info.rect
-    face = frame.from_generator(face_r, rw, rh)
-    face = blend.match_colour(face, cells, grid)
-    if info.block > 1:  # one sample per pixel (no mosaic) has nothing to keep consistent: it would return the input
-        face = blend.enforce_cells(face, base, weight, grid)
-    out_rgb = blend.composite(base, face, weight)
-
-    patch = region.copy()
-    colour = from_working(out_rgb, fmt)  # (rh, rw, 1|3) in the editor's dtype
+def _patch(prep: Prepared, face: np.ndarray) -> np.ndarray:
+    """A placed, colour-fitted face (rh, rw, 3) -> a patch of the region's shape and format."""
+    x, y, rw, rh = prep.mosaic.rect
+    base = prep.rgb[y : y + rh, x : x + rw]
+    under = base
+    if prep.mosaic.block > 1:  # one sample per pixel (no mosaic) has nothing to keep consistent
+        under = blend.smooth_cells(base, prep.grid)
+        face = blend.correct_cells(face, base, under, prep.weight, prep.grid)
+    out_rgb = blend.composite(base, under, face, prep.weight)
+    patch = prep.region.copy()
+    colour = from_working(out_rgb, prep.fmt)  # (rh, rw, 1|3) in the editor's dtype
     sub = patch[y : y + rh, x : x + rw]
-    changed = weight > 0  # mask 0 (or feather 0) pixels keep their exact original bits
+    changed = prep.weight > 0  # mask 0 (or feather 0) pixels keep their exact original bits
     sub[..., : colour.shape[2]][changed] = colour[changed]
     return patch

@@ -1,0 +1,462 @@
+"""Search a face prior for faces whose mosaic matches an observation (the depixelate engine).
+
+    minimise  100·soft_clamp(E(cells(G(z), θ)·gain + offset, observed)) + 0.05·GEOCROSS(w+(z))
+
+E is the weighted per-cell mean squared error (the reported `downscale_error`), `cells` the mosaic
+forward model (mosaic_op.py), gain/offset the per-channel colour fit solved in closed form at every step,
+θ the face's placement inside the mosaic. Three phases share one step budget (`steps`):
+
+  warm-up   `starts_per_candidate`·K starts, each a seed × a placement from a small grid (scales, shifts,
+            ± a few degrees), run jointly on latent and θ for `warmup`·steps steps; the best K continue.
+  latent    PULSE's search on the K survivors (spherical Adam on z and the first noise maps, GEOCROSS
+            on W+, the same soft clamp at eps) with θ still free; θ is then frozen.
+  features  (method "ilo") intermediate-layer refinement after ILO (Daras et al., ICML 2021): the
+            features after one generator stage are optimised directly, projected after every step onto
+            an l1 ball around their latent-phase value (radius `radius`·their l1 norm), so the face can
+            leave the prior's exact range a little to match the cells while staying close to it.
+
+Defaults and where they come from (MosaicConfig):
+  lr=0.4, schedule linear1cycledrop, noise "trainable" (first 5 maps), 100·L2 + 0.05·GEOCROSS
+                                   PULSE's run.py defaults (see pulse.py), per phase.
+  method="ilo", radius=0.3, stage: the finest stage at most min(R/4, 2·cells per side) px
+                                   measured: with latent search alone the 32² prior reached eps on 0/6 real
+                                   mosaics; adding the 8×8 features in an l1 ball of 0.2 / 0.3 of their
+                                   norm reached it on 5/6 / 6/6 (shared/notes/engine.md); bench/quality.py.
+  starts_per_candidate=4, warmup=0.15, latent_share=0.5
+                                   ours: a warm-up of ~15 steps tells good placements from bad ones;
+                                   per-step cost is dominated by the render, so wide batches are cheap
+                                   on a GPU and the sequential step count stays that of `steps`.
+  theta steps (Adam): 0.1 × (0.1 log-scale, 0.1 rad, 0.05 L0, 0.05 L0) per unit gradient sign
+                                   ours: about 1 % of the frame per step at the schedule's peak.
+  colour fit: gain in [0.5, 2]     ours: the photo's white balance and contrast are not the prior's;
+                                   a prototype found much of the latent-phase error was colour/lighting.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import Cancelled, SolverError
+from ..models.base import FacePrior
+from ..pipeline.observation import Observation
+from .losses import geocross_loss, soft_clamp
+from .mosaic_op import THETA_DIM, Colour, MosaicOperator
+from .pulse import PRECISIONS, Progress, SolveConfig, _initial_state, candidate_seeds
+from .schedules import get_schedule
+from .sphere import SphericalOptimizer
+
+METHODS = ("pulse", "ilo")
+# How much of the generator frame is not face, per side, as a fraction of the mosaic's side, at θ = 0:
+# FFHQ-aligned StyleGAN2 faces fill about 60 % of the frame; the CelebA-crop DCGAN's fill nearly all of it.
+FAMILY_MARGIN = {"stylegan2": 0.15, "dcgan": 0.0}
+# Warm-up placements (log-scale, angle, tx, ty), tried in this order; start i of a candidate takes row i.
+_PLACEMENTS = np.array([
+    (0.0, 0.0, 0.0, 0.0),
+    (0.15, 0.0, 0.0, 0.0), (-0.15, 0.0, 0.0, 0.0),
+    (0.0, 0.1, 0.0, 0.0), (0.0, -0.1, 0.0, 0.0),
+    (0.0, 0.0, 0.08, 0.0), (0.0, 0.0, -0.08, 0.0),
+    (0.0, 0.0, 0.0, 0.08), (0.0, 0.0, 0.0, -0.08),
+    (0.1, 0.05, 0.05, 0.05), (-0.1, -0.05, -0.05, -0.05),
+    (0.1, -0.05, -0.05, 0.05), (-0.1, 0.05, 0.05, -0.05),
+], dtype=np.float32)
+_THETA_STEP = (0.1, 0.1, 0.05, 0.05)  # units of θ's Adam parameters (see the module doc)
+
+
+@dataclass
+class MosaicConfig:
+    candidates: int = 3
+    steps: int = 100
+    eps: float = 2e-3
+    seed: int | None = None
+    method: str = "ilo"
+    precision: str = "default"
+    margin: float | None = None  # None: FAMILY_MARGIN by the prior's family
+    starts_per_candidate: int = 4
+    warmup: float = 0.15  # share of the steps
+    latent_share: float = 0.5  # share of the steps for the latent phase in "ilo" ("pulse": all after warm-up)
+    lr: float = 0.4
+    schedule: str = "linear1cycledrop"
+    theta_lr: float = 0.1
+    feature_lr: float = 0.05  # Adam step, as a fraction of the features' mean magnitude
+    radius: float = 0.3
+    stage: int | None = None  # None: by resolution and grid (module doc)
+    below_eps_weight: float = 0.1
+    geocross: float = 0.05
+    preview_every: int = 0
+    preview_size: int = 128
+    progress_interval: float = 0.1
+
+
+@dataclass
+class MosaicCandidate:
+    image: np.ndarray  # (R, R, 3) float32 in [0, 1]: the generator's face, before placement and colour
+    seed: int
+    downscale_mse: float  # weighted per-cell MSE of the placed, colour-fitted face vs the observed cells
+    eps_reached: bool
+    steps: int  # the step (1-based, over all phases) whose image this is
+    theta: tuple[float, float, float, float]  # log-scale, angle (rad), tx, ty (fractions of the base frame)
+    gain: tuple[float, float, float]
+    offset: tuple[float, float, float]
+    method: str
+
+
+@dataclass
+class MosaicSolveResult:
+    candidates: list[MosaicCandidate]  # best first
+    operator: MosaicOperator
+    seconds: float = 0.0
+    steps_run: int = 0
+    stage: int | None = None  # the refined stage ("ilo")
+
+
+def _validate(cfg: MosaicConfig) -> None:
+    if cfg.candidates < 1:
+        raise SolverError(f"candidates must be >= 1, got {cfg.candidates}", code="BAD_PARAMS")
+    if cfg.steps < 1:
+        raise SolverError(f"steps must be >= 1, got {cfg.steps}", code="BAD_PARAMS")
+    if not (cfg.eps > 0 and math.isfinite(cfg.eps)):
+        raise SolverError(f"eps must be a positive number, got {cfg.eps}", code="BAD_PARAMS")
+    if cfg.method not in METHODS:
+        raise SolverError(f"method must be one of {METHODS}, got {cfg.method!r}", code="BAD_PARAMS")
+    if cfg.precision not in PRECISIONS:
+        raise SolverError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}", code="BAD_PARAMS")
+    get_schedule(cfg.schedule)
+
+
+def phase_steps(cfg: MosaicConfig, refine: bool) -> tuple[int, int, int]:
+    """(warm-up, latent, features) steps; they add up to `steps` (the warm-up needs at least 2 steps left)."""
+    s = cfg.steps
+    warm = min(max(1, round(cfg.warmup * s)), max(0, s - 1)) if s >= 3 else 0
+    if not refine:
+        return warm, s - warm, 0
+    latent = max(1, round(cfg.latent_share * s))
+    feats = max(0, s - warm - latent)
+    return warm, s - warm - feats, feats
+
+
+def pick_stage(prior: FacePrior, obs: Observation) -> int | None:
+    """The finest stage whose side is at most min(R/4, 2·cells): fine enough to shape what the cells show,
+    coarse enough that the features cannot paint a face the prior would not make."""
+    if prior.stages == 0:
+        return None
+    ny, nx = obs.grid
+    limit = min(prior.resolution / 4, 2 * max(nx, ny))
+    ok = [k for k in range(prior.stages) if prior.stage_resolution(k) <= limit]
+    return max(ok) if ok else 0
+
+
+# -------------------------------------------------------------------------------------------- tracking
+
+
+class _Best:
+    """Each candidate's best step so far, on the device (no host sync): matching eps first, then the lower
+    total loss; the image, θ, colour and error of that step."""
+
+    def __init__(self, n: int, resolution: int, device: torch.device):
+        self.score = torch.full((n,), math.inf, device=device)
+        self.hit = torch.zeros(n, dtype=torch.bool, device=device)
+        self.err = torch.full((n,), math.inf, device=device)
+        self.step = torch.zeros(n, dtype=torch.long, device=device)
+        self.image = torch.zeros(n, 3, resolution, resolution, device=device)
+        self.theta = torch.zeros(n, THETA_DIM, device=device)
+        self.gain = torch.ones(n, 3, device=device)
+        self.offset = torch.zeros(n, 3, device=device)
+        self.min_err = torch.full((n,), math.inf, device=device)
+
+    @torch.no_grad()
+    def update(self, step: int, err: Tensor, score: Tensor, image: Tensor, theta: Tensor, colour: Colour,
+               eps: float) -> None:
+        hit = err <= eps
+        better = (hit & ~self.hit) | ((hit == self.hit) & (score < self.score))
+        self.score = torch.where(better, score, self.score)
+        self.hit = self.hit | hit
+        self.err = torch.where(better, err, self.err)
+        self.step = torch.where(better, step, self.step)
+        self.image = torch.where(better[:, None, None, None], image, self.image)
+        self.theta = torch.where(better[:, None], theta, self.theta)
+        self.gain = torch.where(better[:, None], colour.gain, self.gain)
+        self.offset = torch.where(better[:, None], colour.offset, self.offset)
+        self.min_err = torch.minimum(self.min_err, err)
+
+    def take(self, idx: Tensor) -> "_Best":
+        out = _Best.__new__(_Best)
+        for k, v in vars(self).items():
+            setattr(out, k, v[idx])
+        return out
+
+
+# ------------------------------------------------------------------------------------------ the phases
+
+
+class _Phase:
+    """Shared by the phases: render → clamp (straight-through) → cells → colour fit → loss → best-of."""
+
+    def __init__(self, ctx: "_Context", best: _Best, steps: int, first_step: int):
+        self.ctx, self.best, self.steps, self.first_step = ctx, best, steps, first_step
+        self.last: dict[str, Tensor] = {}
+
+    def evaluate(self, j: int, image: Tensor, theta: Tensor, wplus: Tensor | None) -> Tensor:
+        """image (N, 3, R, R) in [-1, 1] -> (N,) total loss; updates the best-of state."""
+        ctx = self.ctx
+        image = (image.float() + 1) / 2
+        shown = image.clamp(0, 1)
+        image = image + (shown - image).detach()  # the loss speaks of the image we would return
+        pred = ctx.op.cells(image, theta)  # (N, 3, C)
+        colour = ctx.op.fit_colour(pred)
+        err = ctx.op.error(pred, colour)  # (N,)
+        total = 100 * soft_clamp(err, ctx.cfg.eps, ctx.cfg.below_eps_weight)
+        terms = {"L2": err}
+        if wplus is not None and ctx.cfg.geocross:
+            geo = geocross_loss(wplus)
+            total = total + ctx.cfg.geocross * geo
+            terms["GEOCROSS"] = geo
+        with torch.no_grad():
+            self.best.update(self.first_step + j + 1, err.detach(), total.detach(), shown.detach(), theta.detach(),
+                             Colour(colour.gain.detach(), colour.offset.detach()), ctx.cfg.eps)
+            self.last = {**{k: v.detach() for k, v in terms.items()}, "TOTAL": total.detach(), "MSE": err.detach()}
+        return total
+
+    def lr_factor(self, j: int) -> float:
+        return self.ctx.schedule(j, self.steps)
+
+
+class _LatentPhase(_Phase):
+    """PULSE's latent search (+ θ when `move_theta`), for any number of starts."""
+
+    def __init__(self, ctx: "_Context", best: _Best, steps: int, first_step: int, latent: Tensor,
+                 noises: list[Tensor], trainable: list[Tensor], theta: Tensor, move_theta: bool):
+        super().__init__(ctx, best, steps, first_step)
+        self.latent, self.noises, self.move_theta = latent, noises, move_theta
+        extra = {"fused": True} if (ctx.autocast and ctx.device.type == "cuda") else {}
+        self.opt = SphericalOptimizer([latent, *trainable], lr=ctx.cfg.lr, **extra)
+        self.trainable = trainable
+        unit = theta.new_tensor(_THETA_STEP)
+        self.theta_unit = unit
+        self.theta_raw = (theta.detach() / unit).requires_grad_(move_theta)  # Adam's steps are ~lr in these units
+        self.theta_opt = torch.optim.Adam([self.theta_raw], lr=ctx.cfg.theta_lr) if move_theta else None
+
+    @property
+    def theta(self) -> Tensor:
+        return self.theta_raw * self.theta_unit
+
+    def step(self, j: int) -> None:
+        ctx = self.ctx
+        f = self.lr_factor(j)
+        for group in self.opt.opt.param_groups:
+            group["lr"] = ctx.cfg.lr * f
+        self.opt.zero_grad()
+        if self.theta_opt is not None:
+            for group in self.theta_opt.param_groups:
+                group["lr"] = ctx.cfg.theta_lr * f
+            self.theta_opt.zero_grad(set_to_none=True)
+        image = ctx.render(lambda: ctx.prior.render(self.latent, self.noises))
+        wplus = ctx.to_wplus(self.latent) if ctx.to_wplus is not None else None
+        total = self.evaluate(j, image, self.theta, wplus)
+        total.sum().backward()
+        self.opt.step()
+        if self.theta_opt is not None:
+            self.theta_opt.step()
+            with torch.no_grad():
+                t = self.theta_raw * self.theta_unit
+                ctx.op.clamp_(t)
+                self.theta_raw.copy_(t / self.theta_unit)
+
+    def take(self, idx: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor], Tensor]:
+        """The state of the starts `idx` as fresh leaves: (latent, noises, trainable noises, θ)."""
+        latent = self.latent.detach()[idx].clone().requires_grad_(True)
+        trainable_ids = {id(t) for t in self.trainable}
+        noises, trainable = [], []
+        for n in self.noises:
+            m = n.detach()[idx].clone() if n.shape[0] > 1 else n
+            if id(n) in trainable_ids:
+                m.requires_grad_(True)
+                trainable.append(m)
+            noises.append(m)
+        return latent, noises, trainable, self.theta.detach()[idx].clone()
+
+
+class _FeaturePhase(_Phase):
+    """ILO-style refinement of the features after `stage`, each projected onto an l1 ball around its start."""
+
+    def __init__(self, ctx: "_Context", best: _Best, steps: int, first_step: int, latent: Tensor,
+                 noises: list[Tensor], theta: Tensor, stage: int):
+        super().__init__(ctx, best, steps, first_step)
+        self.latent, self.noises, self.theta, self.stage = latent.detach(), [n.detach() for n in noises], theta, stage
+        with torch.no_grad():
+            start = ctx.prior.render_to(self.latent, self.noises, stage)
+        self.centres = [t.detach().float() for t in start]
+        self.radii = [ctx.cfg.radius * t.flatten(1).abs().sum(1) for t in self.centres]  # (N,) each
+        self.feats = [t.clone().requires_grad_(True) for t in self.centres]
+        self.opt = torch.optim.Adam([{"params": [x]} for x in self.feats], lr=1.0)  # one lr per tensor
+        self.base_lr = [ctx.cfg.feature_lr * float(t.abs().mean().clamp_min(1e-6)) for t in self.centres]
+
+    def step(self, j: int) -> None:
+        ctx = self.ctx
+        f = self.lr_factor(j)
+        for group, lr in zip(self.opt.param_groups, self.base_lr):
+            group["lr"] = lr * f
+        self.opt.zero_grad(set_to_none=True)
+        image = ctx.render(lambda: ctx.prior.render_from(self.feats, self.stage, self.latent, self.noises))
+        total = self.evaluate(j, image, self.theta, None)
+        total.sum().backward()
+        self.opt.step()
+        with torch.no_grad():
+            for x, c, r in zip(self.feats, self.centres, self.radii):
+                x.copy_(c + project_l1_ball((x - c).flatten(1), r).view_as(x))
+
+
+def project_l1_ball(v: Tensor, radius: Tensor) -> Tensor:
+    """Rows of v (N, D) projected onto {x: |x|_1 <= radius_n} (Duchi et al. 2008), batched, no host sync."""
+    a = v.abs()
+    inside = a.sum(1) <= radius
+    u, _ = torch.sort(a, dim=1, descending=True)
+    css = u.cumsum(1) - radius[:, None]
+    ind = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+    cond = (u - css / ind) > 0
+    rho = cond.sum(1).clamp_min(1) - 1  # last index where cond holds (cond is True then False)
+    tau = css.gather(1, rho[:, None]) / (rho[:, None] + 1).to(v.dtype)
+    w = torch.sign(v) * (a - tau).clamp_min(0)
+    return torch.where(inside[:, None], v, w)
+
+
+# ----------------------------------------------------------------------------------------------- solve
+
+
+@dataclass
+class _Context:
+    prior: FacePrior
+    op: MosaicOperator
+    cfg: MosaicConfig
+    schedule: Callable[[int, int], float]
+    autocast: bool
+    device: torch.device
+    to_wplus: Callable[[Tensor], Tensor] | None
+
+    def render(self, fn: Callable[[], Tensor]) -> Tensor:
+        if self.autocast:
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                return fn()
+        return fn()
+
+
+def solve_mosaic(prior: FacePrior, obs: Observation, config: MosaicConfig | None = None,
+                 progress: Callable[[Progress], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> MosaicSolveResult:
+    """K faces whose mosaic (placed with their own θ) matches the observation; best first (module doc)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _solve(prior, obs, config or MosaicConfig(), progress, cancel)
+
+
+def _solve(prior: FacePrior, obs: Observation, cfg: MosaicConfig, progress: Callable[[Progress], None] | None,
+           cancel: Callable[[], bool] | None) -> MosaicSolveResult:
+    _validate(cfg)
+    if not np.isfinite(obs.cells).all():
+        raise SolverError("the mosaic's cells contain NaN or infinite values", code="BAD_INPUT")
+    prior.freeze()
+    device = prior.device
+    margin = cfg.margin if cfg.margin is not None else FAMILY_MARGIN.get(prior.family, 0.1)
+    op = MosaicOperator(obs, prior.resolution, margin, device)
+    fast = cfg.precision == "default"
+    old_fused = getattr(prior, "fused", None)
+    if old_fused is not None and fast:
+        prior.fused = False  # shared-weight convs over the whole batch (see pulse.py)
+    ctx = _Context(prior, op, cfg, get_schedule(cfg.schedule), fast and device.type == "cuda", device,
+                   getattr(prior, "to_wplus", None))
+    stage = pick_stage(prior, obs) if cfg.method == "ilo" else None
+    if cfg.stage is not None and cfg.method == "ilo":
+        if not 0 <= cfg.stage < prior.stages:
+            raise SolverError(f"stage must be in 0..{prior.stages - 1} for this model, got {cfg.stage}", code="BAD_PARAMS")
+        stage = cfg.stage
+    warm, latent_steps, feat_steps = phase_steps(cfg, stage is not None)
+    reporter = _Reporter(progress, cfg.steps, cfg.progress_interval if fast else 0.0, cfg)
+    t0 = time.perf_counter()
+    try:
+        k = cfg.candidates
+        seeds = candidate_seeds(SolveConfig(candidates=k * cfg.starts_per_candidate if warm else k, seed=cfg.seed))
+        placements = np.stack([_PLACEMENTS[(i // k) % len(_PLACEMENTS)] for i in range(len(seeds))])
+        latent, noises, trainable = _initial_state(prior, seeds, SolveConfig(), device)
+        theta = torch.from_numpy(placements).to(device)
+        done = 0
+        seeds_t = torch.tensor(seeds)
+        if warm:
+            best = _Best(len(seeds), prior.resolution, device)
+            phase = _LatentPhase(ctx, best, warm, 0, latent, noises, trainable, theta, move_theta=True)
+            done = _run(phase, warm, done, reporter, cancel)
+            keep = torch.argsort(best.err)[:k]  # the warm-up's best K starts continue
+            latent, noises, trainable, theta = phase.take(keep)
+            best = best.take(keep)
+            seeds_t = seeds_t[keep.cpu()]
+        else:
+            best = _Best(k, prior.resolution, device)
+        phase = _LatentPhase(ctx, best, latent_steps, done, latent, noises, trainable, theta, move_theta=True)
+        done = _run(phase, latent_steps, done, reporter, cancel)
+        if feat_steps and stage is not None:
+            theta = phase.theta.detach()
+            refine = _FeaturePhase(ctx, best, feat_steps, done, phase.latent, phase.noises, theta, stage)
+            done = _run(refine, feat_steps, done, reporter, cancel)
+    finally:
+        if old_fused is not None:
+            prior.fused = old_fused
+    results = _results(best, seeds_t.tolist(), cfg)
+    results.sort(key=lambda c: (c.downscale_mse, c.seed))
+    return MosaicSolveResult(results, op, time.perf_counter() - t0, done, stage)
+
+
+def _run(phase: _Phase, steps: int, done: int, reporter: "_Reporter", cancel: Callable[[], bool] | None) -> int:
+    for j in range(steps):
+        if cancel is not None and cancel():
+            raise Cancelled("solve cancelled")
+        phase.step(j)  # type: ignore[attr-defined]
+        done += 1
+        reporter.maybe(done, phase)
+    return done
+
+
+def _results(best: _Best, seeds: list[int], cfg: MosaicConfig) -> list[MosaicCandidate]:
+    images = best.image.permute(0, 2, 3, 1).float().cpu().numpy()
+    errs, steps = best.err.cpu().tolist(), best.step.cpu().tolist()
+    thetas, gains, offsets = best.theta.cpu().tolist(), best.gain.cpu().tolist(), best.offset.cpu().tolist()
+    return [MosaicCandidate(image=np.ascontiguousarray(images[i]), seed=int(seeds[i]), downscale_mse=float(errs[i]),
+                            eps_reached=bool(errs[i] <= cfg.eps), steps=int(steps[i]),
+                            theta=tuple(float(v) for v in thetas[i]),  # type: ignore[arg-type]
+                            gain=tuple(float(v) for v in gains[i]),  # type: ignore[arg-type]
+                            offset=tuple(float(v) for v in offsets[i]),  # type: ignore[arg-type]
+                            method=cfg.method)
+            for i in range(len(seeds))]
+
+
+class _Reporter:
+    """Calls `progress` on the first and last step and otherwise at most every `interval` seconds."""
+
+    def __init__(self, progress: Callable[[Progress], None] | None, total: int, interval: float, cfg: MosaicConfig):
+        self.progress, self.total, self.interval, self.cfg = progress, total, interval, cfg
+        self.last = -math.inf
+
+    def maybe(self, done: int, phase: _Phase) -> None:
+        if self.progress is None:
+            return
+        cfg = self.cfg
+        want_preview = cfg.preview_every > 0 and done % cfg.preview_every == 0
+        now = time.perf_counter()
+        if not (done == 1 or done == self.total or want_preview or now - self.last >= self.interval):
+            return
+        self.last = now
+        best = phase.best
+        preview = _preview(best, cfg.preview_size) if want_preview else None
+        losses = {k: float(v.mean()) for k, v in phase.last.items()}
+        self.progress(Progress(step=done, total=self.total, losses=losses, best_error=float(best.min_err.min()),
+                               preview=preview))
+
+
+def _preview(best: _Best, size: int) -> np.ndarray:
+    img = best.image[int(torch.argmin(best.err))][None]  # (1, 3, R, R)
+    if img.shape[-1] > size:
+        img = torch.nn.functional.interpolate(img, size=(size, size), mode="area")
+    return (img[0].permute(1, 2, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
