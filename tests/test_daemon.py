@@ -94,10 +94,8 @@ def test_round_trip_equals_in_process_solver(daemon, tiny_weights):
         assert got.steps == want.steps and got.eps_reached == want.eps_reached
 
 
-def test_depixelate_round_trip_equals_in_process_pipeline(daemon, tiny_weights):
-    pipeline = pytest.importorskip("pulse_server.pipeline")
-    if not hasattr(pipeline, "depixelate"):
-        pytest.skip("pulse_server.pipeline.depixelate has not landed yet")
+def test_depixelate_round_trip_equals_in_process_runner(daemon, tiny_weights):
+    from pulse_server import pipeline, runner
     from pulse_server.models.loading import load_prior
 
     rng = np.random.default_rng(3)
@@ -108,11 +106,13 @@ def test_depixelate_round_trip_equals_in_process_pipeline(daemon, tiny_weights):
     with daemon.client() as c:
         res = c.run_job(ImageBlob.from_numpy(region), None, params)
     prior, _ = load_prior(tiny_weights, "cpu")
-    ref = pipeline.depixelate(prior, region.copy(), None, pipeline.DepixParams(candidates=1, steps=2, seed=11, block=6))
+    ref = runner.depixelate(prior, region.copy(), None, pipeline.DepixParams(candidates=1, steps=2, seed=11, block=6))
     got = res.candidates[0].image.to_numpy()
     assert got.shape == region.shape and got.dtype == region.dtype
     np.testing.assert_allclose(got.astype(np.int16), ref.patches[0].astype(np.int16), atol=1)
     assert res.analysis["block"] == ref.mosaic.block
+    assert res.analysis["method"] == ref.method == "ilo"
+    assert res.analysis["theta"] == [[round(v, 5) for v in c.theta] for c in ref.candidates]
 
 
 def test_eight_concurrent_clients_get_their_own_results(daemon):
