@@ -6,8 +6,10 @@ E is the weighted per-cell mean squared error (the reported `downscale_error`), 
 forward model (mosaic_op.py), gain/offset the per-channel colour fit solved in closed form at every step,
 θ the face's placement inside the mosaic. Three phases share one step budget (`steps`):
 
-  warm-up   `starts_per_candidate`·K starts, each a seed × a placement from a small grid (scales, shifts,
-            ± a few degrees), run jointly on latent and θ for `warmup`·steps steps; the best K continue.
+  warm-up   `starts_per_candidate` starts per candidate, each a latent drawn from the candidate's seed ×
+            a placement from a small grid (scales, shifts, ± a few degrees), run jointly on latent and θ for
+            `warmup`·steps steps; each candidate continues from the best of its own starts (candidate i
+            depends on seed + i alone, as in `solve`, and the K candidates stay K different seeds).
   latent    PULSE's search on the K survivors (spherical Adam on z and the first noise maps, GEOCROSS
             on W+, the same soft clamp at eps) with θ still free; θ is then frozen.
   features  (method "ilo") intermediate-layer refinement after ILO (Daras et al., ICML 2021): the
@@ -379,20 +381,20 @@ def _solve(prior: FacePrior, obs: Observation, cfg: MosaicConfig, progress: Call
     t0 = time.perf_counter()
     try:
         k = cfg.candidates
-        seeds = candidate_seeds(SolveConfig(candidates=k * cfg.starts_per_candidate if warm else k, seed=cfg.seed))
-        placements = np.stack([_PLACEMENTS[(i // k) % len(_PLACEMENTS)] for i in range(len(seeds))])
-        latent, noises, trainable = _initial_state(prior, seeds, SolveConfig(), device)
+        seeds = candidate_seeds(SolveConfig(candidates=k, seed=cfg.seed))
+        starts = cfg.starts_per_candidate if warm else 1
+        placements = np.stack([_PLACEMENTS[j % len(_PLACEMENTS)] for j in range(starts) for _ in range(k)])
+        latent, noises, trainable = _initial_state(prior, start_seeds(seeds, starts), SolveConfig(), device)
         theta = torch.from_numpy(placements).to(device)
         done = 0
-        seeds_t = torch.tensor(seeds)
         if warm:
-            best = _Best(len(seeds), prior.resolution, device)
+            best = _Best(k * starts, prior.resolution, device)
             phase = _LatentPhase(ctx, best, warm, 0, latent, noises, trainable, theta, move_theta=True)
             done = _run(phase, warm, done, reporter, cancel)
-            keep = torch.argsort(best.err)[:k]  # the warm-up's best K starts continue
+            # each candidate keeps the best of its own starts: start j of candidate i is row j·K + i
+            keep = torch.argmin(best.err.view(starts, k), dim=0) * k + torch.arange(k, device=device)
             latent, noises, trainable, theta = phase.take(keep)
             best = best.take(keep)
-            seeds_t = seeds_t[keep.cpu()]
         else:
             best = _Best(k, prior.resolution, device)
         phase = _LatentPhase(ctx, best, latent_steps, done, latent, noises, trainable, theta, move_theta=True)
@@ -404,9 +406,19 @@ def _solve(prior: FacePrior, obs: Observation, cfg: MosaicConfig, progress: Call
     finally:
         if old_fused is not None:
             prior.fused = old_fused
-    results = _results(best, seeds_t.tolist(), cfg)
+    results = _results(best, seeds, cfg)
     results.sort(key=lambda c: (c.downscale_mse, c.seed))
     return MosaicSolveResult(results, op, time.perf_counter() - t0, done, stage)
+
+
+def start_seeds(seeds: list[int], starts: int) -> list[int]:
+    """Seeds of the warm-up's starts, row j·K + i for start j of candidate i: start 0 is the candidate's own
+    seed (its plain PULSE start), the others are drawn from it, so candidate i depends on seed + i alone."""
+    out = []
+    for j in range(starts):
+        for s in seeds:
+            out.append(s if j == 0 else int(np.random.SeedSequence([s, j]).generate_state(1, np.uint64)[0] >> 1))
+    return out
 
 
 def _run(phase: _Phase, steps: int, done: int, reporter: "_Reporter", cancel: Callable[[], bool] | None) -> int:
