@@ -358,7 +358,7 @@ def _jsonable(v: object) -> object:
 
 
 def _candidate_record(c: object) -> dict:
-    return {"downscale_mse": float(getattr(c, "downscale_mse")), "eps_reached": bool(getattr(c, "eps_reached")),
+    return {"downscale_mse": float(getattr(c, "downscale_mse")), "eps_reached": bool(getattr(c, "eps_reached", False)),
             "seed": _jsonable(getattr(c, "seed", None)), "theta": _jsonable(getattr(c, "theta", None)),
             "method": _jsonable(getattr(c, "method", None))}
 
