@@ -330,8 +330,11 @@ def save_cases(cases: Sequence[Case], path: Path) -> None:
 
 def _engine_entry() -> Callable:
     """The engine's depixelate: pulse_server.runner's where that module exists (the rewritten engine), else
-    the pipeline's."""
-    if importlib.util.find_spec("pulse_server.runner") is not None:
+    the pipeline's. Looked up in the package's own folder: an editable install's import hook would find the
+    working tree's runner.py beside an older pulse_server."""
+    import pulse_server
+
+    if (Path(pulse_server.__file__).parent / "runner.py").exists():
         from pulse_server.runner import depixelate  # type: ignore[import-not-found]
     else:
         from pulse_server.pipeline import depixelate

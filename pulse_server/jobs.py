@@ -17,6 +17,7 @@ from typing import Any
 from protocol.messages import FINAL_STATES, ImageBlob
 
 from .errors import PulseError
+from .pipeline.pipeline import METHODS
 
 MODES = ("depixelate", "solve")
 PRECISIONS = ("default", "fp32")
@@ -31,6 +32,7 @@ class JobParams:
     block: int | None = None  # 0 on the wire = auto-detect
     eps: float = 2e-3
     precision: str = "default"
+    method: str = METHODS[0]  # depixelate's search
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any], *, max_steps: int = 100_000, max_candidates: int = 16) -> "JobParams":
@@ -53,6 +55,7 @@ class JobParams:
         block = get("block", (int,), 0)
         eps = float(get("eps", (int, float), 2e-3))
         precision = get("precision", (str,), "default")
+        method = get("method", (str,), METHODS[0])
         if not 1 <= candidates <= max_candidates:
             raise PulseError(f"params.candidates must be 1..{max_candidates}", "BAD_PARAMS")
         if not 1 <= steps <= max_steps:
@@ -65,7 +68,9 @@ class JobParams:
             raise PulseError("params.eps must be in (0, 1)", "BAD_PARAMS")
         if precision not in PRECISIONS:
             raise PulseError(f"params.precision must be one of {', '.join(PRECISIONS)}", "BAD_PARAMS")
-        return cls(mode, candidates, steps, None if seed < 0 else seed, block or None, eps, precision)
+        if method not in METHODS:
+            raise PulseError(f"params.method must be one of {', '.join(METHODS)}, not {method[:32]!r}", "BAD_PARAMS")
+        return cls(mode, candidates, steps, None if seed < 0 else seed, block or None, eps, precision, method)
 
 
 @dataclass(eq=False)

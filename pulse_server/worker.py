@@ -194,7 +194,8 @@ class Worker(threading.Thread):
 
         mask = None if mask_blob is None else np.array(mask_blob.to_numpy()[:, :, 0])
         dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=params.seed, block=params.block,
-                         eps=params.eps, precision=self._precision(job), preview_every=_preview_every(job))
+                         eps=params.eps, precision=self._precision(job), method=params.method,
+                         preview_every=_preview_every(job))
         res = runner.depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name)
         cands = [_candidate(patch, c) for patch, c in zip(res.patches, res.candidates)]
         return Result(job.job_id, cands, str(res.model), depixelate_analysis(res))

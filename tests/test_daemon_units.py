@@ -57,6 +57,7 @@ def test_queue_bounds_remove_and_close():
 @pytest.mark.parametrize("raw,bad", [
     ({"mode": "x"}, "mode"), ({"steps": 0}, "steps"), ({"steps": 1.5}, "steps"), ({"candidates": True}, "candidates"),
     ({"seed": -2}, "seed"), ({"block": -1}, "block"), ({"eps": 0}, "eps"), ({"precision": "fp8"}, "precision"),
+    ({"method": "magic"}, "method"), ({"method": 1}, "method"),
 ])
 def test_job_params_are_validated(raw, bad):
     with pytest.raises(PulseError) as err:
@@ -66,9 +67,10 @@ def test_job_params_are_validated(raw, bad):
 
 def test_job_params_defaults_and_wire_conventions():
     p = JobParams.from_wire({"seed": -1, "block": 0, "future": 1})
-    assert (p.mode, p.candidates, p.steps, p.seed, p.block, p.eps) == ("depixelate", 3, 100, None, None, 2e-3)
-    p = JobParams.from_wire({"seed": 5, "block": 8, "eps": 0.01})
-    assert (p.seed, p.block, p.eps) == (5, 8, 0.01)
+    assert (p.mode, p.candidates, p.steps, p.seed, p.block, p.eps, p.method) == (
+        "depixelate", 3, 100, None, None, 2e-3, "ilo")
+    p = JobParams.from_wire({"seed": 5, "block": 8, "eps": 0.01, "method": "pulse"})
+    assert (p.seed, p.block, p.eps, p.method) == (5, 8, 0.01, "pulse")
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..pipeline.pipeline import METHODS
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -34,6 +36,8 @@ def register(subparsers: Any) -> None:
                    help="mosaic block size in pixels (default: auto-detect)")
     p.add_argument("--steps", type=_positive, default=100, metavar="S", help="solver steps per candidate (default 100)")
     p.add_argument("--eps", type=float, default=2e-3, help="target downscale error (default 2e-3)")
+    p.add_argument("--method", choices=METHODS, default=METHODS[0],
+                   help="search: ilo = latent + placement, then intermediate features (default); pulse = no features")
     p.add_argument("--report", type=Path, default=None, metavar="R.json", help="write a JSON report here")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="in-process device (default auto)")
     p.add_argument("--precision", choices=("default", "fp32"), default="default", help="solver precision")
@@ -148,7 +152,7 @@ def _in_process(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     prior, info = load_prior(args.weights, device=device)
     params = DepixParams(candidates=args.candidates, steps=args.steps, seed=args.seed, block=args.block, eps=args.eps,
-                         precision=args.precision)
+                         precision=args.precision, method=args.method)
 
     def progress(p: Any) -> None:
         if bar is not None:
@@ -173,7 +177,7 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
         print("pulse: note: --weights is ignored with --via-daemon (the daemon has its model loaded)", file=sys.stderr)
     params = {"mode": "depixelate", "candidates": args.candidates, "steps": args.steps,
               "seed": -1 if args.seed is None else args.seed, "block": args.block or 0, "eps": args.eps,
-              "precision": args.precision}
+              "precision": args.precision, "method": args.method}
 
     def progress(p: Any) -> None:
         if bar is not None:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # torch stays out of pure analysis imports
 
 MAX_SIDE = 4096  # pixels per region side: a face selection; bigger is a mistake (or a job for another tool)
 MIN_SIDE = 4  # a region smaller than this holds no face
+# depixelate's search methods, the default first (solver/mosaic_search.py; bench/quality.py chose it)
+METHODS = ("ilo", "pulse")
 
 
 @dataclass
@@ -36,7 +38,7 @@ class DepixParams:
     block: int | None = None  # None / 0: detect
     eps: float = 2e-3
     precision: str = "default"
-    method: str = "ilo"  # the search: "pulse" (latent + placement) or "ilo" (+ intermediate features)
+    method: str = METHODS[0]  # the search: "ilo" (latent + placement, then features) or "pulse" (no features)
     # Beyond the contract:
     margin: float | None = None  # face margin in the generator frame at the search's start; None: by family
     feather: float | None = None  # feather width in pixels; None = a third of a block (at least 1 px)
@@ -54,6 +56,7 @@ class Prepared:
     grid: "blend.CellGrid"
     observation: Observation
     weight: np.ndarray  # (rh, rw) blend weight over the mosaic rectangle: selection × feather
+    under: np.ndarray  # (rh, rw, 3) what the faces are feathered into: the mosaic without its grid
 
 
 @dataclass
@@ -62,7 +65,7 @@ class DepixResult:
     candidates: list  # list[solver.MosaicCandidate], same order
     mosaic: MosaicInfo
     model: str
-    method: str = "ilo"
+    method: str = METHODS[0]
     stage: int | None = field(default=None)
 
 
@@ -97,7 +100,9 @@ def prepare(region: np.ndarray, mask: np.ndarray | None, params: DepixParams) ->
                       width=rw, height=rh, block=b, origin=grid.origin, touches=touches)
     if not obs.weight.any():
         raise PipelineError("the selection leaves out every cell of the mosaic", code="BAD_REGION")
-    return Prepared(region, fmt, rgb, info, grid, obs, _weight(info, sel, params, touches))
+    # one sample per pixel (no mosaic) has no grid to hide
+    under = blend.smooth_cells(base, grid) if b > 1 else base
+    return Prepared(region, fmt, rgb, info, grid, obs, _weight(info, sel, params, touches), under)
 
 
 def finish(prep: Prepared, solved: "MosaicSolveResult") -> list[np.ndarray]:
@@ -175,11 +180,9 @@ def _patch(prep: Prepared, face: np.ndarray) -> np.ndarray:
     """A placed, colour-fitted face (rh, rw, 3) -> a patch of the region's shape and format."""
     x, y, rw, rh = prep.mosaic.rect
     base = prep.rgb[y : y + rh, x : x + rw]
-    under = base
     if prep.mosaic.block > 1:  # one sample per pixel (no mosaic) has nothing to keep consistent
-        under = blend.smooth_cells(base, prep.grid)
-        face = blend.correct_cells(face, base, under, prep.weight, prep.grid)
-    out_rgb = blend.composite(base, under, face, prep.weight)
+        face = blend.correct_cells(face, base, prep.under, prep.weight, prep.grid)
+    out_rgb = blend.composite(base, prep.under, face, prep.weight)
     patch = prep.region.copy()
     colour = from_working(out_rgb, prep.fmt)  # (rh, rw, 1|3) in the editor's dtype
     sub = patch[y : y + rh, x : x + rw]

@@ -48,13 +48,13 @@ from torch import Tensor
 from ..errors import Cancelled, SolverError
 from ..models.base import FacePrior
 from ..pipeline.observation import Observation
+from ..pipeline.pipeline import METHODS
 from .losses import geocross_loss, soft_clamp
 from .mosaic_op import THETA_DIM, Colour, MosaicOperator
 from .pulse import PRECISIONS, Progress, SolveConfig, _initial_state, candidate_seeds
 from .schedules import get_schedule
 from .sphere import SphericalOptimizer
 
-METHODS = ("pulse", "ilo")
 # How much of the generator frame is not face, per side, as a fraction of the mosaic's side, at θ = 0:
 # FFHQ-aligned StyleGAN2 faces fill about 60 % of the frame; the CelebA-crop DCGAN's fill nearly all of it.
 FAMILY_MARGIN = {"stylegan2": 0.15, "dcgan": 0.0}
@@ -77,16 +77,16 @@ class MosaicConfig:
     steps: int = 100
     eps: float = 2e-3
     seed: int | None = None
-    method: str = "ilo"
+    method: str = METHODS[0]
     precision: str = "default"
     margin: float | None = None  # None: FAMILY_MARGIN by the prior's family
-    starts_per_candidate: int = 4
+    starts_per_candidate: int = 3
     warmup: float = 0.15  # share of the steps
     latent_share: float = 0.5  # share of the steps for the latent phase in "ilo" ("pulse": all after warm-up)
     lr: float = 0.4
     schedule: str = "linear1cycledrop"
     theta_lr: float = 0.1
-    feature_lr: float = 0.05  # Adam step, as a fraction of the features' mean magnitude
+    feature_lr: float = 0.2  # Adam step, as a fraction of the features' mean magnitude
     radius: float = 0.3
     stage: int | None = None  # None: by resolution and grid (module doc)
     below_eps_weight: float = 0.1
