@@ -8,12 +8,16 @@ PYTEST_ARGS ?=
 
 .PHONY: venv demo test clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build that lies on this machine's disk (a bare `torch` could pull a CUDA build).
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==$${TORCH_VERSION:-2.13.0}"
 	$(PY) -m pip install -q -e ".[test]"
+	# The digiface-64 face model (no download; the offline demo and the tests use it) is a file inside this
+	# package. --no-deps: its requirements (torchvision, wandb[media], matplotlib) would replace the CPU torch
+	# with a CUDA build; pulse reads only the weights file, so the package's Python bound does not apply either.
+	$(PY) -m pip install -q --no-deps --ignore-requires-python "gan-face-generate==1.1.1"
 	touch $@
 
 venv: $(VENV)/.installed
