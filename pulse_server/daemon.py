@@ -159,13 +159,12 @@ class Daemon:
 
     def _check_device(self) -> None:
         # An autostart entry may bake in --device cuda: refuse to start (exit 2, no restart loop) rather
-        # than run a daemon whose every job fails.
-        if not str(self.config.device).startswith("cuda") or self.worker.noop:
+        # than run a daemon whose every job fails. `auto` cannot fail: the worker resolves it off this thread.
+        if self.worker.noop or self.config.device in ("auto", None):
             return
-        import torch
+        from .devices import resolve_device
 
-        if not torch.cuda.is_available():
-            raise PulseError("CUDA is not available on this machine; use --device auto or cpu", "NO_CUDA")
+        resolve_device(self.config.device)  # PulseError(NO_DEVICE | BAD_DEVICE)
 
     def _bind(self) -> None:
         cfg = self.config

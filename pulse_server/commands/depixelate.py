@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..devices import CHOICES as DEVICES
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -26,7 +28,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--box", required=True, type=_box, metavar="X,Y,W,H", help="region holding the pixelated face")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.png",
                    help="output image (best candidate); others go to OUT-2.png …")
-    p.add_argument("--weights", default=None, help="face prior checkpoint (default: the registry's FFHQ model)")
+    p.add_argument("--model", "--weights", dest="weights", metavar="NAME|PATH", default=None,
+                   help="face model: a registry name (ffhq-1024, ffhq-256, digiface-64) or a checkpoint file; "
+                        "default: ffhq-1024 on a GPU, ffhq-256 without one (downloaded on first use)")
     p.add_argument("--candidates", type=_positive, default=3, metavar="K", help="number of faces (default 3)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of candidate 1 (candidate i: N+i-1)")
     p.add_argument("--block", type=_block, default=None, metavar="auto|N",
@@ -34,7 +38,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--steps", type=_positive, default=100, metavar="S", help="solver steps per candidate (default 100)")
     p.add_argument("--eps", type=float, default=2e-3, help="target downscale error (default 2e-3)")
     p.add_argument("--report", type=Path, default=None, metavar="R.json", help="write a JSON report here")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="in-process device (default auto)")
+    p.add_argument("--device", default="auto", metavar="|".join(DEVICES),
+                   help="in-process device; auto (default): cuda > mps > xpu > cpu")
     p.add_argument("--precision", choices=("default", "fp32"), default="default", help="solver precision")
     p.add_argument("--endpoint", default=None, help="daemon endpoint for --via-daemon (default: per-user; env PULSE_ENDPOINT)")
     p.add_argument("--via-daemon", action="store_true", help="send the job to the running pulse-server")
@@ -123,15 +128,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _in_process(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, list[dict], dict, str]:
-    import torch
-
+    from ..devices import resolve_device
     from ..models.loading import load_prior
     from ..pipeline import DepixParams, depixelate
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    prior, info = load_prior(args.weights, device=device)
+    prior, info = load_prior(args.weights, device=resolve_device(args.device))
     params = DepixParams(candidates=args.candidates, steps=args.steps, seed=args.seed, block=args.block, eps=args.eps,
                          precision=args.precision)
 
