@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# Override the face prior, e.g. WEIGHTS=../shared/priors/celeba32-dcgan.pt (offline); empty = the FFHQ default.
+# The demo's face model: MODEL=ffhq-1024|ffhq-256|digiface-64|PATH (WEIGHTS=PATH: the older name); empty = the
+# best this machine has (cached FFHQ, else downloaded, else the offline digiface-64).
 WEIGHTS ?=
+MODEL ?= $(WEIGHTS)
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test clean
@@ -23,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m pulse_server.demo $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(PY) -m pulse_server.demo $(if $(MODEL),--model $(MODEL))
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -159,7 +159,7 @@ def test_server_down_says_which_file_to_fetch_and_where(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as e:
         download(url, dest, progress=False)
     msg = e.value.message
-    assert url in msg and str(dest) in msg and "--weights PATH" in msg and e.value.code == "NO_WEIGHTS"
+    assert url in msg and str(dest) in msg and "--model PATH" in msg and e.value.code == "NO_WEIGHTS"
 
 
 def test_http_error_is_reported(server: Server, tmp_path: Path) -> None:

