@@ -31,6 +31,7 @@ class JobParams:
     block: int | None = None  # 0 on the wire = auto-detect
     eps: float = 2e-3
     precision: str = "default"
+    model: str | None = None  # a registry name; None = the daemon's own model
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any], *, max_steps: int = 100_000, max_candidates: int = 16) -> "JobParams":
@@ -53,6 +54,7 @@ class JobParams:
         block = get("block", (int,), 0)
         eps = float(get("eps", (int, float), 2e-3))
         precision = get("precision", (str,), "default")
+        model = get("model", (str,), "")
         if not 1 <= candidates <= max_candidates:
             raise PulseError(f"params.candidates must be 1..{max_candidates}", "BAD_PARAMS")
         if not 1 <= steps <= max_steps:
@@ -65,7 +67,13 @@ class JobParams:
             raise PulseError("params.eps must be in (0, 1)", "BAD_PARAMS")
         if precision not in PRECISIONS:
             raise PulseError(f"params.precision must be one of {', '.join(PRECISIONS)}", "BAD_PARAMS")
-        return cls(mode, candidates, steps, None if seed < 0 else seed, block or None, eps, precision)
+        from .models.registry import REGISTRY
+
+        # Names only, never paths: a client must not make the daemon open files of its choosing.
+        if model and model not in REGISTRY:
+            raise PulseError(f"params.model must be empty (the daemon's model) or one of {', '.join(REGISTRY)}, "
+                             f"not {model[:32]!r}", "BAD_PARAMS")
+        return cls(mode, candidates, steps, None if seed < 0 else seed, block or None, eps, precision, model or None)
 
 
 @dataclass(eq=False)

@@ -155,11 +155,16 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     from protocol.client import PulseClient
     from protocol.messages import ImageBlob
 
-    if args.weights is not None:
-        print("pulse: note: --weights is ignored with --via-daemon (the daemon has its model loaded)", file=sys.stderr)
+    from ..models.registry import REGISTRY
+
+    if args.weights is not None and args.weights not in REGISTRY:
+        print("pulse: note: with --via-daemon --model takes a model name; the daemon does not open files for "
+              "clients, so it uses its own model", file=sys.stderr)
     params = {"mode": "depixelate", "candidates": args.candidates, "steps": args.steps,
               "seed": -1 if args.seed is None else args.seed, "block": args.block or 0, "eps": args.eps,
               "precision": args.precision}
+    if args.weights in REGISTRY:
+        params["model"] = args.weights
 
     def progress(p: Any) -> None:
         if bar is not None:

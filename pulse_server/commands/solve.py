@@ -183,12 +183,17 @@ def _solve_via_daemon(args: argparse.Namespace, lowres: Any) -> tuple[list[dict]
     from protocol.client import PulseClient
     from protocol.messages import ImageBlob
 
-    if args.weights:
-        print("pulse: note: --weights is ignored with --via-daemon (the daemon uses its own model)", file=sys.stderr)
+    from ..models.registry import REGISTRY
+
+    if args.weights and args.weights not in REGISTRY:
+        print("pulse: note: with --via-daemon --model takes a model name; the daemon does not open files for "
+              "clients, so it uses its own model", file=sys.stderr)
     h, w = lowres.shape[:2]
     blob = ImageBlob(width=w, height=h, channels=3, dtype="f32", data=lowres.astype("<f4").tobytes())
     params = {"mode": "solve", "candidates": args.candidates, "steps": args.steps,
               "seed": -1 if args.seed is None else args.seed, "eps": args.eps, "precision": args.precision}
+    if args.weights in REGISTRY:
+        params["model"] = args.weights
     bar = _Bar(args.quiet)
     with PulseClient(args.endpoint, client_name="pulse-cli") as client:
         try:
