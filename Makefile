@@ -2,24 +2,30 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# Override the face prior, e.g. WEIGHTS=../shared/priors/celeba32-dcgan.pt (offline); empty = the FFHQ default.
+# The demo's face model: MODEL=ffhq-1024|ffhq-256|digiface-64|PATH (WEIGHTS=PATH: the older name); empty = the
+# best this machine has (cached FFHQ, else downloaded, else the offline digiface-64).
 WEIGHTS ?=
+MODEL ?= $(WEIGHTS)
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build that lies on this machine's disk (a bare `torch` could pull a CUDA build).
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==$${TORCH_VERSION:-2.13.0}"
 	$(PY) -m pip install -q -e ".[test]"
+	# The digiface-64 face model (no download; the offline demo and the tests use it) is a file inside this
+	# package. --no-deps: its requirements (torchvision, wandb[media], matplotlib) would replace the CPU torch
+	# with a CUDA build; pulse reads only the weights file, so the package's Python bound does not apply either.
+	$(PY) -m pip install -q --no-deps --ignore-requires-python "gan-face-generate==1.1.1"
 	touch $@
 
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m pulse_server.demo $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(PY) -m pulse_server.demo $(if $(MODEL),--model $(MODEL))
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -194,7 +194,7 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=tuple(CONFIGS), default="tiny")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps|xpu (auto: cuda > mps > xpu > cpu)")
     ap.add_argument("-k", "--candidates", type=int, nargs="+", default=None, help="K values (default per config)")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=None,
                     help="default: baseline default (CPU); baseline default default-fused (CUDA)")
@@ -214,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    from pulse_server.devices import resolve_device
+
+    device = resolve_device(args.device)
     res, factor, ks = CONFIGS[args.config]
     ks = args.candidates or ks
     modes = args.modes or (["baseline", "default", "default-fused"] if device.type == "cuda" else ["baseline", "default"])

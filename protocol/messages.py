@@ -102,7 +102,7 @@ class Welcome(Message):
     heartbeat_ms: int
     device: str
     limits: dict = field(default_factory=dict)
-    models: list = field(default_factory=list)  # [{"name", "family", "resolution", "loaded"}]
+    models: list = field(default_factory=list)  # [{"name", "id", "family", "resolution", "loaded"}], own model first
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class Submit(Message):
     job_id: str
     image: ImageBlob
     mask: ImageBlob | None = None  # (H, W, 1) u8, 0 = not selected
-    params: dict = field(default_factory=dict)  # mode, candidates, steps, seed, block, eps, precision
+    params: dict = field(default_factory=dict)  # mode, candidates, steps, seed, block, eps, precision, model
     preview_interval: float = 0.0  # seconds between PREVIEWs; 0 = none
 
 

@@ -12,6 +12,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
+from .devices import enable_mps_fallback
 
 # Sub-command modules of each program, in help order.
 PULSE_COMMANDS = ("pulse_server.commands.solve", "pulse_server.commands.depixelate")
@@ -58,11 +59,13 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def main_pulse(argv: Sequence[str] | None = None) -> int:
+    enable_mps_fallback()
     parser = _build_parser("pulse", PULSE_COMMANDS, "Depixelate faces with PULSE (imagined faces, not recovered identities).")
     return _run(parser, argv)
 
 
 def main_server(argv: Sequence[str] | None = None) -> int:
+    enable_mps_fallback()
     parser = _build_parser("pulse-server", SERVER_COMMANDS, "The pulse solver daemon and its editor plug-ins.")
     return _run(parser, argv)
 

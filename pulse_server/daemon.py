@@ -159,13 +159,12 @@ class Daemon:
 
     def _check_device(self) -> None:
         # An autostart entry may bake in --device cuda: refuse to start (exit 2, no restart loop) rather
-        # than run a daemon whose every job fails.
-        if not str(self.config.device).startswith("cuda") or self.worker.noop:
+        # than run a daemon whose every job fails. `auto` cannot fail: the worker resolves it off this thread.
+        if self.worker.noop or self.config.device in ("auto", None):
             return
-        import torch
+        from .devices import resolve_device
 
-        if not torch.cuda.is_available():
-            raise PulseError("CUDA is not available on this machine; use --device auto or cpu", "NO_CUDA")
+        resolve_device(self.config.device)  # PulseError(NO_DEVICE | BAD_DEVICE)
 
     def _bind(self) -> None:
         cfg = self.config
@@ -407,7 +406,7 @@ class Daemon:
         self.by_identity[identity] = session
         self._send(session, Welcome(
             protocol=PROTOCOL_VERSION, server_version=__version__, session=sid, heartbeat_ms=self.config.heartbeat_ms,
-            device=str(self.worker.device), limits=self.limits.to_dict(), models=[self.worker.model_summary()],
+            device=str(self.worker.device), limits=self.limits.to_dict(), models=self.worker.model_summaries(),
         ))
 
     def _on_submit(self, s: Session, msg: Submit) -> None:
@@ -470,7 +469,7 @@ class Daemon:
         running = self.worker.current
         return {
             "version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(), "endpoint": self.bound_endpoint,
-            "device": str(self.worker.device), "models": [self.worker.model_summary()], "queued": len(self.queue),
+            "device": str(self.worker.device), "models": self.worker.model_summaries(), "queued": len(self.queue),
             "running": 0 if running is None or running.done else 1, "sessions": len(self.sessions),
             "uptime": round(time.time() - self.started, 1), "kept_results": len(self.results),
             "refused_peers": self.refused_peers,

@@ -1,10 +1,12 @@
 """`make demo`: the daemon up, the bundled pixelated example depixelated through it, results in out/.
 
-    python -m pulse_server.demo [--weights PATH] [--out DIR] [--candidates K] [--steps S]
+    python -m pulse_server.demo [--model NAME|PATH] [--device D] [--out DIR] [--candidates K] [--steps S]
 
 Uses the daemon already running for this user if there is one (the login daemon); otherwise starts
-`pulse-server run` for the demo's duration and stops it afterwards. Without --weights the daemon uses the
-default FFHQ StyleGAN2, downloaded on first use (about 380 MB); `--weights ../shared/priors/...` runs offline.
+`pulse-server run` for the demo's duration and stops it afterwards. Without --model the demo takes the best
+model this machine has: the device's FFHQ StyleGAN2 (ffhq-1024 on a GPU, ffhq-256 without) if it is in
+the cache, else that model downloaded now, else — offline — `digiface-64`, which comes with a Python package
+and needs no download; one line then says so and how to get FFHQ.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from protocol.client import PulseClient
 from protocol.endpoint import default_endpoint
 from protocol.errors import ProtocolError
 
+from .errors import ModelError, PulseError
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "astronaut-mosaic.png"
 EXAMPLE_BOX = "30,30,170,170"  # larger than the 128×128 mosaic at (44, 44): the block grid is detected
@@ -34,11 +38,40 @@ def _answers(endpoint: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _start_daemon(endpoint: str, weights: str | None, log: Path) -> subprocess.Popen:
+def choose_model(device: str = "auto") -> tuple[str, str]:
+    """The best model this machine can run now, downloading the device's FFHQ model if it must.
+
+    Order: the device's default FFHQ (ffhq-1024 on a GPU, ffhq-256 on the CPU) if cached; on a GPU also a
+    cached ffhq-256; the device's default downloaded now; `digiface-64` from its package, with one line
+    saying so. ffhq-1024 is never picked for a CPU: one demo would take about an hour.
+    -> (model name, the line to print about it)."""
+    from .devices import resolve_device
+    from .models import registry
+
+    want = registry.default_model(resolve_device(device))
+    for name in dict.fromkeys([want, registry.FFHQ_256.name]):
+        if registry.is_present(name):
+            return name, f"demo: model {name} (cached)"
+    try:
+        registry.ensure_weights(want)
+        return want, f"demo: model {want} (downloaded)"
+    except ModelError as exc:
+        failure = exc
+    offline = registry.OFFLINE_MODEL
+    if not registry.is_present(offline):
+        raise ModelError(f"no face model: {failure} The offline model {offline} is not installed either: run "
+                         f"`{registry.install_hint(registry.DIGIFACE_64)}`", code="NO_WEIGHTS")
+    reason = getattr(failure, "reason", None) or failure.message
+    return offline, (f"demo: model {offline} (64×64 faces from a DCGAN trained on synthetic DigiFace-1M faces; "
+                     f"research use only), not {want}: its download failed ({reason}). For FFHQ faces put "
+                     f"{registry.get_spec(want).url} at {registry.weights_path(want)}, or run the demo once online.")
+
+
+def _start_daemon(endpoint: str, weights: str | None, device: str, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-c", "import sys; from pulse_server.cli import main_server; sys.exit(main_server())",
-           "run", "--endpoint", endpoint, "--preload"]
+           "run", "--endpoint", endpoint, "--preload", "--device", device]
     if weights:
-        cmd += ["--weights", weights]
+        cmd += ["--model", weights]
     print(f"demo: starting the daemon ({' '.join(cmd[3:])}); log: {log}")
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor; ours is closed here
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -59,7 +92,9 @@ def _wait_for(proc: subprocess.Popen, endpoint: str, log: Path, timeout: float) 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="pulse-demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", default=None, help="face prior checkpoint (default: FFHQ StyleGAN2, downloaded)")
+    ap.add_argument("--model", "--weights", dest="weights", default=None, metavar="NAME|PATH",
+                    help="face model (default: the best this machine has, see above)")
+    ap.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps|xpu (default auto)")
     ap.add_argument("--out", default=str(REPO / "out"), help="output folder (default: out/)")
     ap.add_argument("--candidates", type=int, default=3)
     ap.add_argument("--steps", type=int, default=100)
@@ -72,10 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     proc = None
     if _answers(endpoint):
         print(f"demo: using the daemon already running at {endpoint}" +
-              (" (its own model; stop it to use --weights)" if args.weights else ""))
+              (" (its own model; stop it to use --model)" if args.weights else ""))
     else:
         log = out / "daemon.log"
-        proc = _start_daemon(endpoint, args.weights, log)
+        try:
+            model, line = (args.weights, f"demo: model {args.weights}") if args.weights else choose_model(args.device)
+        except PulseError as exc:
+            print(f"demo: error: {exc}", file=sys.stderr)
+            return 2
+        print(line, flush=True)
+        proc = _start_daemon(endpoint, model, args.device, log)
         # --preload: the first answer may wait for a first-use download of the default model.
         _wait_for(proc, endpoint, log, timeout=3600)
     try:
@@ -98,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 def _summarise(report: Path) -> None:
     data = json.loads(report.read_text())
     mosaic = data.get("mosaic", {})
+    print(f"demo: faces by model {data.get('model')}")
     print(f"demo: mosaic block {mosaic.get('block')} px, phase {mosaic.get('phase')}, rect {mosaic.get('rect_in_image', mosaic.get('rect'))}, "
           f"confidence {mosaic.get('confidence')}")
     for c in data.get("candidates", []):

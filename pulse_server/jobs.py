@@ -33,6 +33,7 @@ class JobParams:
     eps: float = 2e-3
     precision: str = "default"
     method: str = METHODS[0]  # depixelate's search
+    model: str | None = None  # a registry name; None = the daemon's own model
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any], *, max_steps: int = 100_000, max_candidates: int = 16) -> "JobParams":
@@ -56,6 +57,7 @@ class JobParams:
         eps = float(get("eps", (int, float), 2e-3))
         precision = get("precision", (str,), "default")
         method = get("method", (str,), METHODS[0])
+        model = get("model", (str,), "")
         if not 1 <= candidates <= max_candidates:
             raise PulseError(f"params.candidates must be 1..{max_candidates}", "BAD_PARAMS")
         if not 1 <= steps <= max_steps:
@@ -70,7 +72,14 @@ class JobParams:
             raise PulseError(f"params.precision must be one of {', '.join(PRECISIONS)}", "BAD_PARAMS")
         if method not in METHODS:
             raise PulseError(f"params.method must be one of {', '.join(METHODS)}, not {method[:32]!r}", "BAD_PARAMS")
-        return cls(mode, candidates, steps, None if seed < 0 else seed, block or None, eps, precision, method)
+        from .models.registry import REGISTRY
+
+        # Names only, never paths: a client must not make the daemon open files of its choosing.
+        if model and model not in REGISTRY:
+            raise PulseError(f"params.model must be empty (the daemon's model) or one of {', '.join(REGISTRY)}, "
+                             f"not {model[:32]!r}", "BAD_PARAMS")
+        return cls(mode, candidates, steps, None if seed < 0 else seed, block or None, eps, precision, method,
+                   model or None)
 
 
 @dataclass(eq=False)

@@ -1,5 +1,8 @@
 """One worker thread per device: loads the face prior once, then runs jobs one at a time.
 
+A job may name another registry model (`params.model`): it is loaded on first use and the two most
+recently used stay warm (`max_models`), so switching back and forth between two models costs nothing.
+
 The worker never touches the socket: it reports through `emit(kind, job, payload)` (thread-safe, wakes
 the daemon loop). Per job it calls the runner (`runner.depixelate` or `runner.solve`, as the CLIs do)
 with `cancel=job.cancel_event.is_set`, so a cancel lands within one solver step. A failing job (bad
@@ -16,6 +19,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from typing import Any, Callable
 
 from protocol.messages import Candidate, Failed, ImageBlob, JpegBlob, Preview, Progress, Result
@@ -32,7 +36,7 @@ PREVIEW_MAX_SIDE = 256
 
 class Worker(threading.Thread):
     def __init__(self, queue: JobQueue, emit: Emit, *, weights: str | None, device: str = "auto",
-                 precision: str = "default", preload: bool = False, index: int = 0) -> None:
+                 precision: str = "default", preload: bool = False, index: int = 0, max_models: int = 2) -> None:
         super().__init__(name=f"pulse-worker-{index}", daemon=True)
         self.queue = queue
         self.emit = emit
@@ -42,20 +46,39 @@ class Worker(threading.Thread):
         self.preload = preload
         self.noop = weights is not None and str(weights).startswith("noop:")
         self.device = "cpu" if self.noop else device  # resolved ("cuda:0"/"cpu") once torch is imported
-        self.prior: Any = None
+        self.prior: Any = None  # the current job's model
         self.info: Any = None
+        # Loaded models, least recently used first: "" = the daemon's own (--model), else a registry name a
+        # job asked for. At most `max_models` stay warm (each StyleGAN2 holds its weights and noise buffers).
+        self.models: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+        self.max_models = max(1, max_models)
+        self._models_lock = threading.Lock()  # the loop thread reads `models` for WELCOME/STATUS
         self.current: Job | None = None
         self._stopping = threading.Event()
 
     # ---- public, called from the loop thread ----------------------------------------------------
 
-    def model_summary(self) -> dict[str, Any]:
+    def model_summaries(self) -> list[dict[str, Any]]:
+        """WELCOME/STATUS `models`: the daemon's own model first, then the other loaded ones, then the
+        registry's others (not loaded); `id` is what a job's `model` param names ("" = the daemon's own)."""
         if self.noop:
-            return {"name": "noop", "family": "noop", "resolution": 0, "loaded": True}
-        if self.info is not None:
-            return {"name": self.info.name, "family": self.info.family, "resolution": self.info.resolution, "loaded": True}
-        name = "default" if not self.weights else str(self.weights).replace("\\", "/").rsplit("/", 1)[-1]
-        return {"name": name, "family": "", "resolution": 0, "loaded": False}
+            return [{"name": "noop", "id": "", "family": "noop", "resolution": 0, "loaded": True}]
+        from .models.registry import REGISTRY
+
+        with self._models_lock:
+            loaded = list(self.models.items())
+        own = dict(loaded).get("")
+        if own is not None:
+            first = _summary("", own[1])
+        else:
+            name = str(self.weights or "default").replace("\\", "/").rsplit("/", 1)[-1]
+            first = {"name": name, "id": "", "family": "", "resolution": 0, "loaded": False}
+        rows = [first] + [_summary(key, info) for key, (_, info) in loaded if key]
+        own_name = self._own_model_name()
+        rows += [{"name": spec.model_name, "id": key, "family": spec.family, "resolution": spec.resolution,
+                  "loaded": False} for key, spec in REGISTRY.items()
+                 if key != own_name and all(r["id"] != key for r in rows)]
+        return rows
 
     def stop(self) -> None:
         self._stopping.set()
@@ -88,23 +111,20 @@ class Worker(threading.Thread):
 
     def _resolve_device(self) -> None:
         try:
-            import torch
+            from .devices import resolve_device
 
-            if self.requested_device in ("auto", None):
-                self.device = "cuda" if torch.cuda.is_available() else "cpu"
-            else:
-                self.device = self.requested_device
+            self.device = str(resolve_device(self.requested_device))
         except Exception as exc:  # noqa: BLE001 - reported on the first job instead
-            log.error("cannot import torch: %s", exc)
+            log.error("cannot use device %s: %s", self.requested_device, exc)
 
     def _run_job(self, job: Job) -> None:
         t0 = time.monotonic()
         try:
             if job.cancel_event.is_set():  # cancelled while queued, after take(): same report as mid-run
                 raise Cancelled(job.cancel_reason)
-            if self.prior is None and not self.noop:
+            if not self.noop and not self._select(job.params.model):
                 self.emit("state", job, "loading")
-                self._load()
+                self._load(job.params.model)
             # Loading takes seconds: the client may have cancelled or vanished meanwhile (its session
             # dropped, the region's frames released). Stop here rather than run on a freed region.
             if job.cancel_event.is_set():
@@ -136,18 +156,47 @@ class Worker(threading.Thread):
 
     # ---- model ------------------------------------------------------------------------------------
 
-    def _load(self) -> None:
-        t0 = time.monotonic()
-        device = "cpu" if self.device in ("auto", None) else self.device
-        if device.startswith("cuda"):
-            import torch
+    def _own_model_name(self) -> str | None:
+        """The registry name the daemon's own model has (its --model, or the device's default), if any."""
+        from .models.registry import REGISTRY, default_model
 
-            if not torch.cuda.is_available():
-                raise PulseError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto",
-                                 "NO_DEVICE")
+        if self.weights is None and self.device in ("auto", None):
+            return None  # not resolved yet
+        own = self.weights if self.weights is not None else default_model(self.device)
+        return own if own in REGISTRY else None
+
+    def _key(self, model: str | None) -> str:
+        return "" if not model or model == self._own_model_name() else model
+
+    def _select(self, model: str | None) -> bool:
+        """Make the job's model current if it is loaded; False if it must be loaded first."""
+        key = self._key(model)
+        with self._models_lock:
+            if not self.models and not key and self.prior is not None:
+                self.models[""] = (self.prior, self.info)  # a model handed in directly is the daemon's own
+            entry = self.models.get(key)
+            if entry is None:
+                return False
+            self.models.move_to_end(key)
+        self.prior, self.info = entry
+        return True
+
+    def _load(self, model: str | None = None) -> None:
+        t0 = time.monotonic()
+        from .devices import resolve_device
         from .models.loading import load_prior
 
-        self.prior, self.info = load_prior(self.weights, device)
+        device = resolve_device(self.device)  # resolved at start; a device gone since fails here (NO_DEVICE)
+        key = self._key(model)
+        self.prior, self.info = load_prior(model if key else self.weights, device)
+        with self._models_lock:
+            self.models[key] = (self.prior, self.info)
+            evicted = [self.models.popitem(last=False) for _ in range(len(self.models) - self.max_models)]
+        if evicted:
+            log.info("unloaded %s (keeping %d models warm)", ", ".join(info.name for _, (_, info) in evicted),
+                     self.max_models)
+            del evicted
+            _free_device_memory()
         log.info("model %s (%s, %d px) loaded on %s in %.1f s", self.info.name, self.info.family,
                  self.info.resolution, device, time.monotonic() - t0)
 
@@ -224,6 +273,10 @@ def depixelate_analysis(res: Any) -> dict[str, Any]:
     return {"block": int(m.block), "phase": [int(v) for v in m.phase], "rect": [int(v) for v in m.rect],
             "confidence": float(m.confidence), "detected": bool(m.detected), "method": str(res.method),
             "theta": [[round(float(v), 5) for v in c.theta] for c in res.candidates]}
+
+
+def _summary(key: str, info: Any) -> dict[str, Any]:
+    return {"name": info.name, "id": key, "family": info.family, "resolution": info.resolution, "loaded": True}
 
 
 def _candidate(pixels: Any, c: Any) -> Candidate:

@@ -238,3 +238,80 @@ def test_shared_dcgan_prior_loads(shared_prior_path: Path, cache: Path) -> None:
     again, _ = load_prior(shared_prior_path)  # from the cache
     assert torch.allclose(_image(again), img, atol=1e-6)
     assert len(list((cache / "converted").glob("*.safetensors"))) == 1
+
+
+# ---- the PyTorch DCGAN tutorial layout (`digiface-64`) ------------------------------------------------------
+
+
+def _tutorial_checkpoint(path: Path, widths: tuple[int, ...] = (32, 16, 8, 4), z_dim: int = 20) -> dict:
+    from pulse_server.models.dcgan import TutorialGenerator
+
+    torch.manual_seed(5)
+    g = TutorialGenerator(z_dim=z_dim, widths=widths)
+    for m in g.modules():  # non-trivial running statistics, so eval mode is observable
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    sd = g.state_dict()
+    # The tutorial's own checkpoint: generator, discriminator and optimiser states under fixed names.
+    torch.save({"netG_state_dict": sd, "netD_state_dict": {"main.0.weight": torch.zeros(4, 3, 4, 4)},
+                "optimizerG_state_dict": {"state": {}, "param_groups": [{"lr": 2e-4}]}}, path)
+    return sd
+
+
+def test_tutorial_dcgan_checkpoint_loads_with_its_size_read_off_the_shapes(tmp_path: Path, cache: Path) -> None:
+    sd = _tutorial_checkpoint(tmp_path / "weights.tar", widths=(32, 16, 8, 4, 4))  # one block more: 128 px
+    family, state, extras = load_state(tmp_path / "weights.tar")
+    assert family == "dcgan" and set(state) == set(sd)
+    assert infer_config(family, state, extras) == {"layout": "tutorial", "z_dim": 20, "widths": [32, 16, 8, 4, 4],
+                                                   "channels": 3}
+    prior, info = load_prior(tmp_path / "weights.tar")
+    assert info.family == "dcgan" and prior.resolution == 128 and prior.latent_dim == 20
+    img = _image(prior)
+    again, _ = load_prior(tmp_path / "weights.tar")  # from the converted cache
+    assert torch.equal(_image(again), img)
+
+
+def test_tutorial_dcgan_with_a_missing_tensor_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "weights.tar"
+    sd = _tutorial_checkpoint(path)
+    del sd["main.4.running_var"]
+    torch.save({"netG_state_dict": sd}, path)
+    with pytest.raises(ModelError) as e:
+        load_prior(path)
+    assert e.value.code == "CORRUPT_CHECKPOINT" and "main.4.running_var" in e.value.message
+
+
+def test_a_pickle_inside_a_dcgan_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "weights.tar"
+    sd = _tutorial_checkpoint(path)
+    torch.save({"netG_state_dict": sd, "hook": os.system}, path)
+    with pytest.raises(ModelError) as e:
+        load_prior(path)
+    assert e.value.code == "UNSAFE_PICKLE"
+
+
+@pytest.fixture
+def digiface() -> Path:
+    from pulse_server.models import registry
+
+    if not registry.is_present("digiface-64"):
+        pytest.skip("digiface-64 needs the gan-face-generate package: pip install --no-deps gan-face-generate==1.1.1 "
+                    "(`make venv` installs it)")
+    return registry.weights_path("digiface-64")
+
+
+def test_digiface_64_loads_from_the_installed_package(digiface: Path, cache: Path) -> None:
+    prior, info = load_prior("digiface-64")
+    assert info.name == "digiface-64-dcgan" and info.family == "dcgan" and info.resolution == 64
+    assert info.source == str(digiface) and digiface.parts[-2:] == ("gan_face_generate", "weights.tar")
+    assert info.sha256 == "0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f"
+    assert prior.latent_dim == 100 and prior.stages == 4
+    img = _image(prior)
+    assert img.shape == (2, 3, 64, 64) and float(img.abs().max()) <= 1
+    # A face has structure at every scale: far from flat, and its two samples differ.
+    assert float(img.std()) > 0.2 and float((img[0] - img[1]).abs().mean()) > 0.1
+    with torch.no_grad():
+        for k in range(prior.stages):
+            z = prior.sample_latent(2, torch.Generator().manual_seed(0))
+            assert torch.equal(prior.render_from(prior.render_to(z, None, k), k, z), img), k

@@ -1,10 +1,12 @@
-"""The networks themselves: config-f layout, both modulated-conv forms, FIR filters, the DCGAN prior."""
+"""The networks themselves: config-f layout, both modulated-conv forms, FIR filters, the DCGAN priors, stages."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from pulse_server.models.dcgan import DCGANGenerator, DCGANPrior
+from pulse_server.models.base import FacePrior
+from pulse_server.models.dcgan import DCGANGenerator, DCGANPrior, TutorialGenerator
 from pulse_server.models.stylegan2 import Generator, StyleGAN2Prior, fit_gaussian, upfirdn2d, make_kernel
 from pulse_server.models.testing import make_tiny_generator
 
@@ -73,3 +75,47 @@ def test_dcgan_prior_stays_in_eval_mode() -> None:
     z = prior.sample_latent(4, torch.Generator().manual_seed(0))
     assert z.shape == (4, 1, 100) and z.abs().max() <= 1
     assert prior.render(z).shape == (4, 3, 32, 32)
+
+
+def test_tutorial_dcgan_has_the_pytorch_tutorial_layout() -> None:
+    sd = TutorialGenerator().state_dict()
+    # The names and shapes of dcgan_faces_tutorial.py's netG (nz 100, ngf 64): what `digiface-64` holds.
+    assert sd["main.0.weight"].shape == (100, 512, 4, 4) and sd["main.1.running_var"].shape == (512,)
+    assert sd["main.9.weight"].shape == (128, 64, 4, 4) and sd["main.12.weight"].shape == (64, 3, 4, 4)
+    assert "main.12.bias" not in sd and "main.13.weight" not in sd
+
+
+def test_tutorial_dcgan_prior_samples_a_normal_z_and_renders_64px() -> None:
+    prior = DCGANPrior(TutorialGenerator()).freeze()
+    z = prior.sample_latent(4096, torch.Generator().manual_seed(0))
+    assert z.shape == (4096, 1, 100)
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01 and float(z.abs().max()) > 3
+    img = prior.render(z[:2])
+    assert img.shape == (2, 3, 64, 64) and float(img.abs().max()) <= 1
+
+
+def _stylegan2_prior() -> FacePrior:
+    g = make_tiny_generator(32)
+    mean, std = fit_gaussian(g, samples=2000)
+    return StyleGAN2Prior(g, mean, std).freeze()
+
+
+@pytest.mark.parametrize("make", [lambda: DCGANPrior(DCGANGenerator()).freeze(),
+                                  lambda: DCGANPrior(TutorialGenerator()).freeze(), _stylegan2_prior],
+                         ids=["dcgan-32", "dcgan-tutorial-64", "stylegan2"])
+def test_rendering_through_any_stage_gives_the_same_image(make) -> None:
+    torch.manual_seed(0)
+    prior = make()
+    z = prior.sample_latent(2, torch.Generator().manual_seed(3))
+    noises = [torch.randn(1, 1, h, w, generator=torch.Generator().manual_seed(i))
+              for i, (h, w) in enumerate(prior.noise_shapes())] or None
+    with torch.no_grad():
+        img = prior.render(z, noises)
+        assert prior.stages >= 3
+        for k in range(prior.stages):
+            features = prior.render_to(z, noises, k)
+            side = prior.stage_resolution(k)
+            assert all(f.shape[0] == 2 and f.shape[-2:] == (side, side) for f in features), k
+            assert torch.equal(prior.render_from(features, k, z, noises), img), k
+    sides = [prior.stage_resolution(k) for k in range(prior.stages)]
+    assert sides == sorted(sides) and sides[-1] < prior.resolution

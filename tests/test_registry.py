@@ -99,7 +99,8 @@ def server(data: bytes) -> Iterator[Server]:
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv("PULSE_CACHE_DIR", str(root))
-    for var in ("PULSE_WEIGHTS_URL", "PULSE_WEIGHTS_SHA256"):
+    for var in ("PULSE_WEIGHTS_URL", "PULSE_WEIGHTS_SHA256", "PULSE_FFHQ_1024_URL", "PULSE_FFHQ_1024_SHA256",
+                "PULSE_FFHQ_256_URL", "PULSE_FFHQ_256_SHA256"):
         monkeypatch.delenv(var, raising=False)
     return root
 
@@ -158,7 +159,7 @@ def test_server_down_says_which_file_to_fetch_and_where(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as e:
         download(url, dest, progress=False)
     msg = e.value.message
-    assert url in msg and str(dest) in msg and "--weights PATH" in msg and e.value.code == "NO_WEIGHTS"
+    assert url in msg and str(dest) in msg and "--model PATH" in msg and e.value.code == "NO_WEIGHTS"
 
 
 def test_http_error_is_reported(server: Server, tmp_path: Path) -> None:
@@ -190,9 +191,73 @@ def test_registry_knows_the_canonical_ffhq_checkpoint() -> None:
     assert "non-commercial" in FFHQ_1024.licence.lower() or "research" in FFHQ_1024.licence.lower()
 
 
-def test_default_model_downloads_on_first_use_and_loads(tmp_path: Path, cache: Path,
+def test_registry_lists_three_models_with_source_licence_resolution_and_family() -> None:
+    assert list(registry.REGISTRY) == ["ffhq-1024", "ffhq-256", "digiface-64"]
+    assert [(s.family, s.resolution) for s in registry.REGISTRY.values()] == \
+        [("stylegan2", 1024), ("stylegan2", 256), ("dcgan", 64)]
+    for spec in registry.REGISTRY.values():
+        assert spec.source and spec.licence and spec.homepage.startswith("https://")
+    ffhq256 = registry.FFHQ_256
+    assert ffhq256.url == ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/"
+                           "transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl")
+    assert ffhq256.url.endswith(ffhq256.filename) and "research" in ffhq256.licence
+    assert ffhq256.size is None and ffhq256.sha256 is None  # NVIDIA publishes neither
+    digiface = registry.DIGIFACE_64
+    assert digiface.url is None and digiface.package == "gan-face-generate" and digiface.package_version == "1.1.1"
+    assert digiface.size == 14_322_251 and len(digiface.sha256 or "") == 64
+    assert "MIT" in digiface.licence and "non-commercial" in digiface.licence
+
+
+@pytest.mark.parametrize("device, model", [("cpu", "ffhq-256"), ("cuda", "ffhq-1024"), ("cuda:1", "ffhq-1024"),
+                                           ("mps", "ffhq-1024"), ("xpu", "ffhq-1024")])
+def test_default_model_follows_the_device(device: str, model: str) -> None:
+    import torch
+
+    assert registry.default_model(device) == model == registry.default_model(torch.device(device))
+
+
+def test_each_downloadable_model_has_its_own_url_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PULSE_FFHQ_256_URL", "http://127.0.0.1:9/a.pkl")
+    monkeypatch.setenv("PULSE_WEIGHTS_URL", "http://127.0.0.1:9/b.pkl")  # the older name: ffhq-1024 only
+    assert registry.get_spec("ffhq-256").url == "http://127.0.0.1:9/a.pkl"
+    assert registry.get_spec("ffhq-1024").url == "http://127.0.0.1:9/b.pkl"
+    monkeypatch.setenv("PULSE_FFHQ_1024_URL", "http://127.0.0.1:9/c.pkl")
+    assert registry.get_spec("ffhq-1024").url == "http://127.0.0.1:9/c.pkl"
+
+
+def test_unknown_model_name_lists_the_known_ones() -> None:
+    with pytest.raises(ModelError) as e:
+        registry.get_spec("ffhq-512")
+    assert e.value.code == "NO_WEIGHTS" and "ffhq-1024, ffhq-256, digiface-64" in e.value.message
+
+
+def test_digiface_without_its_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    def missing(name: str):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", missing)
+    assert not registry.is_present("digiface-64")
+    with pytest.raises(ModelError) as e:
+        ensure_weights("digiface-64")
+    assert e.value.code == "NO_WEIGHTS"
+    assert "pip install --no-deps gan-face-generate==1.1.1" in e.value.message
+
+
+def test_digiface_from_another_package_release_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = tmp_path / "gan_face_generate" / "weights.tar"
+    other.parent.mkdir()
+    other.write_bytes(b"PK\x03\x04 another release")
+    monkeypatch.setattr(registry, "_package_file", lambda spec: other)
+    with pytest.raises(ModelError) as e:
+        ensure_weights("digiface-64")
+    assert e.value.code == "CHECKSUM" and str(other) in e.value.message and "1.1.1" in e.value.message
+
+
+def test_ffhq_1024_downloads_on_first_use_and_loads(tmp_path: Path, cache: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """load_prior(None) fetches the registry's default (here a tiny NVIDIA pickle from the local server)."""
+    """load_prior("ffhq-1024") fetches the model (here a tiny NVIDIA pickle from the local server)."""
     from pulse_server.models.testing import latent_average, make_tiny_generator
 
     g = make_tiny_generator(16)
@@ -204,26 +269,26 @@ def test_default_model_downloads_on_first_use_and_loads(tmp_path: Path, cache: P
         monkeypatch.setenv("PULSE_WEIGHTS_URL", srv.url)
         monkeypatch.setenv("PULSE_WEIGHTS_SHA256", sha(blob))
         monkeypatch.setattr(loading, "GAUSSIAN_SAMPLES", 10_000)
-        prior, info = loading.load_prior(None)
+        prior, info = loading.load_prior("ffhq-1024")
         dest = cache / "weights" / "stylegan2-ffhq-1024x1024.pkl"
-        assert weights_path() == dest and dest.read_bytes() == blob
+        assert weights_path("ffhq-1024") == dest and dest.read_bytes() == blob
         assert info.name == "stylegan2-ffhq-1024" and info.sha256 == sha(blob) and prior.resolution == 16
         n = len(srv.requests)
-        assert ensure_weights(progress=False) == dest and len(srv.requests) == n  # no second download
+        assert ensure_weights("ffhq-1024", progress=False) == dest and len(srv.requests) == n  # no second download
     finally:
         srv.close()
 
 
-def test_default_model_offline_error(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_default_model_without_a_gpu_names_the_ffhq_256_url_and_path(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/x.pkl"
-    monkeypatch.setenv("PULSE_WEIGHTS_URL", url)
+    monkeypatch.setenv("PULSE_FFHQ_256_URL", url)
     with pytest.raises(ModelError) as e:
-        loading.load_prior(None)
+        loading.load_prior(None, "cpu")  # the default model without a GPU: ffhq-256
     assert url in e.value.message
-    assert str(cache / "weights" / "stylegan2-ffhq-1024x1024.pkl") in e.value.message
+    assert str(cache / "weights" / "ffhq-res256-mirror-paper256-noaug.pkl") in e.value.message
 
 
 def test_cache_dir_defaults_to_platformdirs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,7 +306,7 @@ def test_concurrent_first_runs_download_once(server: Server, data: bytes, cache:
 
     def run() -> None:
         try:
-            results.append(ensure_weights(progress=False))
+            results.append(ensure_weights("ffhq-1024", progress=False))
         except Exception as e:  # surfaced by the assertion below
             results.append(e)
 
@@ -250,8 +315,8 @@ def test_concurrent_first_runs_download_once(server: Server, data: bytes, cache:
         t.start()
     for t in threads:
         t.join(60)
-    assert results == [weights_path()] * 3
-    assert weights_path().read_bytes() == data and len(server.requests) == 1
+    assert results == [weights_path("ffhq-1024")] * 3
+    assert weights_path("ffhq-1024").read_bytes() == data and len(server.requests) == 1
 
 
 def test_registry_name_as_weights(server: Server, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,7 +329,7 @@ def test_registry_name_as_weights(server: Server, cache: Path, tmp_path: Path, m
     monkeypatch.setenv("PULSE_WEIGHTS_URL", server.url)
     monkeypatch.setattr(loading, "GAUSSIAN_SAMPLES", 10_000)
     prior, info = loading.load_prior("ffhq-1024")
-    assert info.name == "stylegan2-ffhq-1024" and info.source == str(weights_path()) and prior.resolution == 16
+    assert info.name == "stylegan2-ffhq-1024" and info.source == str(weights_path("ffhq-1024")) and prior.resolution == 16
 
 
 # ---- a .part at or past the remote end (HTTP 416) with no pinned size ---------------------------------------

@@ -81,7 +81,8 @@ class ProbeThread(QThread):
             with PulseClient(self.endpoint, client_name=logic.CLIENT_NAME, client_version=logic.PLUGIN_VERSION,
                              timeout=2.0) as client:
                 welcome = client.connect()
-            models = ", ".join(str(m.get("name", "?")) for m in (getattr(welcome, "models", None) or [])[:2])
+            # The daemon's own model comes first; the registry's other models follow (loaded or not).
+            models = str(((getattr(welcome, "models", None) or [{}])[0]).get("name", ""))
             text = f"connected ({getattr(welcome, 'device', '?')}" + (f", {models})" if models else ")")
             self.answered.emit(True, text, self.endpoint or "")
         except Exception as exc:  # noqa: BLE001

@@ -19,8 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "Linux; launchd on macOS; windows on Windows")
     p.add_argument("--endpoint", default=None,
                    help="endpoint the daemon binds (default: its per-user default; $PULSE_ENDPOINT if set now)")
-    p.add_argument("--weights", default=None, metavar="PATH", help="face prior checkpoint (default: FFHQ-1024)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None, help="solver device (default: auto)")
+    p.add_argument("--model", "--weights", dest="weights", default=None, metavar="NAME|PATH",
+                   help="face model name or checkpoint (default: ffhq-1024 on a GPU, ffhq-256 without one)")
+    p.add_argument("--device", default=None, metavar="auto|cpu|cuda|cuda:N|mps|xpu", help="solver device (default: auto)")
     p.add_argument("--dry-run", action="store_true", help="print what would be written and run; change nothing")
     p.set_defaults(func=_install)
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..devices import CHOICES as DEVICES
 from ..pipeline.pipeline import METHODS
 
 
@@ -29,7 +30,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--box", required=True, type=_box, metavar="X,Y,W,H", help="region holding the pixelated face")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.png",
                    help="output image (best candidate); others go to OUT-2.png …")
-    p.add_argument("--weights", default=None, help="face prior checkpoint (default: the registry's FFHQ model)")
+    p.add_argument("--model", "--weights", dest="weights", metavar="NAME|PATH", default=None,
+                   help="face model: a registry name (ffhq-1024, ffhq-256, digiface-64) or a checkpoint file; "
+                        "default: ffhq-1024 on a GPU, ffhq-256 without one (downloaded on first use)")
     p.add_argument("--candidates", type=_positive, default=3, metavar="K", help="number of faces (default 3)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of candidate 1 (candidate i: N+i-1)")
     p.add_argument("--block", type=_block, default=None, metavar="auto|N",
@@ -39,7 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--method", choices=METHODS, default=METHODS[0],
                    help="search: ilo = latent + placement, then intermediate features (default); pulse = no features")
     p.add_argument("--report", type=Path, default=None, metavar="R.json", help="write a JSON report here")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="in-process device (default auto)")
+    p.add_argument("--device", default="auto", metavar="|".join(DEVICES),
+                   help="in-process device; auto (default): cuda > mps > xpu > cpu")
     p.add_argument("--precision", choices=("default", "fp32"), default="default", help="solver precision")
     p.add_argument("--endpoint", default=None, help="daemon endpoint for --via-daemon (default: per-user; env PULSE_ENDPOINT)")
     p.add_argument("--via-daemon", action="store_true", help="send the job to the running pulse-server")
@@ -140,17 +144,13 @@ def _placement(analysis: dict, i: int) -> dict:
 
 
 def _in_process(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, list[dict], dict, str]:
-    import torch
-
+    from ..devices import resolve_device
     from ..models.loading import load_prior
     from ..pipeline import DepixParams
     from ..runner import depixelate
     from ..worker import depixelate_analysis
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    prior, info = load_prior(args.weights, device=device)
+    prior, info = load_prior(args.weights, device=resolve_device(args.device))
     params = DepixParams(candidates=args.candidates, steps=args.steps, seed=args.seed, block=args.block, eps=args.eps,
                          precision=args.precision, method=args.method)
 
@@ -173,11 +173,16 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     from protocol.client import PulseClient
     from protocol.messages import ImageBlob
 
-    if args.weights is not None:
-        print("pulse: note: --weights is ignored with --via-daemon (the daemon has its model loaded)", file=sys.stderr)
+    from ..models.registry import REGISTRY
+
+    if args.weights is not None and args.weights not in REGISTRY:
+        print("pulse: note: with --via-daemon --model takes a model name; the daemon does not open files for "
+              "clients, so it uses its own model", file=sys.stderr)
     params = {"mode": "depixelate", "candidates": args.candidates, "steps": args.steps,
               "seed": -1 if args.seed is None else args.seed, "block": args.block or 0, "eps": args.eps,
               "precision": args.precision, "method": args.method}
+    if args.weights in REGISTRY:
+        params["model"] = args.weights
 
     def progress(p: Any) -> None:
         if bar is not None:

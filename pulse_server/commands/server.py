@@ -13,9 +13,11 @@ import time
 def register(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run the solver daemon in the foreground (logs to stderr and the user log dir)")
     _endpoint_arg(run)
-    run.add_argument("--weights", metavar="PATH", default=None,
-                     help="face prior checkpoint (default: the FFHQ StyleGAN2, downloaded on first use)")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument("--model", "--weights", dest="weights", metavar="NAME|PATH", default=None,
+                     help="face model: a registry name (ffhq-1024, ffhq-256, digiface-64) or a checkpoint file; "
+                          "default: ffhq-1024 on a GPU, ffhq-256 without one (downloaded on first use)")
+    run.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps|xpu",
+                     help="auto (default): cuda > mps > xpu > cpu; a device that is not there stops the start")
     run.add_argument("--precision", choices=("default", "fp32"), default="default")
     run.add_argument("--allow-remote", action="store_true",
                      help="allow binding a non-loopback tcp address (CURVE encryption and the token are then required)")
@@ -103,8 +105,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..errors import ModelError
 
-    if args.weights and not args.weights.startswith("noop:") and not Path(args.weights).expanduser().is_file():
-        raise ModelError(f"weights file not found: {args.weights}", code="NO_WEIGHTS")  # fail now, not on the first job
+    from ..models.registry import REGISTRY
+
+    # Fail now, not on the first job: a model that is neither a registry name nor a file.
+    if args.weights and not args.weights.startswith("noop:") and args.weights not in REGISTRY \
+            and not Path(args.weights).expanduser().is_file():
+        raise ModelError(f"--model {args.weights}: no such file, and not a model name ({', '.join(REGISTRY)})",
+                         code="NO_WEIGHTS")
     _setup_logging(args.log_level, not args.no_log_file)
     limits = DEFAULT_LIMITS
     if args.max_pixels:

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..devices import CHOICES as DEVICES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("solve", help="imagine high-resolution faces whose downscaled versions match LOWRES",
@@ -21,14 +23,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", metavar="LOWRES", help="low-resolution face image (square; its size must divide the "
                                                    "generator resolution)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="best candidate; others go to OUT-2.png …")
-    p.add_argument("--weights", metavar="PATH", default=None,
-                   help="face prior checkpoint (default: the FFHQ StyleGAN2, downloaded on first use)")
+    p.add_argument("--model", "--weights", dest="weights", metavar="NAME|PATH", default=None,
+                   help="face model: a registry name (ffhq-1024, ffhq-256, digiface-64) or a checkpoint file; "
+                        "default: ffhq-1024 on a GPU, ffhq-256 without one (downloaded on first use)")
     p.add_argument("--candidates", "-k", type=_positive_int, default=1, metavar="K", help="faces to produce (default 1)")
     p.add_argument("--steps", type=_positive_int, default=100, metavar="S", help="optimizer steps (default 100)")
     p.add_argument("--eps", type=_positive_float, default=2e-3, metavar="E",
                    help="target downscale MSE in [0,1] units (default 2e-3)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of candidate 1 (candidate i: N+i-1)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--device", default="auto", metavar="|".join(DEVICES),
+                   help="auto (default): cuda > mps > xpu > cpu")
     p.add_argument("--precision", choices=("default", "fp32"), default="default",
                    help="default: fast batched path; fp32: the original loop's structure (baseline)")
     p.add_argument("--report", metavar="REPORT.json", default=None, help="write a JSON report of the candidates")
@@ -133,18 +137,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device(name: str) -> str:
-    import torch
-
-    from ..errors import PulseError
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PulseError("--device cuda: no CUDA device is available (use --device cpu)", code="NO_DEVICE")
-    return name
-
-
 class _Bar:
     """A tqdm bar opened on the first progress event (a bad input fails before any bar is drawn)."""
 
@@ -168,11 +160,12 @@ class _Bar:
 
 
 def _solve_here(args: argparse.Namespace, lowres: Any) -> tuple[list[dict], dict]:
+    from ..devices import resolve_device
     from ..models.loading import load_prior
     from ..runner import solve
     from ..solver import SolveConfig
 
-    prior, info = load_prior(args.weights, _device(args.device))
+    prior, info = load_prior(args.weights, resolve_device(args.device))
     cfg = SolveConfig(candidates=args.candidates, steps=args.steps, eps=args.eps, seed=args.seed,
                       precision=args.precision)
     bar = _Bar(args.quiet)
@@ -191,12 +184,17 @@ def _solve_via_daemon(args: argparse.Namespace, lowres: Any) -> tuple[list[dict]
     from protocol.client import PulseClient
     from protocol.messages import ImageBlob
 
-    if args.weights:
-        print("pulse: note: --weights is ignored with --via-daemon (the daemon uses its own model)", file=sys.stderr)
+    from ..models.registry import REGISTRY
+
+    if args.weights and args.weights not in REGISTRY:
+        print("pulse: note: with --via-daemon --model takes a model name; the daemon does not open files for "
+              "clients, so it uses its own model", file=sys.stderr)
     h, w = lowres.shape[:2]
     blob = ImageBlob(width=w, height=h, channels=3, dtype="f32", data=lowres.astype("<f4").tobytes())
     params = {"mode": "solve", "candidates": args.candidates, "steps": args.steps,
               "seed": -1 if args.seed is None else args.seed, "eps": args.eps, "precision": args.precision}
+    if args.weights in REGISTRY:
+        params["model"] = args.weights
     bar = _Bar(args.quiet)
     with PulseClient(args.endpoint, client_name="pulse-cli") as client:
         try:

@@ -6,10 +6,13 @@ Formats (recognised from the file's first bytes, never from its extension; the f
   * NVIDIA stylegan2-ada-pytorch / stylegan3 `.pkl` — `{"G_ema": <persistent Generator>, ...}`, read with
     the restricted unpickler (`unpickle.py`: no code from the file runs) and renamed onto rosinality's
     parameter names (`_ada_to_rosinality`: same tensors, reshaped; images identical);
-  * the DCGAN state dict of `../shared/priors/` (`generator_deconv.*`);
+  * the DCGAN state dict of `../shared/priors/` (`generator_deconv.*`) and the PyTorch DCGAN tutorial's
+    generator (`main.*`, bare or as the tutorial's checkpoint `{"netG_state_dict": ...}`, e.g. the
+    `digiface-64` model's `weights.tar`, which is a torch.save zip despite its name);
   * safetensors with either key set (what the cache below writes).
 Size, style_dim, mapping depth and per-resolution channel widths are read off the tensor shapes, so tiny
-test configurations load like the 1024² release.
+test configurations load like the 1024² release; a DCGAN's layout ("deconv32" or "tutorial") is read off
+its key names and its widths off the shapes.
 
 Cache: the first load of a file writes `<cache>/converted/<key>.safetensors` (weights + the PULSE
 gaussian fit of the mapping network) and `<key>.json` (family, config, the source's sha256). The key
@@ -51,20 +54,20 @@ _META = "__pulse__."  # cache-only tensors (gaussian fit, latent average) in the
 def load_prior(weights: str | Path | None, device: str | torch.device = "cpu") -> tuple[FacePrior, PriorInfo]:
     """Load a checkpoint as a frozen prior on `device`.
 
-    `weights`: a file path, a registry name ("ffhq-1024"), or None for the registry's default model
-    (downloaded on first use)."""
-    from .registry import DEFAULT_MODEL, REGISTRY, ensure_weights, get_spec, sha256_file
+    `weights`: a file path, a registry name ("ffhq-256"), or None for the default model of `device`
+    (`registry.default_model`; downloaded on first use)."""
+    from .registry import REGISTRY, default_model, ensure_weights, get_spec, sha256_file
 
     name: str | None = None
+    device = torch.device(device)
     if weights is None or (isinstance(weights, str) and weights in REGISTRY and not Path(weights).exists()):
-        key = DEFAULT_MODEL if weights is None else str(weights)  # a registry name, e.g. "ffhq-1024"
+        key = default_model(device) if weights is None else str(weights)  # a registry name, e.g. "ffhq-256"
         path = ensure_weights(key)
         name = get_spec(key).model_name
     else:
         path = Path(weights).expanduser()
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}", code="NO_WEIGHTS")
-    device = torch.device(device)
 
     cached = _read_cache(path)
     if cached is not None:
@@ -134,9 +137,20 @@ def infer_config(family: str, state: dict[str, Tensor], extras: dict[str, Any] |
                 "lr_mlp": float(extras.get("lr_mlp", 0.01)),
                 "channels": {str(k): v for k, v in channels.items()},
             }
+        if family == "dcgan" and "main.0.weight" in state:
+            n = 0  # blocks before the output layer: main.{3i} is block i's ConvTranspose2d (in, out, k, k)
+            while f"main.{3 * (n + 1)}.weight" in state:
+                n += 1
+            return {
+                "layout": "tutorial",
+                "z_dim": int(state["main.0.weight"].shape[0]),
+                "widths": [int(state[f"main.{3 * i}.weight"].shape[1]) for i in range(n)],
+                "channels": _rgb(int(state[f"main.{3 * n}.weight"].shape[1])),
+            }
         if family == "dcgan":
             p = "generator_deconv."
             return {
+                "layout": "deconv32",
                 "z_dim": int(state[p + "0.0.weight"].shape[0]),  # ConvTranspose2d weight (in, out, k, k)
                 "widths": [int(state[p + "0.0.weight"].shape[1]), int(state[p + "1.0.weight"].shape[0]),
                            int(state[p + "2.0.weight"].shape[1]), int(state[p + "3.0.weight"].shape[1])],
@@ -144,6 +158,12 @@ def infer_config(family: str, state: dict[str, Tensor], extras: dict[str, Any] |
     except (KeyError, IndexError) as e:
         raise ModelError(f"incomplete {family} checkpoint: missing or malformed tensor {e}", code="CORRUPT_CHECKPOINT") from None
     raise ModelError(f"unknown model family {family!r}", code="CORRUPT_CHECKPOINT")
+
+
+def _rgb(channels: int) -> int:
+    if channels != 3:
+        raise ModelError(f"{channels}-channel output; only RGB generators are supported", code="UNSUPPORTED_MODEL")
+    return channels
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -222,9 +242,11 @@ def _family(state: Any, path: Path) -> str:
             return "stylegan2"
         if any(k.startswith("generator_deconv.") for k in keys):
             return "dcgan"
+        if "main.0.weight" in state and all(k.startswith("main.") for k in keys):
+            return "dcgan"  # the PyTorch DCGAN tutorial's generator
         sample = ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "")
         raise ModelError(f"{path}: no known generator in this checkpoint (keys: {sample or 'none'}); expected a "
-                         "StyleGAN2 (rosinality or NVIDIA) or the DCGAN face prior", code="CORRUPT_CHECKPOINT")
+                         "StyleGAN2 (rosinality or NVIDIA) or a DCGAN face generator", code="CORRUPT_CHECKPOINT")
     raise ModelError(f"{path}: no generator in this checkpoint (it holds a {type(state).__name__})",
                      code="CORRUPT_CHECKPOINT")
 
@@ -245,6 +267,8 @@ def _from_torch_object(obj: Any, path: Path) -> tuple[str, dict[str, Tensor], di
         return family, state, {"format": "rosinality", "latent_avg": latent_avg if isinstance(latent_avg, Tensor) else None}
     if isinstance(obj, dict) and "G_ema" in obj:
         return _from_network_pickle(obj, path)
+    if isinstance(obj, dict) and isinstance(obj.get("netG_state_dict"), dict):
+        obj = obj["netG_state_dict"]  # the DCGAN tutorial's training checkpoint: only the generator is used
     family = _family(obj, path)
     state = _tensors_only(obj, path, "the state dict")
     return family, state, {"format": "dcgan" if family == "dcgan" else "rosinality", "latent_avg": None}
@@ -402,9 +426,13 @@ def _build_prior(family: str, config: dict[str, Any], state: dict[str, Tensor], 
             fitted = {"gauss_mean": mean.detach().cpu(), "gauss_std": std.detach().cpu()}
         prior: FacePrior = StyleGAN2Prior(g, mean.to(device), std.to(device))
     elif family == "dcgan":
-        from .dcgan import DCGANGenerator, DCGANPrior
+        from .dcgan import DCGANGenerator, DCGANPrior, TutorialGenerator
 
-        g = DCGANGenerator(z_dim=int(config["z_dim"]), widths=tuple(int(w) for w in config["widths"]))
+        widths = tuple(int(w) for w in config["widths"])
+        if config.get("layout", "deconv32") == "tutorial":
+            g = TutorialGenerator(z_dim=int(config["z_dim"]), widths=widths, channels=int(config["channels"]))
+        else:
+            g = DCGANGenerator(z_dim=int(config["z_dim"]), widths=widths)  # type: ignore[arg-type]
         _load_into(g, state, path, "DCGAN")
         prior = DCGANPrior(g.to(device))
     else:

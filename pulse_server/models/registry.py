@@ -1,30 +1,48 @@
 """Known face models, where they live on this machine, and their one-time download.
 
-The default model is NVIDIA's official StyleGAN2 config-f trained on FFHQ at 1024², as published for
-its PyTorch code bases (stylegan2-ada-pytorch / stylegan3): the network pickle
-`stylegan2-ffhq-1024x1024.pkl` on NVIDIA NGC. Listed in NVlabs/stylegan3 README.md, section
-"Additional material" ("StyleGAN2 pre-trained models compatible with this codebase ... Access individual
-networks via https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/<MODEL>").
+Three named models (`REGISTRY`); `--model NAME|PATH` picks one, `default_model(device)` picks for a device:
 
-Integrity: NVIDIA publishes neither a sha256 nor a byte count for this file (none in the README, the NGC
-listing text or the licence), so none is pinned here: the download is checked against the length the
-server announces (Content-Length / Content-Range) and the loader then checks that the file is a
-well-formed 1024² StyleGAN2 network pickle (read without running its code, see `unpickle.py`). Set
-PULSE_WEIGHTS_SHA256 to enforce a digest you trust.
+* `ffhq-1024` — NVIDIA's official StyleGAN2 config-f trained on FFHQ at 1024², as published for its
+  PyTorch code bases (stylegan2-ada-pytorch / stylegan3): the network pickle `stylegan2-ffhq-1024x1024.pkl`
+  on NVIDIA NGC. Listed in NVlabs/stylegan3 README.md, section "Additional material" ("StyleGAN2
+  pre-trained models compatible with this codebase ... Access individual networks via
+  https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/<MODEL>"). The default
+  on a GPU.
+* `ffhq-256` — NVIDIA's StyleGAN2-ADA FFHQ 256² network with half config-f's channel base (the `paper256`
+  configuration: 16384 instead of 32768, so 64 channels at 256² and 512 up to 32²), trained without
+  augmentation: `ffhq-res256-mirror-paper256-noaug.pkl`, one of the stylegan2-ada-pytorch "transfer
+  learning source nets" (README.md, "Data repository": pretrained/transfer-learning-source-nets/; the
+  exact URL is train.py's `resume_specs['ffhq256']`). About 5× fewer FLOPs per render than config-f; the
+  default without a GPU.
+* `digiface-64` — the 64×64 PyTorch-DCGAN-tutorial generator shipped inside the `gan-face-generate`
+  package (1.1.1; code MIT, © 2023 Chien Liu; trained on Microsoft's synthetic DigiFace-1M faces). Its
+  file `gan_face_generate/weights.tar` is a torch.save zip holding `{"netG_state_dict": {main.*}}`; it is
+  read from the installed package (no download) with `torch.load(weights_only=True)`, never by importing
+  the package. The package's own requirements (torchvision, wandb, matplotlib, ...) would replace a CPU
+  torch with a CUDA build, so it is installed with `pip install --no-deps` (Makefile); pulse needs only
+  the file.
 
-Licence (for the README): NVIDIA's StyleGAN2 work, networks included, "is made available under the Nvidia
-Source Code License-NC" (NVlabs/stylegan2 README, "License"); the PyTorch releases that list this pickle
-use the NVIDIA Source Code License whose §3.3 reads "The Work and any derivative works thereof only may be
-used or intended for use non-commercially ... 'non-commercially' means for research or evaluation purposes
-only" (NVlabs/stylegan3 LICENSE.txt). The FFHQ training set is CC BY-NC-SA 4.0 as a dataset (its
-images: CC BY 2.0, CC BY-NC 2.0, PDM 1.0, CC0 1.0 or U.S. Government Works). So the file is downloaded
-by the user on first use and never bundled; the README must tell users the model's use is limited to
-research or evaluation (not legal advice: the licence texts are authoritative).
+Integrity: NVIDIA publishes neither a sha256 nor a byte count for its files (none in the READMEs, the
+listings or the licences), so none is pinned: a download is checked against the length the server
+announces (Content-Length / Content-Range) and the loader then checks that the file is a well-formed
+StyleGAN2 network pickle of the right resolution (read without running its code, see `unpickle.py`). The
+wheel of gan-face-generate 1.1.1 lists weights.tar's sha256 and size in its RECORD: both are pinned.
+
+Licences (for the README; not legal advice, the licence texts are authoritative): NVIDIA's StyleGAN2 work,
+networks included, "is made available under the Nvidia Source Code License-NC" (NVlabs/stylegan2 README,
+"License"); the PyTorch releases that list both pickles use the NVIDIA Source Code License whose §3.3
+reads "The Work and any derivative works thereof only may be used or intended for use non-commercially
+... 'non-commercially' means for research or evaluation purposes only" (NVlabs/stylegan3 LICENSE.txt;
+stylegan2-ada-pytorch README "License"). FFHQ is CC BY-NC-SA 4.0 as a dataset (its images: CC BY 2.0,
+CC BY-NC 2.0, PDM 1.0, CC0 1.0 or U.S. Government Works). DigiFace-1M "can be used for non-commercial
+research" (microsoft/DigiFace1M README, which points to its LICENSE); the DCGAN trained on it inherits
+that limit in practice, whatever the MIT licence of the package's code says. None of the files is bundled.
 
 Environment (tests, mirrors, air-gapped installs):
-  PULSE_CACHE_DIR      cache root instead of platformdirs.user_cache_dir("pulse-depixelate")
-  PULSE_WEIGHTS_URL    download URL of the default model instead of NVIDIA's
-  PULSE_WEIGHTS_SHA256 expected sha256 of the default model's file
+  PULSE_CACHE_DIR             cache root instead of platformdirs.user_cache_dir("pulse-depixelate")
+  PULSE_<NAME>_URL            download URL of a model instead of NVIDIA's (NAME: FFHQ_1024, FFHQ_256)
+  PULSE_<NAME>_SHA256         expected sha256 of that model's file
+  PULSE_WEIGHTS_URL / _SHA256 the same for ffhq-1024 (older spelling)
 """
 
 from __future__ import annotations
@@ -53,13 +71,16 @@ class WeightsSpec:
     name: str  # registry key, e.g. "ffhq-1024"
     model_name: str  # reported to clients (PriorInfo.name)
     filename: str
-    url: str
+    url: str | None  # None: the file comes with a Python package (`package`), never downloaded
     family: str
     resolution: int
     size: int | None  # bytes; None = not published (checked against the server's length)
     sha256: str | None  # None = not published
     licence: str
     homepage: str
+    source: str  # who publishes it, in words
+    package: str | None = None  # pip distribution whose files include `filename` (a path inside it)
+    package_version: str | None = None  # the release whose file `size`/`sha256` describe
 
 
 FFHQ_1024 = WeightsSpec(
@@ -73,10 +94,51 @@ FFHQ_1024 = WeightsSpec(
     sha256=None,  # not published by NVIDIA (see module docstring)
     licence="NVIDIA Source Code License (NC): research or evaluation use only",
     homepage="https://github.com/NVlabs/stylegan3#additional-material",
+    source="NVIDIA StyleGAN2 config-f, FFHQ 1024² (NGC)",
 )
 
-REGISTRY: dict[str, WeightsSpec] = {FFHQ_1024.name: FFHQ_1024}
-DEFAULT_MODEL = FFHQ_1024.name
+FFHQ_256 = WeightsSpec(
+    name="ffhq-256",
+    model_name="stylegan2-ffhq-256",
+    filename="ffhq-res256-mirror-paper256-noaug.pkl",
+    url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/"
+        "ffhq-res256-mirror-paper256-noaug.pkl",
+    family="stylegan2",
+    resolution=256,
+    size=None,  # not published by NVIDIA (see module docstring)
+    sha256=None,  # not published by NVIDIA (see module docstring)
+    licence="NVIDIA Source Code License (NC): research or evaluation use only",
+    homepage="https://github.com/NVlabs/stylegan2-ada-pytorch#data-repository",
+    source="NVIDIA StyleGAN2-ADA, FFHQ 256² paper256 config (transfer-learning source nets)",
+)
+
+DIGIFACE_64 = WeightsSpec(
+    name="digiface-64",
+    model_name="digiface-64-dcgan",
+    filename="gan_face_generate/weights.tar",
+    url=None,
+    family="dcgan",
+    resolution=64,
+    size=14_322_251,  # the wheel's RECORD
+    sha256="0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f",  # the wheel's RECORD
+    licence="code MIT; trained on DigiFace-1M (non-commercial research use)",
+    homepage="https://github.com/chien-liu/DCGAN-PyTorch",
+    source="DCGAN (PyTorch tutorial layout) on synthetic DigiFace-1M faces, inside the gan-face-generate package",
+    package="gan-face-generate",
+    package_version="1.1.1",
+)
+
+REGISTRY: dict[str, WeightsSpec] = {s.name: s for s in (FFHQ_1024, FFHQ_256, DIGIFACE_64)}
+GPU_DEFAULT = FFHQ_1024.name
+CPU_DEFAULT = FFHQ_256.name  # config-f at 1024² is about an hour per 3-candidate job on 2 CPU cores
+OFFLINE_MODEL = DIGIFACE_64.name
+LEGACY_ENV = FFHQ_1024.name  # PULSE_WEIGHTS_URL / PULSE_WEIGHTS_SHA256 name this model's file
+
+
+def default_model(device: "str | object") -> str:
+    """The model a job gets without --model: config-f on a GPU (CUDA, ROCm, MPS, XPU), else the 256² net."""
+    kind = getattr(device, "type", None) or str(device).split(":", 1)[0]
+    return CPU_DEFAULT if kind == "cpu" else GPU_DEFAULT
 
 
 def cache_dir() -> Path:
@@ -89,34 +151,84 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir(APP))
 
 
-def get_spec(name: str = DEFAULT_MODEL) -> WeightsSpec:
-    """The registry entry, with the default model's environment overrides applied."""
+def _env_name(name: str) -> str:
+    return "PULSE_" + name.upper().replace("-", "_")
+
+
+def get_spec(name: str) -> WeightsSpec:
+    """The registry entry, with its environment overrides (PULSE_<NAME>_URL / _SHA256) applied."""
     try:
         spec = REGISTRY[name]
     except KeyError:
-        raise ModelError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}", code="NO_WEIGHTS") from None
-    if name == DEFAULT_MODEL:
-        url = os.environ.get("PULSE_WEIGHTS_URL") or spec.url
-        sha = os.environ.get("PULSE_WEIGHTS_SHA256") or spec.sha256
-        spec = replace(spec, url=url, sha256=sha.lower() if sha else None)
-    return spec
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}, or a checkpoint file's path",
+                         code="NO_WEIGHTS") from None
+    if spec.url is None:
+        return spec
+    legacy = name == LEGACY_ENV
+    url = os.environ.get(_env_name(name) + "_URL") or (legacy and os.environ.get("PULSE_WEIGHTS_URL")) or spec.url
+    sha = os.environ.get(_env_name(name) + "_SHA256") or (legacy and os.environ.get("PULSE_WEIGHTS_SHA256")) \
+        or spec.sha256
+    return replace(spec, url=url, sha256=sha.lower() if sha else None)
 
 
-def weights_path(name: str = DEFAULT_MODEL) -> Path:
-    """Where the model's file lives (or will live once downloaded)."""
-    return cache_dir() / "weights" / get_spec(name).filename
+def weights_path(name: str) -> Path:
+    """Where the model's file lives (or will live once downloaded; for a package's file: once installed)."""
+    spec = get_spec(name)
+    if spec.package is not None:
+        return _package_file(spec) or Path(spec.filename)
+    return cache_dir() / "weights" / spec.filename
 
 
-def ensure_weights(name: str = DEFAULT_MODEL, progress: bool = True) -> Path:
+def is_present(name: str) -> bool:
+    """Whether the model can load without a download."""
+    spec = get_spec(name)
+    if spec.package is not None:
+        return _package_file(spec) is not None
+    return _present(weights_path(name), spec)
+
+
+def ensure_weights(name: str, progress: bool = True) -> Path:
     """Path of the model's checkpoint, downloading it on first use (resumable, verified)."""
     spec = get_spec(name)
+    if spec.package is not None:
+        return _packaged_weights(spec)
     dest = weights_path(name)
     if _present(dest, spec):
         return dest
     with _download_lock(dest):  # a daemon and a CLI starting together must not append to one .part
         if not _present(dest, spec):  # the other process may have finished it meanwhile
-            download(spec.url, dest, size=spec.size, sha256=spec.sha256, progress=progress, label=spec.filename)
+            download(spec.url or "", dest, size=spec.size, sha256=spec.sha256, progress=progress,
+                     label=spec.filename)
     return dest
+
+
+def _package_file(spec: WeightsSpec) -> Path | None:
+    """The installed package's file, found through its metadata: nothing of the package is imported."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(spec.package or "")
+    except metadata.PackageNotFoundError:
+        return None
+    path = Path(str(dist.locate_file(spec.filename)))
+    return path if path.is_file() else None
+
+
+def install_hint(spec: WeightsSpec) -> str:
+    # --no-deps: the package's own requirements (torchvision, wandb, ...) would replace a CPU torch.
+    return f"pip install --no-deps {spec.package}=={spec.package_version}"
+
+
+def _packaged_weights(spec: WeightsSpec) -> Path:
+    path = _package_file(spec)
+    if path is None:
+        raise ModelError(f"the {spec.name} model comes with the {spec.package} package, which is not installed "
+                         f"here: run `{install_hint(spec)}`", code="NO_WEIGHTS")
+    size = path.stat().st_size
+    if (spec.size is not None and size != spec.size) or (spec.sha256 and sha256_file(path) != spec.sha256):
+        raise ModelError(f"{path}: not the {spec.name} weights of {spec.package} {spec.package_version} "
+                         f"({size} bytes, different contents); run `{install_hint(spec)}`", code="CHECKSUM")
+    return path
 
 
 def _present(dest: Path, spec: WeightsSpec) -> bool:
@@ -154,14 +266,23 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _offline_error(url: str, dest: Path, part: Path, reason: str) -> ModelError:
+class DownloadError(ModelError):
+    """The model's file could not be fetched (offline, refused, cut off); `reason` says why, briefly."""
+
+    code = "NO_WEIGHTS"
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message, retryable=True)
+        self.reason = reason
+
+
+def _offline_error(url: str, dest: Path, part: Path, reason: str) -> DownloadError:
     kept = f" The partial download ({part.stat().st_size} bytes) is kept at {part} and resumes next time." \
         if part.is_file() and part.stat().st_size else ""
-    return ModelError(
+    return DownloadError(
         f"could not download the face model from {url} ({reason}). Fetch that file yourself and put it at "
-        f"{dest}, or pass --weights PATH to use a checkpoint you already have.{kept}",
-        code="NO_WEIGHTS",
-        retryable=True,
+        f"{dest}, or pass --model PATH to use a checkpoint you already have.{kept}",
+        reason,
     )
 
 

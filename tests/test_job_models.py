@@ -1,0 +1,117 @@
+"""Each job may name a registry model; the worker keeps the last few warm and lists them for WELCOME/STATUS."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon_fixture import run_worker_until
+from protocol.messages import Failed, ImageBlob, Result
+from pulse_server.errors import PulseError
+from pulse_server.jobs import Job, JobParams, JobQueue
+from pulse_server.models import registry
+from pulse_server.worker import Worker
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PULSE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_job_model_param_is_optional_and_takes_registry_names_only() -> None:
+    assert JobParams.from_wire({}).model is None and JobParams.from_wire({"model": ""}).model is None
+    assert JobParams.from_wire({"model": "digiface-64"}).model == "digiface-64"
+    for bad in ("/etc/passwd", "../shared/priors/celeba32-dcgan.pt", "ffhq-512"):
+        with pytest.raises(PulseError) as e:
+            JobParams.from_wire({"model": bad})
+        assert e.value.code == "BAD_PARAMS" and "params.model" in e.value.message
+    with pytest.raises(PulseError):
+        JobParams.from_wire({"model": 3})
+
+
+def _run(worker: Worker, models: list[str | None]) -> list[tuple[str, str, object]]:
+    """Solve one 8×8 face per entry of `models` (a job's `model` param), in order; -> the worker's events."""
+    events: list = []
+    done = threading.Event()
+    ids = [f"job{i}" for i in range(len(models))]
+
+    def emit(kind, job, payload):
+        events.append((kind, job.job_id, payload))
+        if kind == "final" and job.job_id == ids[-1]:
+            done.set()
+
+    worker.emit = emit
+    lowres = ImageBlob.from_numpy(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32))
+    jobs = []
+    for jid, model in zip(ids, models):
+        params = JobParams.from_wire({"mode": "solve", "candidates": 1, "steps": 1, "seed": 1, "model": model or ""})
+        jobs.append(Job(jid, "s", params, lowres, None))
+    run_worker_until(worker, worker.queue, jobs, done)
+    return events
+
+
+@pytest.fixture
+def digiface_installed() -> None:
+    if not registry.is_present("digiface-64"):
+        pytest.skip("digiface-64 needs the gan-face-generate package: pip install --no-deps gan-face-generate==1.1.1 "
+                    "(`make venv` installs it)")
+
+
+def test_a_job_naming_another_model_runs_on_it_and_both_stay_warm(tiny_weights: Path, digiface_installed) -> None:
+    w = Worker(JobQueue(), lambda *a: None, weights=str(tiny_weights), device="cpu")
+    events = _run(w, [None, "digiface-64", None, "digiface-64"])
+    finals = {jid: p for kind, jid, p in events if kind == "final"}
+    assert all(isinstance(p, Result) for p in finals.values()), finals
+    assert [finals[f"job{i}"].model for i in range(4)] == ["tiny-stylegan2-32", "digiface-64-dcgan"] * 2
+    assert finals["job1"].analysis["resolution"] == 64 and finals["job0"].analysis["resolution"] == 32
+    assert [jid for kind, jid, p in events if (kind, p) == ("state", "loading")] == ["job0", "job1"]  # then warm
+    rows = w.model_summaries()
+    assert [(r["id"], r["loaded"]) for r in rows[:2]] == [("", True), ("digiface-64", True)]
+    assert rows[0]["name"] == "tiny-stylegan2-32" and rows[1]["resolution"] == 64
+    assert {r["id"] for r in rows[2:]} == {"ffhq-1024", "ffhq-256"} and not any(r["loaded"] for r in rows[2:])
+
+
+def test_past_the_limit_the_least_recently_used_model_is_unloaded(tiny_weights: Path, digiface_installed) -> None:
+    w = Worker(JobQueue(), lambda *a: None, weights=str(tiny_weights), device="cpu", max_models=1)
+    events = _run(w, [None, "digiface-64", None])
+    assert [jid for kind, jid, p in events if (kind, p) == ("state", "loading")] == ["job0", "job1", "job2"]
+    assert [r["id"] for r in w.model_summaries() if r["loaded"]] == [""]
+
+
+def test_a_job_naming_the_daemons_own_model_does_not_load_it_twice(digiface_installed) -> None:
+    w = Worker(JobQueue(), lambda *a: None, weights="digiface-64", device="cpu")
+    events = _run(w, [None, "digiface-64"])
+    assert [jid for kind, jid, p in events if (kind, p) == ("state", "loading")] == ["job0"]
+    assert not any(isinstance(p, Failed) for kind, jid, p in events if kind == "final")
+
+
+def test_cli_via_daemon_sends_a_model_name_with_the_job(tiny_weights: Path, tmp_path: Path, digiface_installed,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from PIL import Image
+
+    from daemon_fixture import start_daemon
+    from pulse_server.cli import main_pulse
+
+    Image.new("RGB", (8, 8), (150, 110, 90)).save(tmp_path / "low.png")
+    daemon = start_daemon(tmp_path / "d", weights=tiny_weights, env={"OMP_NUM_THREADS": "1"})
+    try:
+        monkeypatch.setenv("PULSE_TOKEN", daemon.token or "")
+        with daemon.client() as c:
+            assert [m["id"] for m in c.connect().models] == ["", "ffhq-1024", "ffhq-256", "digiface-64"]
+        rc = main_pulse(["solve", str(tmp_path / "low.png"), "-o", str(tmp_path / "f.png"), "--via-daemon",
+                         "--endpoint", daemon.endpoint, "--model", "digiface-64", "--steps", "2", "-q",
+                         "--report", str(tmp_path / "r.json")])
+        assert rc == 0, daemon.output()
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["model"] == "digiface-64-dcgan" and report["resolution"] == 64
+        with daemon.client() as c:
+            c.connect()
+            loaded = [m["id"] for m in c.status().server["models"] if m["loaded"]]
+        assert loaded == ["digiface-64"]  # the daemon's own model was never needed
+    finally:
+        daemon.stop()
