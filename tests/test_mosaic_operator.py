@@ -37,8 +37,8 @@ def smooth_face(r: int, seed: int) -> np.ndarray:
 def observation(width: int, height: int, block: int, origin: tuple[int, int], cells: np.ndarray | None = None) -> Observation:
     grid = CellGrid(height, width, block, origin)
     ny, nx = grid.shape
-    if cells is None:
-        cells = np.zeros((ny, nx, 3), np.float32)
+    if cells is None:  # a colour photo's cells (a grey one would make the model grey)
+        cells = np.random.default_rng(ny * nx).uniform(0.1, 0.9, (ny, nx, 3)).astype(np.float32)
     return Observation(cells=cells, weight=np.ones((ny, nx), np.float32), width=width, height=height, block=block,
                        origin=origin)
 
@@ -139,6 +139,20 @@ def test_selection_weight_ignores_cells_left_out() -> None:
     op = MosaicOperator(obs, 32, margin=0.0)
     grey = torch.full((1, 3, 32, 32), 0.5)
     assert float(op.error(op.cells(grey, torch.zeros(1, 4)))[0]) < 1e-10
+
+
+def test_grey_photos_get_grey_faces() -> None:
+    cells = np.repeat(np.random.default_rng(2).uniform(0.2, 0.8, (5, 5, 1)), 3, axis=2).astype(np.float32)
+    obs = Observation(cells=cells, weight=np.ones((5, 5), np.float32), width=50, height=50, block=10)
+    op = MosaicOperator(obs, 32, margin=0.0)
+    face = torch.from_numpy(smooth_face(32, seed=1)).permute(2, 0, 1)[None]  # a colourful face
+    theta = torch.zeros(1, 4)
+    pred = op.cells(face, theta)
+    assert torch.allclose(pred[:, 0], pred[:, 1]) and torch.allclose(pred[:, 1], pred[:, 2])
+    colour = op.fit_colour(pred)
+    assert torch.allclose(colour.gain[0], colour.gain[0, :1].expand(3))
+    placed = op.place(face, theta)
+    assert torch.equal(placed[:, 0], placed[:, 1]) and torch.equal(placed[:, 1], placed[:, 2])
 
 
 # ------------------------------------------------------------------------------------------ search parts

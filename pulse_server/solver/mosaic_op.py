@@ -63,6 +63,9 @@ class MosaicOperator:
         self.target = torch.from_numpy(obs.cells.reshape(ny * nx, 3).T.copy()).float().to(self.device)  # (3, C)
         wgt = torch.from_numpy(obs.weight.reshape(-1).astype(np.float32)).to(self.device)  # (C,)
         self.weight = wgt / wgt.sum().clamp_min(1e-12)
+        # A grey photo (every cell achromatic) gets grey faces: per-channel colour fits of a colour face
+        # would otherwise paint colour fringes into it.
+        self.grey = bool(np.ptp(obs.cells, axis=2).max() < 1.0 / 255)
 
     def _cell_points(self) -> Tensor:
         """Midpoint-rule sample points of every cell (row-major), clipped to the rectangle."""
@@ -109,7 +112,11 @@ class MosaicOperator:
         pooled = F.avg_pool2d(image.float(), 2**self.level) if self.level else image.float()
         vals = self._sample(pooled, self.frame_coords(theta, self.points), "bilinear")  # (N, 3, C·S²)
         n = image.shape[0]
-        return vals.reshape(n, 3, -1, self.samples * self.samples).mean(-1)
+        return self._tone(vals.reshape(n, 3, -1, self.samples * self.samples).mean(-1))
+
+    def _tone(self, x: Tensor) -> Tensor:
+        """(N, 3, ...) -> the same, grey (channel mean) when the photo is grey."""
+        return x.mean(1, keepdim=True).expand_as(x) if self.grey else x
 
     def fit_colour(self, pred: Tensor) -> Colour:
         """Weighted least-squares gain and offset per candidate and channel mapping pred (N, 3, C) onto the
@@ -150,5 +157,5 @@ class MosaicOperator:
             img = F.avg_pool2d(img, 2**level) if level else img
             mode = "bicubic" if level == 0 else "bilinear"
             vals = self._sample(img, self.frame_coords(th, points), mode)  # (1, 3, H·W)
-            out.append(vals.reshape(1, 3, h, w))
+            out.append(self._tone(vals.reshape(1, 3, h, w)))
         return torch.cat(out)
