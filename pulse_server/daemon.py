@@ -46,6 +46,7 @@ MAX_ID_LEN = 128
 MAX_STATUS_JOBS = 200
 PROGRESS_INTERVAL = 0.05  # seconds between two PROGRESS of one job
 SNDHWM = 100  # messages per client pipe before sends fail with EAGAIN (updates dropped, results wait)
+AWAY_SLACK = 0.25  # seconds a loop turn may overrun its poll before the daemon counts itself away
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks a context's ZAP handler (RFC 27)
 MAX_PLAIN_TOKEN = 255  # ZMTP PLAIN carries the password in a length-prefixed byte string
 
@@ -313,9 +314,11 @@ class Daemon:
             poller.register(self._zap, zmq.POLLIN)
         tick = self.config.heartbeat_ms / 1000.0
         next_tick = time.monotonic() + tick
+        mark = time.monotonic()
         while not self._stop.is_set():
             timeout_ms = max(0, min(100, int((next_tick - time.monotonic()) * 1000)))
             ready = dict(poller.poll(timeout_ms))
+            mark = self._note_absence(mark, timeout_ms / 1000.0)  # stopped while polling?
             if r in ready:
                 for _ in range(256):  # bounded so worker events and heartbeats still get their turn
                     try:
@@ -336,6 +339,7 @@ class Daemon:
                         break
             self._drain_events()
             self._flush()
+            mark = self._note_absence(mark, 0.0)  # stopped (or stuck) while working?
             if time.monotonic() >= next_tick:
                 self._heartbeat()
                 next_tick = time.monotonic() + tick
@@ -585,6 +589,22 @@ class Daemon:
             if now - (oldest.finished or now) <= self.config.result_ttl:
                 break
             self._drop_oldest_result()
+
+    def _note_absence(self, since: float, allowed: float) -> float:
+        """Time the loop was away since `since`, beyond the `allowed` seconds of polling, is the daemon's own
+        absence (paused by SIGSTOP or a debugger, a suspended VM, swapping, a slow turn): the clients'
+        heartbeats of that time sit unread in the socket, so every session's deadline moves by it and a peer
+        is expired only for silence while the daemon was listening. Returns now, the next `since`."""
+        now = time.monotonic()
+        away = now - since - allowed
+        if away <= AWAY_SLACK:
+            return now
+        if away >= 1.0:
+            log.warning("the daemon was stalled for %.1f s (paused, suspended or starved); its clients are not "
+                        "blamed for that silence", away)
+        for s in self.sessions.values():
+            s.last_seen += away
+        return now
 
     def _drop_session(self, s: Session, reason: str) -> None:
         if s.jobs:

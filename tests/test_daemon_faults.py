@@ -1,0 +1,59 @@
+"""The daemon process under faults an editor's machine meets: the daemon itself paused (SIGSTOP, a debugger,
+a suspended VM), its clients interrupted, its limits reached. Real `pulse-server run` processes, real sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from daemon_fixture import start_daemon
+from protocol.messages import ImageBlob, Progress, Result
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(os.name != "posix", reason="SIGSTOP/SIGCONT are POSIX")]
+
+HEARTBEAT_MS = 300  # a session is dropped after 3 × 0.3 + 0.5 = 1.4 s of silence
+
+
+def _rgba(seed: int, size: int = 32) -> np.ndarray:
+    return (np.random.default_rng(seed).random((size, size, 4)) * 255).astype(np.uint8)
+
+
+def test_a_paused_daemon_cancels_no_job_whose_client_kept_sending_heartbeats(tmp_path):
+    d = start_daemon(tmp_path, weights="noop:0.005", endpoint="ipc", args=["--heartbeat-ms", str(HEARTBEAT_MS)])
+    try:
+        with d.client(timeout=30) as c:
+            jid = c.submit(ImageBlob.from_numpy(_rgba(1)), None, {"steps": 600}).job_id
+            steps: list[int] = []
+            paused = threading.Event()
+
+            def pause() -> None:  # far longer than the 1.4 s a silent session is given
+                os.kill(d.proc.pid, signal.SIGSTOP)
+                time.sleep(2.5)
+                os.kill(d.proc.pid, signal.SIGCONT)
+                paused.set()
+
+            pauser = None
+            end = None
+            # idle_timeout: the client waits out the pause on its socket (sending PINGs) instead of reconnecting,
+            # which is exactly what an editor's client does while the daemon is busy
+            for ev in c.events(jid, idle_timeout=60):
+                if isinstance(ev, Progress):
+                    steps.append(ev.step)
+                    if pauser is None and ev.step >= 50:
+                        pauser = threading.Thread(target=pause)
+                        pauser.start()
+                elif ev is not None and not isinstance(ev, Progress):
+                    end = ev
+            pauser.join(10)
+        assert paused.is_set()
+        assert isinstance(end, Result), end  # not FAILED(CANCELLED "client vanished")
+        assert steps == sorted(steps), "the job restarted from step 0"
+        assert "client vanished" not in d.output() and "cancelling" not in d.output()
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT) if d.alive() else None
+        d.stop()
