@@ -87,11 +87,12 @@ class PulseClient:
         path = ep.ipc_path(self.endpoint)
         if path is not None and not path.exists():
             raise DaemonNotRunning()
-        if not self._open_socket(wait=min(self.timeout, 3.0)):
+        deadline = time.monotonic() + self.timeout  # the whole call, socket and handshake, within the timeout
+        if not self._open_socket(wait=min(self.timeout, 3.0), verdict_by=deadline):
             self._close_socket()
             raise DaemonNotRunning()
         try:
-            return self._hello()
+            return self._hello(max(0.0, deadline - time.monotonic()))
         except ProtocolError as exc:
             if exc.code != "TIMEOUT":
                 raise
@@ -132,8 +133,9 @@ class PulseClient:
             s.plain_password = token.encode("utf-8") or b"-"  # libzmq refuses an empty password
         return True
 
-    def _open_socket(self, wait: float) -> bool:
-        """Connect a DEALER; True once a connection to a listener exists (within `wait` seconds).
+    def _open_socket(self, wait: float, verdict_by: float | None = None) -> bool:
+        """Connect a DEALER; True once a connection to a listener exists (within `wait` seconds) and, on tcp,
+        its handshake passed (or no verdict came by the monotonic time `verdict_by`, default: `wait`).
 
         Not ZMQ_IMMEDIATE: with it, libzmq discards messages already received but not yet read when the
         connection drops, and the daemon's last FAILED(SHUTDOWN) would be lost. A socket monitor tells
@@ -155,15 +157,19 @@ class PulseClient:
         try:
             s.connect(self.endpoint)
             self._sock = s
-            return self._await_handshake(monitor, wait, secure)
+            return self._await_handshake(monitor, wait, secure, verdict_by)
         finally:
             if not s.closed:  # closed on BAD_TOKEN
                 s.disable_monitor()
             monitor.close(0)
 
-    def _await_handshake(self, monitor: zmq.Socket, wait: float, secure: bool) -> bool:
+    def _await_handshake(self, monitor: zmq.Socket, wait: float, secure: bool, verdict_by: float | None) -> bool:
         """True once connected (ipc) or once the handshake passed (tcp); BAD_TOKEN if the daemon's ZAP
-        handler refused our credentials — libzmq itself would just retry silently forever."""
+        handler refused our credentials — libzmq itself would just retry silently forever.
+
+        Nobody listening shows within `wait`; once somebody does, a loaded daemon may take longer to judge
+        the handshake, and its verdict is awaited until `verdict_by` (a BAD_TOKEN seen after the HELLO was
+        sent would pass unnoticed: the monitor is closed by then)."""
         from zmq.utils.monitor import recv_monitor_message
 
         deadline = time.monotonic() + wait
@@ -177,6 +183,8 @@ class PulseClient:
                 connected = True
                 if not secure:
                     return True
+                if verdict_by is not None:
+                    deadline = max(deadline, verdict_by)
             elif event == _AUTH_OK:
                 return True
             elif event == _AUTH_FAILED:
@@ -192,10 +200,13 @@ class PulseClient:
             self._sock = None
         self.welcome = None
 
-    def _hello(self) -> Welcome:
+    def _hello(self, timeout: float | None = None) -> Welcome:
+        """HELLO and its answer, both within `timeout` (default: the client's)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         self._send(Hello(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION, self.client_name, self.client_version,
-                         self._token_value(), self.session))
-        reply = self._wait(lambda m: isinstance(m, (Welcome, Error)) and not _is_job_error(m), self.timeout, "WELCOME")
+                         self._token_value(), self.session), max(0.0, deadline - time.monotonic()))
+        reply = self._wait(lambda m: isinstance(m, (Welcome, Error)) and not _is_job_error(m),
+                           max(0.0, deadline - time.monotonic()), "WELCOME")
         if isinstance(reply, Error):
             self._close_socket()
             if reply.code == "VERSION_MISMATCH":
@@ -228,11 +239,25 @@ class PulseClient:
 
     # ---- low level --------------------------------------------------------------------------------
 
-    def _send(self, msg: Message) -> None:
+    def _send(self, msg: Message, timeout: float | None = None) -> None:
+        """Send within `timeout` (default: the client's) or raise TIMEOUT.
+
+        Never a blocking send: libzmq may drop the connection between a poll that says "writable" and the
+        send (a failed handshake removes a DEALER's only pipe for good), and a blocking send would then wait
+        for a pipe forever — an editor's plug-in frozen. Non-blocking tries, with polls in between, instead.
+        """
         frames = encode(msg, self.limits)
-        if not self._sock.poll(int(self.timeout * 1000), zmq.POLLOUT):  # only at the high-water mark
-            raise ProtocolError(f"cannot send to the daemon within {self.timeout:g} s", "TIMEOUT", retryable=True)
-        self._sock.send_multipart(frames, copy=copy_frames(frames))
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                self._sock.send_multipart(frames, zmq.NOBLOCK, copy=copy_frames(frames))
+                break
+            except zmq.Again:  # at the high-water mark, or no connection (yet)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ProtocolError(f"cannot send to the daemon within {limit:g} s", "TIMEOUT", retryable=True) from None
+                self._sock.poll(max(1, min(POLL_MS, int(remaining * 1000))), zmq.POLLOUT)
         self._last_send = time.monotonic()
 
     def _send_nowait(self, msg: Message) -> None:
