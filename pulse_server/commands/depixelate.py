@@ -70,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import PipelineError
 
+    from ..pipeline.formats import require_finite
+
     image = read_image(args.image)
+    require_finite(image)  # refused here, in-process or --via-daemon, as the daemon would
     h, w = image.shape[:2]
     x, y, bw, bh = args.box
     if bw <= 0 or bh <= 0:

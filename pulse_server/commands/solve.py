@@ -69,7 +69,9 @@ def read_image(path: str | Path) -> "Any":
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            if im.mode == "F":  # float pixels in [0, 1]
+                a = np.repeat(np.asarray(im, dtype=np.float32)[:, :, None], 3, axis=2)
+            elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 a = np.asarray(im, dtype=np.float32) / (65535.0 if im.mode.startswith("I;16") else max(1, im.getextrema()[1]))
                 a = np.repeat(a[:, :, None], 3, axis=2)
             else:
@@ -78,6 +80,9 @@ def read_image(path: str | Path) -> "Any":
         raise PulseError(f"cannot read {path} as an image: {exc}", code="BAD_INPUT") from None
     if a.size == 0:
         raise PulseError(f"{path} is an empty image", code="BAD_INPUT")
+    from ..pipeline.formats import require_finite
+
+    require_finite(a)  # before the clip below
     h, w = a.shape[:2]
     if h != w:
         raise PulseError(f"{path} is {w}×{h}: the low-res face must be square", code="BAD_SIZE")
