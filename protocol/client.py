@@ -440,6 +440,16 @@ class PulseClient:
         """Cancel a queued or running job (idempotent; unknown or finished jobs are fine)."""
         self._request(Cancel(job_id), lambda m: isinstance(m, Ok) and m.request == "CANCEL", "OK")
 
+    def cancel_nowait(self, job_id: str) -> None:
+        """Send CANCEL without waiting for its answer: for a process about to exit (Ctrl-C), which must not
+        wait on a slow daemon. Best effort; it leaves during close()'s short linger."""
+        if self._sock is None or self.welcome is None:
+            return
+        try:
+            self._send_nowait(Cancel(job_id))
+        except zmq.ZMQError:
+            pass
+
     def status(self) -> StatusReply:
         return self._request(Status(), lambda m: isinstance(m, StatusReply), "STATUS_REPLY")
 

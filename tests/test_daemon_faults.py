@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from daemon_fixture import start_daemon
+from daemon_fixture import REPO, start_daemon
 from protocol.messages import ImageBlob, Progress, Result
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(os.name != "posix", reason="SIGSTOP/SIGCONT are POSIX")]
@@ -56,4 +59,35 @@ def test_a_paused_daemon_cancels_no_job_whose_client_kept_sending_heartbeats(tmp
         assert "client vanished" not in d.output() and "cancelling" not in d.output()
     finally:
         os.kill(d.proc.pid, signal.SIGCONT) if d.alive() else None
+        d.stop()
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_cli_cancels_its_job_on_the_daemon_and_exits_at_once(tmp_path, sig):
+    d = start_daemon(tmp_path, weights="noop:0.01", endpoint="ipc")
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(tmp_path / "low.png")
+    cli = subprocess.Popen([sys.executable, "-c", "import sys; from pulse_server.cli import main_pulse; sys.exit(main_pulse())",
+                            "solve", str(tmp_path / "low.png"), "-o", str(tmp_path / "out.png"), "--via-daemon",
+                            "--steps", "100000", "-q"], env=d.env, cwd=str(REPO), stderr=subprocess.PIPE, text=True)
+    try:
+        with d.client(timeout=10) as c:
+            _wait_for(lambda: c.status().server["running"] == 1, 60, "the CLI's job never ran")
+            t0 = time.monotonic()
+            cli.send_signal(sig)
+            assert cli.wait(10) == 128 + sig
+            assert time.monotonic() - t0 < 3, "the CLI did not exit at once"
+            _wait_for(lambda: c.status().server["running"] == 0, 10, "the job still runs")
+        # Cancelled on the client's word, not found seconds later by missed heartbeats.
+        log = d.output()
+        assert "pulse.worker: job" in log and " cancelled (" in log and "client vanished" not in log, log
+    finally:
+        cli.kill()
+        cli.wait(10)
         d.stop()

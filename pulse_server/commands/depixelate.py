@@ -157,6 +157,8 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     from protocol.client import PulseClient
     from protocol.messages import ImageBlob
 
+    from .daemon_job import run_daemon_job
+
     if args.weights is not None:
         print("pulse: note: --weights is ignored with --via-daemon (the daemon has its model loaded)", file=sys.stderr)
     params = {"mode": "depixelate", "candidates": args.candidates, "steps": args.steps,
@@ -172,7 +174,7 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     endpoint = args.endpoint or os.environ.get("PULSE_ENDPOINT") or None
     with PulseClient(endpoint, client_name="pulse-cli", client_version=_version()) as client:
         client.connect()
-        res = client.run_job(ImageBlob.from_numpy(region), None, params, on_progress=progress)
+        res = run_daemon_job(client, ImageBlob.from_numpy(region), None, params, on_progress=progress)
     patches = []
     for c in res.candidates:
         patch = np.array(c.image.to_numpy())

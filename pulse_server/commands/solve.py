@@ -201,10 +201,12 @@ def _solve_via_daemon(args: argparse.Namespace, lowres: Any) -> tuple[list[dict]
     blob = ImageBlob(width=w, height=h, channels=3, dtype="f32", data=lowres.astype("<f4").tobytes())
     params = {"mode": "solve", "candidates": args.candidates, "steps": args.steps,
               "seed": -1 if args.seed is None else args.seed, "eps": args.eps, "precision": args.precision}
+    from .daemon_job import run_daemon_job
+
     bar = _Bar(args.quiet)
     with PulseClient(args.endpoint, client_name="pulse-cli") as client:
         try:
-            result = client.run_job(blob, None, params, on_progress=bar)
+            result = run_daemon_job(client, blob, None, params, on_progress=bar)
         finally:
             bar.close()
     rows = [{"image": blob_to_rgb(c.image), "seed": c.seed, "downscale_mse": c.downscale_error,
