@@ -39,7 +39,8 @@ PLAIN_USERNAME = b"pulse"
 ZAP_DOMAIN = b"pulse"
 _AUTH_OK = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0)  # libzmq >= 4.3 (Debian 11+); 0: not reported
 _AUTH_FAILED = getattr(zmq, "EVENT_HANDSHAKE_FAILED_AUTH", 0)
-_HANDSHAKE_FAILED = getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0) | getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0)
+_PROTOCOL_FAILED = getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0)  # e.g. PLAIN client, CURVE daemon: final
+_HANDSHAKE_FAILED = _PROTOCOL_FAILED | getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0)
 _JOB_EVENTS = (Accepted, JobState, Progress, Preview, Result, Failed)
 
 
@@ -116,6 +117,16 @@ class PulseClient:
             f"the daemon uses — its file {ep.token_path()} (the daemon's user and runtime dir) or PULSE_TOKEN",
             "BAD_TOKEN")
 
+    def _cannot_talk(self) -> ProtocolError:
+        if self._server_key:
+            hint = ("PULSE_SERVER_KEY is set, so this client speaks CURVE, which only a daemon started with "
+                    "--allow-remote does: unset it for a local daemon")
+        else:
+            hint = ("a remote daemon (started with --allow-remote) speaks CURVE: set PULSE_SERVER_KEY to its public "
+                    "key (its curve.public file, also in its log)")
+        return ProtocolError(f"a daemon listens on {self.endpoint} but refused this client's handshake: {hint}",
+                             "HANDSHAKE_FAILED")
+
     def _set_credentials(self, s: zmq.Socket) -> bool:
         """tcp: credentials checked by the daemon's ZAP handler at the handshake. True if they are."""
         if not ep.is_tcp(self.endpoint):
@@ -173,10 +184,13 @@ class PulseClient:
         from zmq.utils.monitor import recv_monitor_message
 
         deadline = time.monotonic() + wait
-        connected = False
+        connected = failed = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not monitor.poll(max(1, int(remaining * 1000))):
+                if failed:  # every handshake until now failed, none passed
+                    self._close_socket()
+                    raise self._cannot_talk()
                 return connected  # connected but no verdict yet: HELLO's own timeout decides
             event = recv_monitor_message(monitor)["event"]
             if event == zmq.EVENT_CONNECTED:
@@ -190,9 +204,15 @@ class PulseClient:
             elif event == _AUTH_FAILED:
                 self._close_socket()
                 raise self._bad_token()
+            elif _PROTOCOL_FAILED and event == _PROTOCOL_FAILED:
+                # Somebody listens but speaks another security mechanism (a CURVE daemon and no PULSE_SERVER_KEY
+                # here, or the reverse); libzmq drops the connection for good and never retries.
+                self._close_socket()
+                raise self._cannot_talk()
             elif event & _HANDSHAKE_FAILED:
-                # e.g. a CURVE daemon and no PULSE_SERVER_KEY here: HELLO times out with that hint.
-                return True
+                # No detail: the daemon closed the connection mid-handshake (it refuses our mechanism, or was
+                # stopping). libzmq retries; the next attempt may pass, or fail with a reason.
+                failed = True
 
     def _close_socket(self) -> None:
         if self._sock is not None:

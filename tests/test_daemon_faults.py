@@ -91,3 +91,20 @@ def test_an_interrupted_cli_cancels_its_job_on_the_daemon_and_exits_at_once(tmp_
         cli.kill()
         cli.wait(10)
         d.stop()
+
+
+def test_status_of_a_paused_daemon_is_running_but_unreachable_not_not_running(tmp_path):
+    from daemon_fixture import server_command
+
+    d = start_daemon(tmp_path, weights="noop:", endpoint="ipc")
+    try:
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        try:
+            out = subprocess.run(server_command("status", "--timeout", "1"), env=d.env, capture_output=True, text=True,
+                                 timeout=60)
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        assert out.returncode == 4, out.stdout + out.stderr
+        assert f"running (pid {d.proc.pid})" in out.stdout and "did not answer" in out.stdout
+    finally:
+        d.stop()

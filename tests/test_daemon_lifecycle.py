@@ -204,12 +204,20 @@ def test_remote_bind_with_curve(tmp_path):
             with PulseClient(f"tcp://127.0.0.1:{port}", token="wrong", server_key=server_key, timeout=15) as c:
                 c.connect()
         assert err.value.code == "BAD_TOKEN" and time.monotonic() - t0 < 15
-        # Without the server key the plain-text handshake never completes; the client says so within its timeout.
+        # Without the server key the daemon refuses the plain-text handshake: the client says so, within its
+        # timeout, and names what to set; `pulse-server status` calls it running, but unreachable (not exit 3).
         t0 = time.monotonic()
-        with pytest.raises(DaemonNotRunning):
+        with pytest.raises(ProtocolError) as err:
             with PulseClient(f"tcp://127.0.0.1:{port}", token="curve-token", timeout=1.5) as c:
                 c.connect()
+        assert err.value.code == "HANDSHAKE_FAILED" and "PULSE_SERVER_KEY" in str(err.value), err.value
         assert time.monotonic() - t0 < 1.5 + 1.0
+        status = subprocess.run(server_command("status"), env=env, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 4, status.stdout + status.stderr
+        assert "running (pid" in status.stdout and "cannot talk" in status.stdout and "PULSE_SERVER_KEY" in status.stdout
+        status = subprocess.run(server_command("status"), env={**env, "PULSE_SERVER_KEY": server_key},
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and f"pid {proc.pid}" in status.stdout, status.stdout + status.stderr
     finally:
         proc.terminate()
         proc.wait(20)
