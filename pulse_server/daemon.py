@@ -275,7 +275,9 @@ class Daemon:
             self._lock.write(self.bound_endpoint)
 
     def _shutdown(self) -> None:
-        log.info("stopping")
+        serving = self._router is not None  # a start refused at the bind never served: nothing to say
+        if serving:
+            log.info("stopping")
         self.queue.close()
         for job in self.queue.drain():
             self._finish(job, Failed(job.job_id, "SHUTDOWN", "the daemon is stopping", True))
@@ -301,7 +303,8 @@ class Daemon:
             except FileNotFoundError:
                 pass
         self._lock.release()
-        log.info("stopped")
+        if serving:
+            log.info("stopped")
 
     # ---- loop -------------------------------------------------------------------------------------
 
@@ -435,7 +438,11 @@ class Daemon:
             return
         held = sum(_input_bytes(j) for sess in self.sessions.values() for j in sess.jobs.values())
         size = msg.image.nbytes + (msg.mask.nbytes if msg.mask is not None else 0)
-        if held and held + size > self.config.max_queued_bytes:
+        if size > self.config.max_queued_bytes:  # would not fit even alone: waiting cannot help
+            self._send(s, Failed(jid, "TOO_LARGE", f"the region holds {size >> 20} MiB, more than this daemon keeps for "
+                                 f"waiting jobs ({self.config.max_queued_bytes >> 20} MiB); select a smaller area"))
+            return
+        if held + size > self.config.max_queued_bytes:
             self._send(s, Failed(jid, "QUEUE_FULL", f"{(held + size) >> 20} MiB of regions would be waiting; try again when a job finishes", True))
             return
         job = Job(jid, s.sid, params, msg.image, msg.mask, preview_interval=max(0.0, min(msg.preview_interval, 3600.0)))

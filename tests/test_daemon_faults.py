@@ -108,3 +108,31 @@ def test_status_of_a_paused_daemon_is_running_but_unreachable_not_not_running(tm
         assert f"running (pid {d.proc.pid})" in out.stdout and "did not answer" in out.stdout
     finally:
         d.stop()
+
+
+def test_a_region_over_the_queued_bytes_cap_is_refused_even_on_an_idle_daemon(tmp_path):
+    from protocol.errors import JobFailed
+
+    d = start_daemon(tmp_path, weights="noop:", endpoint="ipc", args=["--max-queued-bytes", "10000"])
+    try:
+        with d.client(timeout=10) as c:
+            with pytest.raises(JobFailed) as err:
+                c.run_job(ImageBlob.from_numpy(_rgba(1, 64)), None, {"steps": 1})  # 16 KiB alone
+            assert err.value.code == "TOO_LARGE" and not err.value.retryable, err.value
+            assert c.run_job(ImageBlob.from_numpy(_rgba(1, 32)), None, {"steps": 1}).candidates  # 4 KiB fits
+    finally:
+        d.stop()
+
+
+def test_a_daemon_refused_at_start_does_not_log_as_if_it_had_run(tmp_path):
+    from daemon_fixture import isolated_env, server_command
+
+    d = start_daemon(tmp_path / "a", weights="noop:", endpoint="tcp")
+    try:  # another runtime dir (another lock), the same tcp port: the bind is refused
+        second = subprocess.run(server_command("run", "--endpoint", d.endpoint, "--weights", "noop:", "--no-log-file"),
+                                env=isolated_env(tmp_path / "b", {"PULSE_TOKEN": "t"}), capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode == 2 and "cannot listen" in second.stderr, second.stderr
+        assert "stopping" not in second.stderr and "stopped" not in second.stderr, second.stderr
+    finally:
+        d.stop()
