@@ -39,7 +39,8 @@ PLAIN_USERNAME = b"pulse"
 ZAP_DOMAIN = b"pulse"
 _AUTH_OK = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0)  # libzmq >= 4.3 (Debian 11+); 0: not reported
 _AUTH_FAILED = getattr(zmq, "EVENT_HANDSHAKE_FAILED_AUTH", 0)
-_HANDSHAKE_FAILED = getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0) | getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0)
+_PROTOCOL_FAILED = getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0)  # e.g. PLAIN client, CURVE daemon: final
+_HANDSHAKE_FAILED = _PROTOCOL_FAILED | getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0)
 _JOB_EVENTS = (Accepted, JobState, Progress, Preview, Result, Failed)
 
 
@@ -87,11 +88,12 @@ class PulseClient:
         path = ep.ipc_path(self.endpoint)
         if path is not None and not path.exists():
             raise DaemonNotRunning()
-        if not self._open_socket(wait=min(self.timeout, 3.0)):
+        deadline = time.monotonic() + self.timeout  # the whole call, socket and handshake, within the timeout
+        if not self._open_socket(wait=min(self.timeout, 3.0), verdict_by=deadline):
             self._close_socket()
             raise DaemonNotRunning()
         try:
-            return self._hello()
+            return self._hello(max(0.0, deadline - time.monotonic()))
         except ProtocolError as exc:
             if exc.code != "TIMEOUT":
                 raise
@@ -115,6 +117,16 @@ class PulseClient:
             f"the daemon uses — its file {ep.token_path()} (the daemon's user and runtime dir) or PULSE_TOKEN",
             "BAD_TOKEN")
 
+    def _cannot_talk(self) -> ProtocolError:
+        if self._server_key:
+            hint = ("PULSE_SERVER_KEY is set, so this client speaks CURVE, which only a daemon started with "
+                    "--allow-remote does: unset it for a local daemon")
+        else:
+            hint = ("a remote daemon (started with --allow-remote) speaks CURVE: set PULSE_SERVER_KEY to its public "
+                    "key (its curve.public file, also in its log)")
+        return ProtocolError(f"a daemon listens on {self.endpoint} but refused this client's handshake: {hint}",
+                             "HANDSHAKE_FAILED")
+
     def _set_credentials(self, s: zmq.Socket) -> bool:
         """tcp: credentials checked by the daemon's ZAP handler at the handshake. True if they are."""
         if not ep.is_tcp(self.endpoint):
@@ -132,8 +144,9 @@ class PulseClient:
             s.plain_password = token.encode("utf-8") or b"-"  # libzmq refuses an empty password
         return True
 
-    def _open_socket(self, wait: float) -> bool:
-        """Connect a DEALER; True once a connection to a listener exists (within `wait` seconds).
+    def _open_socket(self, wait: float, verdict_by: float | None = None) -> bool:
+        """Connect a DEALER; True once a connection to a listener exists (within `wait` seconds) and, on tcp,
+        its handshake passed (or no verdict came by the monotonic time `verdict_by`, default: `wait`).
 
         Not ZMQ_IMMEDIATE: with it, libzmq discards messages already received but not yet read when the
         connection drops, and the daemon's last FAILED(SHUTDOWN) would be lost. A socket monitor tells
@@ -155,36 +168,51 @@ class PulseClient:
         try:
             s.connect(self.endpoint)
             self._sock = s
-            return self._await_handshake(monitor, wait, secure)
+            return self._await_handshake(monitor, wait, secure, verdict_by)
         finally:
             if not s.closed:  # closed on BAD_TOKEN
                 s.disable_monitor()
             monitor.close(0)
 
-    def _await_handshake(self, monitor: zmq.Socket, wait: float, secure: bool) -> bool:
+    def _await_handshake(self, monitor: zmq.Socket, wait: float, secure: bool, verdict_by: float | None) -> bool:
         """True once connected (ipc) or once the handshake passed (tcp); BAD_TOKEN if the daemon's ZAP
-        handler refused our credentials — libzmq itself would just retry silently forever."""
+        handler refused our credentials — libzmq itself would just retry silently forever.
+
+        Nobody listening shows within `wait`; once somebody does, a loaded daemon may take longer to judge
+        the handshake, and its verdict is awaited until `verdict_by` (a BAD_TOKEN seen after the HELLO was
+        sent would pass unnoticed: the monitor is closed by then)."""
         from zmq.utils.monitor import recv_monitor_message
 
         deadline = time.monotonic() + wait
-        connected = False
+        connected = failed = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not monitor.poll(max(1, int(remaining * 1000))):
+                if failed:  # every handshake until now failed, none passed
+                    self._close_socket()
+                    raise self._cannot_talk()
                 return connected  # connected but no verdict yet: HELLO's own timeout decides
             event = recv_monitor_message(monitor)["event"]
             if event == zmq.EVENT_CONNECTED:
                 connected = True
                 if not secure:
                     return True
+                if verdict_by is not None:
+                    deadline = max(deadline, verdict_by)
             elif event == _AUTH_OK:
                 return True
             elif event == _AUTH_FAILED:
                 self._close_socket()
                 raise self._bad_token()
+            elif _PROTOCOL_FAILED and event == _PROTOCOL_FAILED:
+                # Somebody listens but speaks another security mechanism (a CURVE daemon and no PULSE_SERVER_KEY
+                # here, or the reverse); libzmq drops the connection for good and never retries.
+                self._close_socket()
+                raise self._cannot_talk()
             elif event & _HANDSHAKE_FAILED:
-                # e.g. a CURVE daemon and no PULSE_SERVER_KEY here: HELLO times out with that hint.
-                return True
+                # No detail: the daemon closed the connection mid-handshake (it refuses our mechanism, or was
+                # stopping). libzmq retries; the next attempt may pass, or fail with a reason.
+                failed = True
 
     def _close_socket(self) -> None:
         if self._sock is not None:
@@ -192,10 +220,13 @@ class PulseClient:
             self._sock = None
         self.welcome = None
 
-    def _hello(self) -> Welcome:
+    def _hello(self, timeout: float | None = None) -> Welcome:
+        """HELLO and its answer, both within `timeout` (default: the client's)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         self._send(Hello(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION, self.client_name, self.client_version,
-                         self._token_value(), self.session))
-        reply = self._wait(lambda m: isinstance(m, (Welcome, Error)) and not _is_job_error(m), self.timeout, "WELCOME")
+                         self._token_value(), self.session), max(0.0, deadline - time.monotonic()))
+        reply = self._wait(lambda m: isinstance(m, (Welcome, Error)) and not _is_job_error(m),
+                           max(0.0, deadline - time.monotonic()), "WELCOME")
         if isinstance(reply, Error):
             self._close_socket()
             if reply.code == "VERSION_MISMATCH":
@@ -228,11 +259,25 @@ class PulseClient:
 
     # ---- low level --------------------------------------------------------------------------------
 
-    def _send(self, msg: Message) -> None:
+    def _send(self, msg: Message, timeout: float | None = None) -> None:
+        """Send within `timeout` (default: the client's) or raise TIMEOUT.
+
+        Never a blocking send: libzmq may drop the connection between a poll that says "writable" and the
+        send (a failed handshake removes a DEALER's only pipe for good), and a blocking send would then wait
+        for a pipe forever — an editor's plug-in frozen. Non-blocking tries, with polls in between, instead.
+        """
         frames = encode(msg, self.limits)
-        if not self._sock.poll(int(self.timeout * 1000), zmq.POLLOUT):  # only at the high-water mark
-            raise ProtocolError(f"cannot send to the daemon within {self.timeout:g} s", "TIMEOUT", retryable=True)
-        self._sock.send_multipart(frames, copy=copy_frames(frames))
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                self._sock.send_multipart(frames, zmq.NOBLOCK, copy=copy_frames(frames))
+                break
+            except zmq.Again:  # at the high-water mark, or no connection (yet)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ProtocolError(f"cannot send to the daemon within {limit:g} s", "TIMEOUT", retryable=True) from None
+                self._sock.poll(max(1, min(POLL_MS, int(remaining * 1000))), zmq.POLLOUT)
         self._last_send = time.monotonic()
 
     def _send_nowait(self, msg: Message) -> None:
@@ -414,6 +459,16 @@ class PulseClient:
     def cancel(self, job_id: str) -> None:
         """Cancel a queued or running job (idempotent; unknown or finished jobs are fine)."""
         self._request(Cancel(job_id), lambda m: isinstance(m, Ok) and m.request == "CANCEL", "OK")
+
+    def cancel_nowait(self, job_id: str) -> None:
+        """Send CANCEL without waiting for its answer: for a process about to exit (Ctrl-C), which must not
+        wait on a slow daemon. Best effort; it leaves during close()'s short linger."""
+        if self._sock is None or self.welcome is None:
+            return
+        try:
+            self._send_nowait(Cancel(job_id))
+        except zmq.ZMQError:
+            pass
 
     def status(self) -> StatusReply:
         return self._request(Status(), lambda m: isinstance(m, StatusReply), "STATUS_REPLY")

@@ -36,9 +36,9 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or commands.daemon_job.Interrupted (SIGINT/SIGTERM)
         print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     except Exception as exc:  # noqa: BLE001 - only our own error types are turned into one line
         if _is_user_error(exc):
             print(f"{parser.prog}: error: {exc}", file=sys.stderr)

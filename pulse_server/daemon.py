@@ -46,6 +46,7 @@ MAX_ID_LEN = 128
 MAX_STATUS_JOBS = 200
 PROGRESS_INTERVAL = 0.05  # seconds between two PROGRESS of one job
 SNDHWM = 100  # messages per client pipe before sends fail with EAGAIN (updates dropped, results wait)
+AWAY_SLACK = 0.25  # seconds a loop turn may overrun its poll before the daemon counts itself away
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks a context's ZAP handler (RFC 27)
 MAX_PLAIN_TOKEN = 255  # ZMTP PLAIN carries the password in a length-prefixed byte string
 
@@ -273,7 +274,9 @@ class Daemon:
             self._lock.write(self.bound_endpoint)
 
     def _shutdown(self) -> None:
-        log.info("stopping")
+        serving = self._router is not None  # a start refused at the bind never served: nothing to say
+        if serving:
+            log.info("stopping")
         self.queue.close()
         for job in self.queue.drain():
             self._finish(job, Failed(job.job_id, "SHUTDOWN", "the daemon is stopping", True))
@@ -299,7 +302,8 @@ class Daemon:
             except FileNotFoundError:
                 pass
         self._lock.release()
-        log.info("stopped")
+        if serving:
+            log.info("stopped")
 
     # ---- loop -------------------------------------------------------------------------------------
 
@@ -312,9 +316,11 @@ class Daemon:
             poller.register(self._zap, zmq.POLLIN)
         tick = self.config.heartbeat_ms / 1000.0
         next_tick = time.monotonic() + tick
+        mark = time.monotonic()
         while not self._stop.is_set():
             timeout_ms = max(0, min(100, int((next_tick - time.monotonic()) * 1000)))
             ready = dict(poller.poll(timeout_ms))
+            mark = self._note_absence(mark, timeout_ms / 1000.0)  # stopped while polling?
             if r in ready:
                 for _ in range(256):  # bounded so worker events and heartbeats still get their turn
                     try:
@@ -335,6 +341,7 @@ class Daemon:
                         break
             self._drain_events()
             self._flush()
+            mark = self._note_absence(mark, 0.0)  # stopped (or stuck) while working?
             if time.monotonic() >= next_tick:
                 self._heartbeat()
                 next_tick = time.monotonic() + tick
@@ -430,7 +437,11 @@ class Daemon:
             return
         held = sum(_input_bytes(j) for sess in self.sessions.values() for j in sess.jobs.values())
         size = msg.image.nbytes + (msg.mask.nbytes if msg.mask is not None else 0)
-        if held and held + size > self.config.max_queued_bytes:
+        if size > self.config.max_queued_bytes:  # would not fit even alone: waiting cannot help
+            self._send(s, Failed(jid, "TOO_LARGE", f"the region holds {size >> 20} MiB, more than this daemon keeps for "
+                                 f"waiting jobs ({self.config.max_queued_bytes >> 20} MiB); select a smaller area"))
+            return
+        if held + size > self.config.max_queued_bytes:
             self._send(s, Failed(jid, "QUEUE_FULL", f"{(held + size) >> 20} MiB of regions would be waiting; try again when a job finishes", True))
             return
         job = Job(jid, s.sid, params, msg.image, msg.mask, preview_interval=max(0.0, min(msg.preview_interval, 3600.0)))
@@ -584,6 +595,22 @@ class Daemon:
             if now - (oldest.finished or now) <= self.config.result_ttl:
                 break
             self._drop_oldest_result()
+
+    def _note_absence(self, since: float, allowed: float) -> float:
+        """Time the loop was away since `since`, beyond the `allowed` seconds of polling, is the daemon's own
+        absence (paused by SIGSTOP or a debugger, a suspended VM, swapping, a slow turn): the clients'
+        heartbeats of that time sit unread in the socket, so every session's deadline moves by it and a peer
+        is expired only for silence while the daemon was listening. Returns now, the next `since`."""
+        now = time.monotonic()
+        away = now - since - allowed
+        if away <= AWAY_SLACK:
+            return now
+        if away >= 1.0:
+            log.warning("the daemon was stalled for %.1f s (paused, suspended or starved); its clients are not "
+                        "blamed for that silence", away)
+        for s in self.sessions.values():
+            s.last_seen += away
+        return now
 
     def _drop_session(self, s: Session, reason: str) -> None:
         if s.jobs:

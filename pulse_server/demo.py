@@ -20,7 +20,7 @@ from pathlib import Path
 
 from protocol.client import PulseClient
 from protocol.endpoint import default_endpoint
-from protocol.errors import ProtocolError
+from protocol.errors import DaemonNotRunning, ProtocolError
 
 from .errors import ModelError, PulseError
 
@@ -30,12 +30,16 @@ EXAMPLE_BOX = "30,30,170,170"  # larger than the 128×128 mosaic at (44, 44): th
 
 
 def _answers(endpoint: str, timeout: float = 2.0) -> bool:
+    """True if a daemon answers, False if none runs there. A daemon that runs but refuses this client (its
+    token, CURVE) is not "none": starting a second one on its endpoint could only fail, so the demo stops."""
     try:
         with PulseClient(endpoint, client_name="demo", timeout=timeout) as c:
             c.connect()
         return True
-    except ProtocolError:
+    except DaemonNotRunning:
         return False
+    except ProtocolError as exc:
+        raise SystemExit(f"demo: {exc}") from None
 
 
 def choose_model(device: str = "auto") -> tuple[str, str]:

@@ -23,7 +23,7 @@ def depixelate(prior: Any, region: np.ndarray, mask: np.ndarray | None, params: 
     from .solver.mosaic_search import MosaicConfig, solve_mosaic
 
     params = params or DepixParams()
-    prep = prepare(region, mask, params)
+    prep = prepare(region, mask, params, cancel)
     config = MosaicConfig(candidates=params.candidates, steps=params.steps, eps=params.eps, seed=params.seed,
                           method=params.method, precision=params.precision, margin=params.margin,
                           preview_every=params.preview_every)

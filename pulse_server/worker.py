@@ -300,6 +300,9 @@ def _to_rgb_float(region: Any) -> Any:
     """Editor pixels (H, W, C) u8/u16/f32 -> (H, W, 3) float32 in [0, 1] for the solver (alpha dropped)."""
     import numpy as np
 
+    from .pipeline.formats import require_finite
+
+    require_finite(region)
     x = region.astype(np.float32)
     if region.dtype == np.uint8:
         x /= 255.0

@@ -110,3 +110,42 @@ def test_a_silent_listener_is_reported_as_not_running(tmp_path):
         assert err.value.code == "DAEMON_NOT_RUNNING" and "no answer" in str(err.value)
     finally:
         peer.close()
+
+
+class _StalePoll:
+    """A real socket whose POLLOUT answer is stale: it still says "writable" after its connection died. This is
+    the race between a poll and the send after it (a failed handshake drops a DEALER's only pipe for good),
+    which a loaded machine widens, made deterministic."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self._sock = sock
+
+    def poll(self, timeout: int | None = None, flags: int = zmq.POLLIN) -> int:
+        return zmq.POLLOUT if flags & zmq.POLLOUT else self._sock.poll(timeout, flags)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+def test_a_send_returns_within_the_timeout_when_the_connection_dies_after_the_poll():
+    ctx = zmq.Context()
+    dead = ctx.socket(zmq.DEALER)  # no pipe at all: a blocking send on it never returns
+    dead.linger = 0
+    client = PulseClient("ipc:///nonexistent/pulse.sock", timeout=0.5)
+    client._sock = _StalePoll(dead)
+    outcome: list[BaseException | None] = []
+
+    def send() -> None:
+        try:
+            client._send(Status())
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "the send blocked past the client's 0.5 s timeout"
+    assert isinstance(outcome[0], ProtocolError) and outcome[0].code == "TIMEOUT", outcome
+    dead.close(0)
+    ctx.term()

@@ -336,3 +336,14 @@ def test_depixelate_jobs_send_previews_and_name_the_model(daemon, tiny_weights):
     assert previews and all(p[:2] == b"\xff\xd8" for p in previews)
     # The RESULT names the loaded checkpoint (what the layer metadata records), not just its family.
     assert res.model == tiny_weights.stem
+
+
+@pytest.mark.parametrize("mode", ["solve", "depixelate"])
+def test_infinite_pixels_are_refused_by_both_modes_alike(daemon, mode):
+    region = np.full((8, 8, 3), 0.5, np.float32)
+    region[2, 3, 1] = np.inf
+    region[5, 5, 0] = -np.inf
+    with daemon.client() as c:
+        with pytest.raises(JobFailed) as err:
+            c.run_job(ImageBlob.from_numpy(region), None, quick(mode=mode, steps=2))
+    assert err.value.code == "BAD_PIXELS" and "infinite" in err.value.message

@@ -156,6 +156,27 @@ def test_non_loopback_bind_needs_allow_remote(tmp_path):
     assert out.returncode == 2 and "--allow-remote" in out.stderr
 
 
+def _curve_daemon_key(proc: subprocess.Popen, key_file: str, port: int, log, timeout: float = 60.0) -> str:
+    """The CURVE daemon's public key, once the daemon answers with it (readiness by answer, not by sleep: on
+    a loaded machine the key file appears well before the bind)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, log.read_text(errors="replace")
+        assert time.monotonic() < deadline, "the CURVE daemon did not answer"
+        try:
+            key = open(key_file, encoding="ascii").read().strip()
+        except OSError:
+            key = ""
+        if len(key) == 40:  # z85 of 32 bytes: the whole key is written
+            try:
+                with PulseClient(f"tcp://127.0.0.1:{port}", token="curve-token", server_key=key, timeout=5) as c:
+                    c.connect()
+                return key
+            except DaemonNotRunning:
+                pass
+        time.sleep(0.1)
+
+
 def test_remote_bind_with_curve(tmp_path):
     import zmq
 
@@ -166,17 +187,14 @@ def test_remote_bind_with_curve(tmp_path):
     # By hand: start_daemon's readiness probe speaks plain tcp, CURVE needs the server's public key first.
     port = free_tcp_port()
     env = isolated_env(tmp_path, {"PULSE_TOKEN": "curve-token"})
-    proc = subprocess.Popen(server_command("run", "--endpoint", f"tcp://0.0.0.0:{port}", "--weights", "noop:",
-                                           "--allow-remote", "--no-log-file"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as fh:  # a file, not a pipe nobody reads: a full pipe would stall the daemon
+        proc = subprocess.Popen(server_command("run", "--endpoint", f"tcp://0.0.0.0:{port}", "--weights", "noop:",
+                                               "--allow-remote", "--no-log-file"), env=env,
+                                stdout=subprocess.DEVNULL, stderr=fh)
     try:
         key_file = os.path.join(env["XDG_CONFIG_HOME"], "pulse-depixelate", "curve.public")
-        deadline = time.monotonic() + 60
-        while not os.path.exists(key_file):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
-        time.sleep(0.3)
-        server_key = open(key_file, encoding="ascii").read().strip()
+        server_key = _curve_daemon_key(proc, key_file, port, log)
         with PulseClient(f"tcp://127.0.0.1:{port}", token="curve-token", server_key=server_key, timeout=15) as c:
             res = c.run_job(ImageBlob.from_numpy(_rgba(3, 16)), None, {})
             assert np.array_equal(res.candidates[0].image.to_numpy(), _rgba(3, 16))
@@ -185,11 +203,21 @@ def test_remote_bind_with_curve(tmp_path):
         with pytest.raises(ProtocolError) as err:
             with PulseClient(f"tcp://127.0.0.1:{port}", token="wrong", server_key=server_key, timeout=15) as c:
                 c.connect()
-        assert err.value.code == "BAD_TOKEN" and time.monotonic() - t0 < 5
-        # Without the server key the plain-text handshake never completes.
-        with pytest.raises(DaemonNotRunning):
+        assert err.value.code == "BAD_TOKEN" and time.monotonic() - t0 < 15
+        # Without the server key the daemon refuses the plain-text handshake: the client says so, within its
+        # timeout, and names what to set; `pulse-server status` calls it running, but unreachable (not exit 3).
+        t0 = time.monotonic()
+        with pytest.raises(ProtocolError) as err:
             with PulseClient(f"tcp://127.0.0.1:{port}", token="curve-token", timeout=1.5) as c:
                 c.connect()
+        assert err.value.code == "HANDSHAKE_FAILED" and "PULSE_SERVER_KEY" in str(err.value), err.value
+        assert time.monotonic() - t0 < 1.5 + 1.0
+        status = subprocess.run(server_command("status"), env=env, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 4, status.stdout + status.stderr
+        assert "running (pid" in status.stdout and "cannot talk" in status.stdout and "PULSE_SERVER_KEY" in status.stdout
+        status = subprocess.run(server_command("status"), env={**env, "PULSE_SERVER_KEY": server_key},
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and f"pid {proc.pid}" in status.stdout, status.stdout + status.stderr
     finally:
         proc.terminate()
         proc.wait(20)

@@ -152,3 +152,12 @@ def test_via_daemon(tmp_path: Path, tiny_weights: Path) -> None:
         assert bad.returncode == 2 and "not inside" in bad.stderr
     finally:
         d.stop()
+
+
+def test_infinite_float_pixels_are_refused_before_clipping(tmp_path: Path, tiny_weights: Path, capsys) -> None:
+    grey = np.full((48, 48), 0.5, np.float32)
+    grey[10, 20] = -np.inf
+    Image.fromarray(grey, "F").save(tmp_path / "inf.tiff")
+    rc, err = run_cli([str(tmp_path / "inf.tiff"), "--box", "0,0,48,48", "-o", str(tmp_path / "x.png"),
+                       "--weights", str(tiny_weights), "--steps", "1"], capsys)
+    assert rc == 2 and "infinite" in err and not (tmp_path / "x.png").exists()

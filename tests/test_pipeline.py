@@ -220,3 +220,16 @@ def test_progress_and_cancel(prior) -> None:
     assert seen and seen[-1].step == seen[-1].total == 3
     with pytest.raises(Cancelled):
         depixelate(prior, region, None, DepixParams(candidates=1, steps=3, seed=0), cancel=lambda: True)
+
+
+def test_a_cancel_during_the_mosaic_analysis_ends_the_job(prior) -> None:
+    """The runner hands its cancel to the analysis: a large mosaic is not analysed to the end first."""
+    import time
+
+    from pulse_server.errors import Cancelled
+
+    region = pixelate(np.rint(photo(768, 768, 4) * 255).astype(np.uint8), 8, (0, 0, 768, 768))
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        depixelate(prior, region, None, DepixParams(candidates=1, steps=3), cancel=lambda: time.monotonic() - t0 > 0.3)
+    assert time.monotonic() - t0 < 3.0

@@ -161,3 +161,12 @@ def test_via_daemon(tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.Monk
         assert pulse("solve", "five.png", "-o", "f.png", "--via-daemon", "--endpoint", daemon.endpoint, "-q") == 2
     finally:
         daemon.stop()
+
+
+def test_infinite_float_pixels_are_refused_before_clipping(tiny_weights: Path, tmp_path: Path, capsys) -> None:
+    grey = np.full((4, 4), 0.5, np.float32)
+    grey[1, 2] = np.inf
+    Image.fromarray(grey, "F").save(tmp_path / "inf.tiff")  # a float TIFF can hold what a PNG cannot
+    assert pulse("solve", "inf.tiff", "-o", "x.png", "--weights", str(tiny_weights), "--steps", "1", "-q") == 2
+    err = capsys.readouterr().err
+    assert "infinite" in err and not (tmp_path / "x.png").exists()

@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import PipelineError
 
+    from ..pipeline.formats import require_finite
+
     image = read_image(args.image)
+    require_finite(image)  # refused here, in-process or --via-daemon, as the daemon would
     h, w = image.shape[:2]
     x, y, bw, bh = args.box
     if bw <= 0 or bh <= 0:
@@ -174,6 +177,7 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     from protocol.messages import ImageBlob
 
     from ..models.registry import REGISTRY
+    from .daemon_job import run_daemon_job
 
     if args.weights is not None and args.weights not in REGISTRY:
         print("pulse: note: with --via-daemon --model takes a model name; the daemon does not open files for "
@@ -193,7 +197,7 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     endpoint = args.endpoint or os.environ.get("PULSE_ENDPOINT") or None
     with PulseClient(endpoint, client_name="pulse-cli", client_version=_version()) as client:
         client.connect()
-        res = client.run_job(ImageBlob.from_numpy(region), None, params, on_progress=progress)
+        res = run_daemon_job(client, ImageBlob.from_numpy(region), None, params, on_progress=progress)
     patches = []
     for c in res.candidates:
         patch = np.array(c.image.to_numpy())

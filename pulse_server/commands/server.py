@@ -128,22 +128,37 @@ def _run(args: argparse.Namespace) -> int:
     return run_daemon(config)
 
 
+NOT_RUNNING = 3  # LSB "program is not running"
+CANNOT_TALK = 4  # LSB "status is unknown": a daemon runs there, but this client cannot talk to it
+
+
 def _status(args: argparse.Namespace) -> int:
     from protocol.client import PulseClient
-    from protocol.errors import DaemonNotRunning
+    from protocol.errors import DaemonNotRunning, ProtocolError
 
     from .. import paths
 
     endpoint = _running_endpoint(args.endpoint)
+    lock = paths.running_lock_info()
+    ours = lock.get("endpoint") == endpoint and _pid_alive(lock.get("pid"))  # the daemon holding the lock is there
     try:
         with PulseClient(endpoint, client_name="pulse-server status", timeout=args.timeout) as c:
             c.connect()
             info = c.status().server
     except DaemonNotRunning:
-        lock = paths.running_lock_info()
+        if ours:
+            print(f"pulse-server: running (pid {lock.get('pid')}) on {endpoint}, but it did not answer within "
+                  f"{args.timeout:g} s: it may be paused (a debugger, SIGSTOP) or overloaded")
+            return CANNOT_TALK
         hint = f" (a daemon with pid {lock.get('pid')} listens on {lock.get('endpoint')})" if lock else ""
         print(f"pulse-server: not running on {endpoint}{hint}")
-        return 3  # LSB "program is not running"
+        return NOT_RUNNING
+    except ProtocolError as exc:
+        if exc.code not in ("HANDSHAKE_FAILED", "BAD_TOKEN"):
+            raise
+        pid = f" (pid {lock.get('pid')})" if ours else ""
+        print(f"pulse-server: running{pid} on {endpoint}, but this client cannot talk to it: {exc.message}")
+        return CANNOT_TALK
     models = ", ".join(f"{m.get('name')}{'' if m.get('loaded') else ' (not loaded yet)'}" for m in info.get("models", []))
     print(f"pulse-server {info.get('version')} running (pid {info.get('pid')}) on {info.get('endpoint', endpoint)}")
     print(f"  device: {info.get('device')}   model: {models or '-'}")

@@ -73,7 +73,9 @@ def read_image(path: str | Path) -> "Any":
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            if im.mode == "F":  # float pixels in [0, 1]
+                a = np.repeat(np.asarray(im, dtype=np.float32)[:, :, None], 3, axis=2)
+            elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 a = np.asarray(im, dtype=np.float32) / (65535.0 if im.mode.startswith("I;16") else max(1, im.getextrema()[1]))
                 a = np.repeat(a[:, :, None], 3, axis=2)
             else:
@@ -82,6 +84,9 @@ def read_image(path: str | Path) -> "Any":
         raise PulseError(f"cannot read {path} as an image: {exc}", code="BAD_INPUT") from None
     if a.size == 0:
         raise PulseError(f"{path} is an empty image", code="BAD_INPUT")
+    from ..pipeline.formats import require_finite
+
+    require_finite(a)  # before the clip below
     h, w = a.shape[:2]
     if h != w:
         raise PulseError(f"{path} is {w}×{h}: the low-res face must be square", code="BAD_SIZE")
@@ -185,6 +190,7 @@ def _solve_via_daemon(args: argparse.Namespace, lowres: Any) -> tuple[list[dict]
     from protocol.messages import ImageBlob
 
     from ..models.registry import REGISTRY
+    from .daemon_job import run_daemon_job
 
     if args.weights and args.weights not in REGISTRY:
         print("pulse: note: with --via-daemon --model takes a model name; the daemon does not open files for "
@@ -195,10 +201,11 @@ def _solve_via_daemon(args: argparse.Namespace, lowres: Any) -> tuple[list[dict]
               "seed": -1 if args.seed is None else args.seed, "eps": args.eps, "precision": args.precision}
     if args.weights in REGISTRY:
         params["model"] = args.weights
+
     bar = _Bar(args.quiet)
     with PulseClient(args.endpoint, client_name="pulse-cli") as client:
         try:
-            result = client.run_job(blob, None, params, on_progress=bar)
+            result = run_daemon_job(client, blob, None, params, on_progress=bar)
         finally:
             bar.close()
     rows = [{"image": blob_to_rgb(c.image), "seed": c.seed, "downscale_mse": c.downscale_error,

@@ -47,9 +47,15 @@ def check_region(region: np.ndarray) -> PixelFormat:
     dtype = np.dtype(region.dtype)
     if dtype not in _SCALE:
         raise PipelineError(f"unsupported pixel type {dtype}: use uint8, uint16 or float32", code="BAD_FORMAT")
-    if dtype == np.float32 and not np.isfinite(region).all():
-        raise PipelineError("region contains NaN or infinite float pixels", code="BAD_PIXELS")
+    require_finite(region)
     return PixelFormat(channels=region.shape[2], dtype=dtype)
+
+
+def require_finite(pixels: np.ndarray) -> None:
+    """Refuse NaN and ±inf float pixels, before anything clips them into [0, 1]: an infinite pixel is a broken
+    image, not a bright one. The one check of `solve` and `depixelate`, in the CLIs and in the daemon alike."""
+    if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).all():
+        raise PipelineError("region contains NaN or infinite float pixels", code="BAD_PIXELS")
 
 
 def to_working(region: np.ndarray, fmt: PixelFormat) -> tuple[np.ndarray, np.ndarray | None]:

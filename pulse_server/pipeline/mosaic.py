@@ -14,8 +14,11 @@ Grid and rectangle are refined alternately (the profile is recomputed on the rec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+
+from ..errors import Cancelled
 
 MAX_BLOCK = 64  # larger blocks hold too little of a face to be worth solving
 MIN_RECT = 12  # pixels per side: a smaller "mosaic" is texture, not a face
@@ -25,6 +28,12 @@ MIN_CELLS = 4  # per axis: fewer cells hold too little of a face (and a photo ca
 _WORK_CELLS = MIN_CELLS - 1
 _FLOOR = 0.5 / 255  # below this a difference is "zero" (rounding noise of 8-bit mosaics)
 _DETECT_SCORE = 1.4  # evidence (line score on the rectangle + half-cell shift score) a mosaic must reach
+
+Check = Callable[[], None]  # raises Cancelled once the job is cancelled; called between steps of the analysis
+
+
+def _never() -> None:
+    """The Check of an analysis nobody can cancel."""
 
 
 @dataclass(frozen=True)
@@ -301,11 +310,13 @@ def _shift_evidence(rgb: np.ndarray, block: int, rect: tuple[int, int, int, int]
     return float(np.log((_cell_residual(rgb, block, inner) + _FLOOR) / (_cell_residual(rgb, block, own) + _FLOOR)))
 
 
-def _refine(dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid) -> _Grid:
+def _refine(dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid, check: Check = _never) -> _Grid:
     """Alternate: rectangle on the grid, grid re-fitted inside the rectangle (the rest only adds noise)."""
     h, w = dy.shape[0] + 1, dx.shape[1] + 1
+    check()
     g.rect, g.frac = _locate(dx, dy, g.block, g.px, g.py)
     for _ in range(3):
+        check()
         x, y, rw, rh = g.rect
         if rw < _WORK_CELLS * g.block or rh < _WORK_CELLS * g.block:
             return g
@@ -324,6 +335,7 @@ def _refine(dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid) -> _Gri
             break
         g = nxt
     if g.rect[2] >= _WORK_CELLS * g.block and g.rect[3] >= _WORK_CELLS * g.block:
+        check()
         inner, border, _ = _cell_flatness(dx, dy, g.block, g.px, g.py)
         x, y, rw, rh = g.rect
         cx, cy = (x - g.px) // g.block, (y - g.py) // g.block
@@ -340,7 +352,7 @@ def _refine(dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid) -> _Gri
     return g
 
 
-def _prefer_multiple(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, g: _Grid) -> _Grid:
+def _prefer_multiple(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, g: _Grid, check: Check = _never) -> _Grid:
     """A divisor of the true block looks fine on a rectangle it located well (each true cell is m×m of its
     cells) while the true grid's rectangle may have gone wrong. On g's rectangle the true grid's lines score
     about log(m) higher than g's; a real grid's multiples score lower (every other line of theirs is flat)."""
@@ -360,7 +372,8 @@ def _prefer_multiple(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, g: _Grid) 
             best = (score, big, (g.px + jx * g.block) % big, (g.py + jy * g.block) % big)
     if best is None:
         return g
-    cand = _add_shift(rgb, _refine(dx, dy, [best[1]], _Grid(best[1], best[2], best[3], score=best[0])))
+    cand = _add_shift(rgb, _refine(dx, dy, [best[1]], _Grid(best[1], best[2], best[3], score=best[0]), check),
+                      check=check)
     return cand if cand.evidence >= _DETECT_SCORE and cand.full is not None else g
 
 
@@ -393,9 +406,11 @@ def _whole_inside(rect: tuple[int, int, int, int], b: int, px: int, py: int) -> 
     return (x0, y0, max(0, x1 - x0), max(0, y1 - y0))
 
 
-def _add_shift(rgb: np.ndarray, g: _Grid, dx: np.ndarray | None = None, dy: np.ndarray | None = None) -> _Grid:
+def _add_shift(rgb: np.ndarray, g: _Grid, dx: np.ndarray | None = None, dy: np.ndarray | None = None,
+               check: Check = _never) -> _Grid:
     if g.rect[2] >= _WORK_CELLS * g.block and g.rect[3] >= _WORK_CELLS * g.block:
         g.shift = _shift_evidence(rgb, g.block, g.rect)
+        check()  # the two residuals over a large rectangle are the analysis' longest step
         if dx is not None and dy is not None and g.full is not None:
             g.complete = _completeness(dx, dy, g)
     return g
@@ -423,44 +438,112 @@ def _completeness(dx: np.ndarray, dy: np.ndarray, g: _Grid) -> float:
     return float(min(out))
 
 
-def detect_grid(rgb: np.ndarray, block: int | None = None) -> MosaicInfo:
-    """Analyse a float RGB region (H, W, 3) in [0, 1]; `block` forces the cell size (phase/rect still found)."""
-    return _analyze(rgb, block)[0]
+def detect_grid(rgb: np.ndarray, block: int | None = None, cancel: Callable[[], bool] | None = None) -> MosaicInfo:
+    """Analyse a float RGB region (H, W, 3) in [0, 1]; `block` forces the cell size (phase/rect still found).
+
+    `cancel` is polled between the analysis' steps (each grid hypothesis, each refinement round): when it
+    returns True, Cancelled is raised, so a CANCEL or a shutdown lands within one step. Only the part of the
+    region around its visible steps is analysed; featureless regions (no step of 1.5 levels of 8 bits: blank,
+    flat, smooth gradients) are answered at once.
+
+    Worst case, the largest region the pipeline takes (MAX_SIDE² = 4096²), measured on a loaded 2-core CPU:
+    a whole-region fine mosaic (8-px cells, every hypothesis refined over all of it) takes about 66 s, and a
+    CANCEL during it lands within 1.6 s; a 4096² photograph (noise) takes 3 s, a blank or near-blank one 1–2 s.
+    tests/test_mosaic_bounds.py holds the cancel latency and the featureless cases.
+    """
+
+    def check() -> None:
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled during the mosaic analysis")
+
+    return _analyze(rgb, block, check)[0]
+
+
+_FEATURELESS = 1.5 / 255  # a region whose largest neighbour difference is smaller has no grid lines to find
 
 
 _CANDIDATES = 10  # grid hypotheses from the whole region that are refined (JPEG's own 8-grid competes)
 _MORE_CANDIDATES = 15  # further ones looked at when none of those is a mosaic (stricter bar, see _analyze)
 
 
-def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
+def _active_box(dx: np.ndarray, dy: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x, y, w, h) around every neighbour difference of _FEATURELESS or more, one MAX_BLOCK of margin on each
+    side; None for a featureless region. A mosaic's grid lines are such differences, so the mosaic lies
+    inside; the flat rest would only be refined again and again as "perfectly flat cells" for nothing."""
+    sx, sy = dx >= _FEATURELESS, dy >= _FEATURELESS
+    h, w = dy.shape[0] + 1, dx.shape[1] + 1
+    cols, rows = np.zeros(w, bool), np.zeros(h, bool)
+    across_x, across_y = sx.any(axis=0), sy.any(axis=1)  # a step involves the pixels on both sides
+    cols[:-1] |= across_x
+    cols[1:] |= across_x
+    cols |= sy.any(axis=0)
+    rows[:-1] |= across_y
+    rows[1:] |= across_y
+    rows |= sx.any(axis=1)
+    if not cols.any():
+        return None
+    xs, ys = np.flatnonzero(cols), np.flatnonzero(rows)
+    x0, y0 = max(0, int(xs[0]) - MAX_BLOCK), max(0, int(ys[0]) - MAX_BLOCK)
+    x1, y1 = min(w, int(xs[-1]) + 1 + MAX_BLOCK), min(h, int(ys[-1]) + 1 + MAX_BLOCK)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def _moved(info: MosaicInfo, x0: int, y0: int, w: int, h: int) -> MosaicInfo:
+    """An analysis of the crop at (x0, y0) in the coordinates of the whole w×h region."""
+    if info.block == 1 and not info.detected:
+        return MosaicInfo(1, (0, 0), (0, 0, w, h), info.confidence, False)
+    b, (px, py), (x, y, rw, rh) = info.block, info.phase, info.rect
+    return MosaicInfo(b, ((px + x0) % b, (py + y0) % b), (x + x0, y + y0, rw, rh), info.confidence, info.detected)
+
+
+def _featureless_info(w: int, h: int, block: int | None) -> MosaicInfo:
+    """What the full analysis concludes on a featureless region (every cell flat, no line scores: evidence 0),
+    without its cost: a blank 1024² selection would otherwise refine every hypothesis over the whole area."""
+    conf = float(1.0 / (1.0 + np.exp(2.0 * _DETECT_SCORE)))
+    if block:
+        return MosaicInfo(block, (0, 0), _whole_cells(w, h, block, 0, 0), conf, False)
+    return MosaicInfo(1, (0, 0), (0, 0, w, h), 1.0 - conf, False)
+
+
+def _analyze(rgb: np.ndarray, block: int | None, check: Check = _never) -> tuple[MosaicInfo, _Grid]:
     """detect_grid plus its raw evidence, for calibration."""
     h, w = rgb.shape[:2]
     dx, dy = neighbour_differences(rgb)
     blocks = [block] if block else _candidate_blocks(w, h)
     if not blocks:
         return no_mosaic(w, h), _Grid(1, 0, 0)
+    box = _active_box(dx, dy)
+    if box is None:
+        return _featureless_info(w, h, block), _Grid(block or 1, 0, 0)
+    x0, y0, bw, bh = box
+    if (bw, bh) != (w, h) and (not block or min(bw, bh) >= 2 * block):
+        info, g = _analyze(rgb[y0 : y0 + bh, x0 : x0 + bw], block, check)
+        return _moved(info, x0, y0, w, h), g
+    check()
     rows = _grid_scores(dx, dy, blocks)
     best: _Grid | None = None
     for row in rows[:_CANDIDATES]:
         # refined twice: keeping its block (only phase and rectangle move), and free to change block inside
         # the rectangle (a small mosaic in a large box); the evidence decides
         for search in ([row[1]], blocks) if not block else ([row[1]],):
-            g = _refine(dx, dy, search, _Grid(row[1], row[2], row[3], score=min(row[4], row[5])))
-            g = _add_shift(rgb, g, dx, dy)
+            g = _refine(dx, dy, search, _Grid(row[1], row[2], row[3], score=min(row[4], row[5])), check)
+            g = _add_shift(rgb, g, dx, dy, check)
             if best is None or g.rank > best.rank:
                 best = g
     if best is not None and best.evidence < _DETECT_SCORE and not block:
         # nothing convincing among the whole region's top grids: a small mosaic in a busy (JPEG) box can rank
         # lower there; further grids must show stronger evidence and complete lines (photos fake weak grids)
         for row in rows[_CANDIDATES : _CANDIDATES + _MORE_CANDIDATES]:
-            g = _add_shift(rgb, _refine(dx, dy, blocks, _Grid(row[1], row[2], row[3], score=min(row[4], row[5]))), dx, dy)
+            g = _add_shift(rgb, _refine(dx, dy, blocks, _Grid(row[1], row[2], row[3], score=min(row[4], row[5])), check),
+                           dx, dy, check)
             if g.evidence >= _DETECT_SCORE + 1.0 and g.complete >= 0.3 and g.rank > best.rank:
                 best = g
     g = best
     if not block and g.full is not None:
-        g = _try_multiples(rgb, dx, dy, blocks, g)
-        g = _try_phases(rgb, dx, dy, g)
-        g = _prefer_multiple(rgb, dx, dy, g)
+        g = _try_multiples(rgb, dx, dy, blocks, g, check)
+        g = _try_phases(rgb, dx, dy, g, check)
+        check()
+        g = _prefer_multiple(rgb, dx, dy, g, check)
     b, (px, py), rect = g.block, (g.px, g.py), g.rect
     extent = g.full if g.full is not None else rect
     # cells in all, partial edge cells by their area (layer-aligned: 4 cells of a side may show as 3 whole + 2 cut)
@@ -481,7 +564,8 @@ def _analyze(rgb: np.ndarray, block: int | None) -> tuple[MosaicInfo, _Grid]:
     return MosaicInfo(b, (px, py), rect, conf, True), g
 
 
-def _try_multiples(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid) -> _Grid:
+def _try_multiples(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid,
+                   check: Check = _never) -> _Grid:
     """The best grid's multiples (every compatible phase), refined with their block kept; the rank decides.
 
     A mosaic's half-block grid can out-score it on the whole region (its lines include all the true ones)
@@ -494,13 +578,13 @@ def _try_multiples(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, blocks: list
         for jx in range(m):
             for jy in range(m):
                 c = _Grid(big, (g.px + jx * g.block) % big, (g.py + jy * g.block) % big)
-                c = _add_shift(rgb, _refine(dx, dy, [big], c), dx, dy)
+                c = _add_shift(rgb, _refine(dx, dy, [big], c, check), dx, dy, check)
                 if c.rank > best.rank:
                     best = c
     return best
 
 
-def _try_phases(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, g: _Grid, top: int = 3) -> _Grid:
+def _try_phases(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, g: _Grid, check: Check = _never, top: int = 3) -> _Grid:
     """The best grid's block at the phases whose lines peak most on its extent (per axis), refined; the rank
     decides. A photo edge next to a small mosaic can pull the whole-region phase off the mosaic's own."""
     x, y, w, h = g.full
@@ -512,7 +596,7 @@ def _try_phases(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, g: _Grid, top: 
             c = _Grid(g.block, int(qx + x) % g.block, int(qy + y) % g.block)
             if (c.px, c.py) == (g.px, g.py):
                 continue
-            c = _add_shift(rgb, _refine(dx, dy, [g.block], c), dx, dy)
+            c = _add_shift(rgb, _refine(dx, dy, [g.block], c, check), dx, dy, check)
             if c.rank > best.rank:
                 best = c
     return best

@@ -83,10 +83,12 @@ def _checked(region: np.ndarray, mask: np.ndarray | None) -> tuple[PixelFormat, 
     return fmt, mask, rgb
 
 
-def prepare(region: np.ndarray, mask: np.ndarray | None, params: DepixParams) -> Prepared:
-    """Check the region, find its mosaic and describe it for the solver. Raises PipelineError for bad input."""
+def prepare(region: np.ndarray, mask: np.ndarray | None, params: DepixParams,
+            cancel: Callable[[], bool] | None = None) -> Prepared:
+    """Check the region, find its mosaic and describe it for the solver. Raises PipelineError for bad input,
+    Cancelled when `cancel()` turns true during the analysis (it can take seconds on a large region)."""
     fmt, mask, rgb = _checked(region, mask)
-    info = _analysis(rgb, params.block)
+    info = _analysis(rgb, params.block, cancel)
     h, w = rgb.shape[:2]
     x, y, rw, rh = info.rect
     b = info.block
@@ -120,7 +122,7 @@ def _coloured(face: np.ndarray, gain: tuple[float, ...], offset: tuple[float, ..
     return np.clip(face * np.asarray(gain, np.float32) + np.asarray(offset, np.float32), 0.0, 1.0).astype(np.float32)
 
 
-def _analysis(rgb: np.ndarray, block: int | None) -> MosaicInfo:
+def _analysis(rgb: np.ndarray, block: int | None, cancel: Callable[[], bool] | None = None) -> MosaicInfo:
     if block is not None and block != 0:
         h, w = rgb.shape[:2]
         if not isinstance(block, (int, np.integer)) or block < 1:
@@ -131,8 +133,8 @@ def _analysis(rgb: np.ndarray, block: int | None) -> MosaicInfo:
                 code="BAD_REGION")
         if block == 1:
             return no_mosaic(w, h)
-        return detect_grid(rgb, int(block))
-    return detect_grid(rgb, None)
+        return detect_grid(rgb, int(block), cancel=cancel)
+    return detect_grid(rgb, None, cancel=cancel)
 
 
 def _check_size(region: np.ndarray) -> None:
