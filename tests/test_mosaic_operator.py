@@ -208,3 +208,23 @@ def test_search_finds_a_placed_face_of_the_prior(shared_prior_path) -> None:
         assert best.eps_reached and best.downscale_mse <= 2e-3, (method, best.downscale_mse)
         assert abs(best.theta[2] - truth[2]) < 0.08 and abs(best.theta[3] - truth[3]) < 0.08, (method, best.theta)
         assert [c.downscale_mse for c in res.candidates] == sorted(c.downscale_mse for c in res.candidates)
+
+
+def test_search_stops_early_once_every_candidate_has_settled(shared_prior_path) -> None:
+    """Cells the prior can match exactly: every candidate reaches eps and stalls, the search ends before its
+    step budget (checked once per window, no host sync per step) and the progress bar still reaches its end."""
+    from pulse_server.models.loading import load_prior
+
+    prior, _ = load_prior(shared_prior_path)
+    prior.freeze()
+    with torch.no_grad():
+        face = (prior.render(prior.sample_latent(1, torch.Generator().manual_seed(7))) + 1) / 2
+    grid = CellGrid(64, 64, 16, (0, 0))
+    op = MosaicOperator(observation(64, 64, 16, (0, 0)), 32, margin=0.0)
+    cells = grid.means(op.place(face, torch.zeros(1, 4))[0].permute(1, 2, 0).numpy()).astype(np.float32)
+    obs = Observation(cells=cells, weight=np.ones(grid.shape, np.float32), width=64, height=64, block=16)
+    seen: list = []
+    res = solve_mosaic(prior, obs, MosaicConfig(candidates=2, steps=100, seed=0, eps=5e-3), progress=seen.append)
+    assert all(c.eps_reached for c in res.candidates)
+    assert res.steps_run < 100
+    assert seen[-1].step == seen[-1].total == 100

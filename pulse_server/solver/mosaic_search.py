@@ -102,6 +102,9 @@ class MosaicConfig:
     tv: float = 0.5  # weight of the feature phase's total-variation term
     feature_target: float = 0.5  # the feature phase stops pulling at this fraction of eps
     proximity: float = 1.0  # weight of the features' relative squared distance from the latent phase's
+    early_stop: bool = True  # end a phase once every candidate matches eps and has stalled
+    stall_window: int = 10
+    stall_tolerance: float = 0.01
     stage: int | None = None  # None: by resolution and grid (module doc)
     below_eps_weight: float = 0.1
     geocross: float = 0.05
@@ -435,7 +438,7 @@ def _solve(prior: FacePrior, obs: Observation, cfg: MosaicConfig, progress: Call
         if warm:
             best = _Best(k * starts, prior.resolution, device)
             phase = _LatentPhase(ctx, best, warm, 0, latent, noises, trainable, theta, move_theta=True)
-            done = _run(phase, warm, done, reporter, cancel)
+            done, _ = _run(phase, warm, done, reporter, cancel, None)
             # each candidate keeps the best of its own starts: start j of candidate i is row j·K + i
             keep = torch.argmin(best.err.view(starts, k), dim=0) * k + torch.arange(k, device=device)
             latent, noises, trainable, theta = phase.take(keep)
@@ -443,11 +446,13 @@ def _solve(prior: FacePrior, obs: Observation, cfg: MosaicConfig, progress: Call
         else:
             best = _Best(k, prior.resolution, device)
         phase = _LatentPhase(ctx, best, latent_steps, done, latent, noises, trainable, theta, move_theta=True)
-        done = _run(phase, latent_steps, done, reporter, cancel)
-        if feat_steps and stage is not None:
+        done, settled = _run(phase, latent_steps, done, reporter, cancel, _Stall.of(cfg, best))
+        # candidates that all match eps from the prior's own faces need no feature refinement
+        if feat_steps and stage is not None and not settled:
             theta = phase.theta.detach()
             refine = _FeaturePhase(ctx, best, feat_steps, done, phase.latent, phase.noises, theta, stage)
-            done = _run(refine, feat_steps, done, reporter, cancel)
+            done, _ = _run(refine, feat_steps, done, reporter, cancel, _Stall.of(cfg, best))
+        reporter.finish(done)
     finally:
         if old_fused is not None:
             prior.fused = old_fused
@@ -466,14 +471,39 @@ def start_seeds(seeds: list[int], starts: int) -> list[int]:
     return out
 
 
-def _run(phase: _Phase, steps: int, done: int, reporter: "_Reporter", cancel: Callable[[], bool] | None) -> int:
+class _Stall:
+    """Early stop, batched: every `window` steps (one host sync per window, none per step) the phase ends
+    when every candidate matches eps and its best score improved by less than `tolerance` (relative)."""
+
+    def __init__(self, best: _Best, window: int, tolerance: float):
+        self.best, self.window, self.tolerance = best, window, tolerance
+        self.last = best.score.clone()
+
+    @classmethod
+    def of(cls, cfg: MosaicConfig, best: _Best) -> "_Stall | None":
+        return cls(best, cfg.stall_window, cfg.stall_tolerance) if cfg.early_stop else None
+
+    def settled(self, j: int) -> bool:
+        if (j + 1) % self.window:
+            return False
+        score = self.best.score
+        gain = (self.last - score) / self.last.abs().clamp_min(1e-12)
+        self.last = score.clone()
+        return bool((self.best.hit & (gain < self.tolerance)).all())
+
+
+def _run(phase: _Phase, steps: int, done: int, reporter: "_Reporter", cancel: Callable[[], bool] | None,
+         stall: _Stall | None) -> tuple[int, bool]:
+    """-> (steps done in all, whether the phase ended early because every candidate had settled)."""
     for j in range(steps):
         if cancel is not None and cancel():
             raise Cancelled("solve cancelled")
         phase.step(j)  # type: ignore[attr-defined]
         done += 1
         reporter.maybe(done, phase)
-    return done
+        if stall is not None and stall.settled(j):
+            return done, True
+    return done, False
 
 
 def _results(best: _Best, seeds: list[int], cfg: MosaicConfig) -> list[MosaicCandidate]:
@@ -495,10 +525,12 @@ class _Reporter:
     def __init__(self, progress: Callable[[Progress], None] | None, total: int, interval: float, cfg: MosaicConfig):
         self.progress, self.total, self.interval, self.cfg = progress, total, interval, cfg
         self.last = -math.inf
+        self.phase: _Phase | None = None
 
     def maybe(self, done: int, phase: _Phase) -> None:
         if self.progress is None:
             return
+        self.phase = phase
         cfg = self.cfg
         want_preview = cfg.preview_every > 0 and done % cfg.preview_every == 0
         now = time.perf_counter()
@@ -510,6 +542,13 @@ class _Reporter:
         losses = {k: float(v.mean()) for k, v in phase.last.items()}
         self.progress(Progress(step=done, total=self.total, losses=losses, best_error=float(best.min_err.min()),
                                preview=preview))
+
+    def finish(self, done: int) -> None:
+        """A search that stopped early still ends its progress at `total` (a bar runs to its end)."""
+        if self.progress is not None and done < self.total and self.phase is not None:
+            phase, self.last = self.phase, -math.inf
+            self.progress(Progress(step=self.total, total=self.total, losses={k: float(v.mean()) for k, v in phase.last.items()},
+                                   best_error=float(phase.best.min_err.min())))
 
 
 def _preview(best: _Best, size: int) -> np.ndarray:
