@@ -62,7 +62,7 @@ from ..pipeline.observation import Observation
 from ..pipeline.pipeline import METHODS
 from .losses import geocross_loss, soft_clamp
 from .mosaic_op import THETA_DIM, Colour, MosaicOperator
-from .pulse import PRECISIONS, Progress, SolveConfig, _initial_state, candidate_seeds
+from .pulse import Progress, SolveConfig, initial_state, candidate_seeds, check_search
 from .schedules import get_schedule
 from .sphere import SphericalOptimizer
 
@@ -136,17 +136,9 @@ class MosaicSolveResult:
 
 
 def _validate(cfg: MosaicConfig) -> None:
-    if cfg.candidates < 1:
-        raise SolverError(f"candidates must be >= 1, got {cfg.candidates}", code="BAD_PARAMS")
-    if cfg.steps < 1:
-        raise SolverError(f"steps must be >= 1, got {cfg.steps}", code="BAD_PARAMS")
-    if not (cfg.eps > 0 and math.isfinite(cfg.eps)):
-        raise SolverError(f"eps must be a positive number, got {cfg.eps}", code="BAD_PARAMS")
+    check_search(cfg.candidates, cfg.steps, cfg.eps, cfg.precision, cfg.schedule)
     if cfg.method not in METHODS:
         raise SolverError(f"method must be one of {METHODS}, got {cfg.method!r}", code="BAD_PARAMS")
-    if cfg.precision not in PRECISIONS:
-        raise SolverError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}", code="BAD_PARAMS")
-    get_schedule(cfg.schedule)
 
 
 def phase_steps(cfg: MosaicConfig, refine: bool) -> tuple[int, int, int]:
@@ -432,7 +424,7 @@ def _solve(prior: FacePrior, obs: Observation, cfg: MosaicConfig, progress: Call
         seeds = candidate_seeds(SolveConfig(candidates=k, seed=cfg.seed))
         starts = cfg.starts_per_candidate if warm else 1
         placements = np.stack([_PLACEMENTS[j % len(_PLACEMENTS)] for j in range(starts) for _ in range(k)])
-        latent, noises, trainable = _initial_state(prior, start_seeds(seeds, starts), SolveConfig(), device)
+        latent, noises, trainable = initial_state(prior, start_seeds(seeds, starts), SolveConfig(), device)
         theta = torch.from_numpy(placements).to(device)
         done = 0
         if warm:

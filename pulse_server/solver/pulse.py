@@ -163,25 +163,30 @@ def _target_tensor(lowres: np.ndarray, resolution: int) -> tuple[Tensor, int]:
     return t, factor
 
 
+def check_search(candidates: int, steps: int, eps: float, precision: str, schedule: str) -> None:
+    """The checks every search (PULSE's and the mosaic search) makes on its budget; SolverError names the bad one."""
+    if candidates < 1:
+        raise SolverError(f"candidates must be >= 1, got {candidates}", code="BAD_PARAMS")
+    if steps < 1:
+        raise SolverError(f"steps must be >= 1, got {steps}", code="BAD_PARAMS")
+    if not (eps > 0 and math.isfinite(eps)):
+        raise SolverError(f"eps must be a positive number, got {eps}", code="BAD_PARAMS")
+    if precision not in PRECISIONS:
+        raise SolverError(f"precision must be one of {PRECISIONS}, got {precision!r}", code="BAD_PARAMS")
+    get_schedule(schedule)
+
+
 def _validate(config: SolveConfig) -> None:
-    if config.candidates < 1:
-        raise SolverError(f"candidates must be >= 1, got {config.candidates}", code="BAD_PARAMS")
-    if config.steps < 1:
-        raise SolverError(f"steps must be >= 1, got {config.steps}", code="BAD_PARAMS")
-    if not (config.eps > 0 and math.isfinite(config.eps)):
-        raise SolverError(f"eps must be a positive number, got {config.eps}", code="BAD_PARAMS")
+    check_search(config.candidates, config.steps, config.eps, config.precision, config.schedule)
     if config.noise not in NOISE_TYPES:
         raise SolverError(f"noise must be one of {NOISE_TYPES}, got {config.noise!r}", code="BAD_PARAMS")
-    if config.precision not in PRECISIONS:
-        raise SolverError(f"precision must be one of {PRECISIONS}, got {config.precision!r}", code="BAD_PARAMS")
-    get_schedule(config.schedule)
     parse_loss(config.loss)
 
 
 # ------------------------------------------------------------------------------------------ the search
 
 
-def _initial_state(prior: FacePrior, seeds: list[int], config: SolveConfig, device: torch.device
+def initial_state(prior: FacePrior, seeds: list[int], config: SolveConfig, device: torch.device
                    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """-> (latent leaf (K, rows|1, dim), noises for render, the trainable noise leaves).
 
@@ -224,7 +229,7 @@ class _Search:
         self.down = BicubicDownsample(factor).to(device)
         self.spec = parse_loss(config.loss)
         self.schedule = get_schedule(config.schedule)
-        self.latent, self.noises, trainable = _initial_state(prior, seeds, config, device)
+        self.latent, self.noises, trainable = initial_state(prior, seeds, config, device)
         # CUDA fast path: the fused Adam kernel (one launch for all tensors; same update rule)
         extra = {"fused": True} if (autocast and device.type == "cuda") else {}
         self.opt = SphericalOptimizer([self.latent, *trainable], lr=config.lr, **extra)
