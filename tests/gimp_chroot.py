@@ -275,12 +275,14 @@ def _free_display(root: Path) -> int:
 
 
 def gimp_gui_batch(root: Path, script: Path, *, home: Path, dialog_title: str, env: dict[str, str] | None = None,
-                   timeout: float = 300, after_dialog=None) -> tuple[subprocess.CompletedProcess, float | None]:
+                   timeout: float = 300, after_dialog=None,
+                   before_return=None) -> tuple[subprocess.CompletedProcess, float | None]:
     """Like `gimp_batch`, but the full GIMP GUI on a private Xvfb display, answering one dialog.
 
     When a window titled `dialog_title` appears, xdotool focuses it and presses Return (the dialog's default
-    button, OK); then `after_dialog(x11)` runs, if given, where `x11(*argv)` runs a command (xdotool) on that
-    display inside the chroot. Returns GIMP's result and how many seconds after start the dialog appeared.
+    button, OK); `before_return(x11, display)` runs just before that and `after_dialog(x11, display)` after it,
+    if given, where `x11(*argv)` runs a command (xdotool) on that display inside the chroot and `display` is
+    its name (":90"; the host reaches it too, through X's abstract socket). Returns GIMP's result and how many seconds after start the dialog appeared.
     Xvfb and GIMP are stopped before /proc and /dev are unmounted.
     """
     with mounted(root):
@@ -310,11 +312,13 @@ def gimp_gui_batch(root: Path, script: Path, *, home: Path, dialog_title: str, e
                 if found:
                     seen = time.monotonic() - t0
                     time.sleep(1.0)  # let GTK map and realise the whole dialog
+                    x11 = lambda *argv: subprocess.run([*base, *argv], capture_output=True, text=True, timeout=60)  # noqa: E731
+                    if before_return is not None:
+                        before_return(x11, display)
                     subprocess.run([*base, "xdotool", "windowfocus", "--sync", found[-1], "key", "Return"],
                                    capture_output=True, timeout=30)
                     if after_dialog is not None:
-                        after_dialog(lambda *argv: subprocess.run([*base, *argv], capture_output=True, text=True,
-                                                                  timeout=60))
+                        after_dialog(x11, display)
                 time.sleep(0.3)
             out, err = gimp.communicate(timeout=max(1.0, timeout - (time.monotonic() - t0)))
             return subprocess.CompletedProcess(gimp.args, gimp.returncode, out, err), seen

@@ -90,35 +90,126 @@ def test_progress():
     assert "12/40" in logic.progress_text(12, 40, 1.5e-3) and "1.50e-03" in logic.progress_text(12, 40, 1.5e-3)
 
 
-def _result(errors, w=4, h=2, channels=3, dtype="u8"):
+ANALYSIS = {"block": 2, "phase": [0, 0], "rect": [1, 0, 2, 2], "confidence": 0.9, "detected": True,
+            "method": "ilo", "theta": []}
+
+
+def _result(errors, w=4, h=2, channels=3, dtype="u8", analysis=None):
     n = w * h * channels * (2 if dtype == "u16" else 1)
     cands = [Candidate(ImageBlob(w, h, channels, dtype, bytes([i]) * n), seed=10 + i, downscale_error=e,
                        eps_reached=e < 2e-3, steps=100) for i, e in enumerate(errors)]
-    return Result(job_id="j", candidates=cands, model="tiny-stylegan2-32", analysis={"block": 8})
+    return Result(job_id="j", candidates=cands, model="tiny-stylegan2-32",
+                  analysis=ANALYSIS if analysis is None else analysis)
 
 
-def test_plan_layers_names_visibility_position_and_parasite():
+def test_paste_plan_is_one_group_named_for_the_run_with_ranked_face_layers():
     region = logic.Region(28, 18, 4, 2, 16, 8, True)
     fmt = logic.pixel_format("u8-non-linear", False, False)
-    plans = logic.plan_layers(_result([1.3e-3, 2.5e-3, 4e-2]), region, fmt)
-    assert [p.name for p in plans] == ["PULSE face 1 (err 1.3e-3)", "PULSE face 2 (err 2.5e-3)",
-                                       "PULSE face 3 (err 4.0e-2)"]
-    assert [p.visible for p in plans] == [True, False, False]
-    assert {(p.x, p.y, p.width, p.height) for p in plans} == {(28, 18, 4, 2)}
-    assert plans[1].data == bytes([1]) * 24
-    meta = json.loads(plans[0].parasite)
-    assert (meta["model"], meta["seed"], meta["downscale_error"]) == ("tiny-stylegan2-32", 10, 1.3e-3)
+    plan = logic.plan_paste(_result([1.3e-3, 2.5e-3, 4e-2]), region, fmt, ["face", "background"], None)
+    assert (plan.run, plan.group_name, plan.summary) == (1, "PULSE run 1 — 2 px blocks", "2 px blocks, 2×1 cells")
+    assert [p.name for p in plan.layers] == ["PULSE face 1", "PULSE face 2", "PULSE face 3"]
+    assert [p.visible for p in plan.layers] == [True, False, False]
+    assert [p.error for p in plan.layers] == [1.3e-3, 2.5e-3, 4e-2]
+    assert {(p.x, p.y, p.width, p.height) for p in plan.layers} == {(28, 18, 4, 2)}
+    assert plan.layers[1].data == bytes([1]) * 24
+    meta = json.loads(plan.layers[0].parasite)
+    assert (meta["model"], meta["seed"], meta["downscale_error"], meta["kind"]) == ("tiny-stylegan2-32", 10, 1.3e-3, "face")
     assert "not a recovery" in meta["comment"]
-    # Inserted worst first at the active layer's position, so the best ends on top.
-    assert [p.name[:12] for p in logic.insertion_order(plans)] == ["PULSE face 3", "PULSE face 2", "PULSE face 1"]
+    group = json.loads(plan.group_parasite)
+    assert group["kind"] == "run" and group["run"] == 1 and "not a recovery" in group["comment"]
+    assert [c["downscale_error"] for c in group["candidates"]] == [1.3e-3, 2.5e-3, 4e-2]
+    assert "PULSE face 2: error 2.5e-3, seed 11" in group["comment"]
 
 
-def test_plan_layers_refuses_a_patch_of_the_wrong_shape():
+def test_each_face_gets_a_mask_opaque_over_the_mosaic_and_clipped_to_the_selection():
+    region = logic.Region(0, 0, 4, 2, 0, 0, True)
+    fmt = logic.pixel_format("u8", False, False)
+    plan = logic.plan_paste(_result([1e-3, 2e-3]), region, fmt, [], None)
+    # mosaic at x 1..2: opaque there, a 2 px band falling off to both sides
+    row = list(plan.layers[0].mask[:4])
+    assert row[1] == row[2] == 255 and 0 < row[0] < 255 and 0 < row[3] < 255
+    assert plan.layers[0].mask == plan.layers[1].mask and len(plan.layers[0].mask) == 8
+    selection = bytes([0, 255, 255, 255] * 2)
+    clipped = logic.plan_paste(_result([1e-3]), region, fmt, [], selection)
+    assert list(clipped.layers[0].mask[:4]) == [0] + row[1:]
+
+
+def test_a_second_run_is_numbered_on_and_never_reuses_a_face_name():
+    region = logic.Region(0, 0, 4, 2, 0, 0, False)
+    fmt = logic.pixel_format("u8", False, False)
+    names = ["PULSE run 1 — 2 px blocks", "PULSE face 1", "PULSE face 2", "face"]
+    plan = logic.plan_paste(_result([1e-3, 2e-3, 3e-3]), region, fmt, names, None)
+    assert plan.group_name == "PULSE run 2 — 2 px blocks"
+    assert [p.name for p in plan.layers] == ["PULSE face 1 (run 2)", "PULSE face 2 (run 2)", "PULSE face 3"]
+    assert not any("#" in p.name for p in plan.layers)
+
+
+def test_no_mosaic_found_is_named_in_the_group_and_the_message():
+    region = logic.Region(0, 0, 4, 2, 0, 0, False)
+    analysis = {"block": 1, "phase": [0, 0], "rect": [0, 0, 4, 2], "detected": False, "method": "ilo"}
+    plan = logic.plan_paste(_result([1e-3], analysis=analysis), region, logic.pixel_format("u8", False, False), [], None)
+    assert plan.group_name == "PULSE run 1 — no mosaic found"
+    assert plan.layers[0].mask == bytes([255]) * 8
+    assert "PULSE run 1: no mosaic found; imagined 1 face:" in logic.done_message(plan)
+
+
+def test_done_message_says_what_was_found_made_and_how_to_blend():
+    region = logic.Region(0, 0, 4, 2, 0, 0, False)
+    plan = logic.plan_paste(_result([1.3e-3, 2e-2]), region, logic.pixel_format("u8", False, False), [], None)
+    text = logic.done_message(plan, "“PULSE face 1” is a PULSE result: depixelating the layer beneath it, “face”")
+    assert text.startswith("“PULSE face 1” is a PULSE result")
+    assert "PULSE run 1: found 2 px blocks, 2×1 cells; imagined 2 faces" in text
+    assert "PULSE face 1 (error 1.3e-3, shown), PULSE face 2 (error 2.0e-2)." in text
+    assert "layer mask" in text and "invented" in text
+
+
+def test_paste_plan_refuses_a_patch_of_the_wrong_shape():
     region = logic.Region(0, 0, 4, 2, 0, 0, False)
     with pytest.raises(logic.UserError, match="install-plugin"):
-        logic.plan_layers(_result([1e-3], w=2), region, logic.pixel_format("u8", False, False))
+        logic.plan_paste(_result([1e-3], w=2), region, logic.pixel_format("u8", False, False), [], None)
     with pytest.raises(logic.UserError, match="no candidates"):
-        logic.plan_layers(_result([]), region, logic.pixel_format("u8", False, False))
+        logic.plan_paste(_result([]), region, logic.pixel_format("u8", False, False), [], None)
+
+
+def test_the_active_layer_is_read_unless_it_is_a_pulse_result():
+    assert logic.pick_source("face", False, [("background", False, False)]) == logic.Source(-1)
+
+
+def test_a_pulse_result_hands_over_to_the_photo_layer_beneath_its_runs():
+    below = [("PULSE run 1 — 8 px blocks", True, True), ("face", False, False), ("background", False, False)]
+    choice = logic.pick_source("PULSE face 1 (run 2)", True, below)
+    assert choice.index == 1
+    assert "“PULSE face 1 (run 2)” is a PULSE result" in choice.note and "“face”" in choice.note
+
+
+def test_a_pulse_result_without_a_photo_layer_beneath_is_explained():
+    with pytest.raises(logic.UserError, match="no photo layer beneath"):
+        logic.pick_source("PULSE face 1", True, [("PULSE run 1", True, True)])
+    with pytest.raises(logic.UserError, match="is a group"):
+        logic.pick_source("PULSE face 1", True, [("People", False, True)])
+
+
+def test_a_new_run_goes_above_the_earlier_runs_on_the_same_photo():
+    assert logic.insert_position([False, False], 1) == 1  # nothing of ours: right above the photo
+    assert logic.insert_position([False, True, True, False], 3) == 1  # above runs 1 and 2, below "text"
+    assert logic.insert_position([True], 1) == 0
+
+
+def test_daemon_down_names_the_address_tried_once():
+    text = logic.user_message(DaemonNotRunning(), "tcp://127.0.0.1:9")
+    assert text.count("tcp://127.0.0.1:9") == 1 and text.count("pulse-server run") == 1
+    slow = DaemonNotRunning("no answer from tcp://127.0.0.1:9 within 10 s — is `pulse-server run` running there?")
+    assert "no answer" in logic.user_message(slow, "tcp://127.0.0.1:9")
+
+
+def test_dialog_labels_are_plain_and_their_mnemonics_distinct():
+    labels = [a.label for a in logic.INT_ARGS] + [logic.ENDPOINT_ARG[1]]
+    assert [label.replace("_", "") for label in labels] == ["Faces to generate", "Search steps", "Random seed",
+                                                            "Mosaic block size", "Daemon address"]
+    keys = [label[label.index("_") + 1].lower() for label in labels]
+    # not Help, Reset, Cancel, OK, Load Saved Settings, Save Settings
+    assert len(set(keys)) == len(keys) and not set(keys) & set("hrcols")
+    assert "imagine" in logic.DESCRIPTION.lower() and "\n" not in logic.DESCRIPTION
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,7 @@ def make_image(scene):
         layers[spec["name"]] = layer
     face = layers["face"]
     img.set_selected_layers([face])
-    x, y, w, h = cfg["selection"]
+    x, y, w, h = scene.get("selection") or cfg["selection"]
     if scene.get("ellipse"):
         img.select_ellipse(Gimp.ChannelOps.REPLACE, x, y, w, h)
     else:
@@ -96,17 +96,70 @@ def make_image(scene):
 
 
 def describe(img, tag, fmt):
+    """Every layer, groups' children right after their group (top down), with its pixels and mask in files."""
     info = []
-    for i, layer in enumerate(img.get_layers()):
-        _, ox, oy = layer.get_offsets()
-        par = layer.get_parasite(cfg["parasite"])
-        entry = {"name": layer.get_name(), "visible": layer.get_visible(), "offset": [ox, oy],
-                 "size": [layer.get_width(), layer.get_height()], "has_alpha": layer.has_alpha(),
-                 "parasite": bytes(par.get_data()).decode() if par else None,
-                 "raw": "%s-%d.raw" % (tag, i)}
-        open(work + "/" + entry["raw"], "wb").write(pixels(layer, fmt))
-        info.append(entry)
+
+    def walk(layers, path):
+        for layer in layers:
+            _, ox, oy = layer.get_offsets()
+            par = layer.get_parasite(cfg["parasite"])
+            entry = {"name": layer.get_name(), "path": path, "group": layer.is_group(),
+                     "visible": layer.get_visible(), "offset": [ox, oy],
+                     "size": [layer.get_width(), layer.get_height()], "has_alpha": layer.has_alpha(),
+                     "parasite": bytes(par.get_data()).decode() if par else None,
+                     "raw": None, "mask": None}
+            i = len(info)
+            info.append(entry)
+            if layer.is_group():
+                walk(layer.get_children(), path + [layer.get_name()])
+                continue
+            entry["raw"] = "%s-%d.raw" % (tag, i)
+            open(work + "/" + entry["raw"], "wb").write(pixels(layer, fmt))
+            mask = layer.get_mask()
+            if mask is not None:
+                entry["mask"] = "%s-%d-mask.raw" % (tag, i)
+                open(work + "/" + entry["mask"], "wb").write(pixels(mask, "Y u8"))
+
+    walk(img.get_layers(), [])
     return info
+
+
+asked = []
+
+
+def ask_host(what):
+    """The host presses a key in the image window ("key:ctrl+z") or grabs the screen ("shot:NAME")."""
+    Gimp.displays_flush()
+    asked.append(what)
+    n = len(asked)
+    ask, done = "%s/ask-%d" % (work, n), "%s/done-%d" % (work, n)
+    open(ask + ".tmp", "w").write(what)
+    os.rename(ask + ".tmp", ask)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(done) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # GIMP handles the key (undo, redo) on its own main loop
+
+
+def call(proc, img, drawables, args, interactive=False):
+    config = proc.create_config()
+    config.set_property("run-mode", Gimp.RunMode.INTERACTIVE if interactive else Gimp.RunMode.NONINTERACTIVE)
+    config.set_property("image", img)
+    config.set_core_object_array("drawables", drawables)
+    for k, v in args.items():
+        config.set_property(k, v)
+    t0 = time.monotonic()
+    res = proc.run(config)
+    status = res.index(0)
+    error = None
+    if status != Gimp.PDBStatusType.SUCCESS and res.length() > 1:
+        error = str(res.index(1))
+    return {"status": status.value_nick, "error": error, "seconds": time.monotonic() - t0,
+            "active": [l.get_name() for l in drawables]}
+
+
+def selected(img):
+    return [l.get_name() for l in img.get_selected_layers()]
 
 
 def run(tag, args, scene):
@@ -115,39 +168,33 @@ def run(tag, args, scene):
     fmt = babl(scene)
     before = describe(img, tag + "-before", fmt)
     proc = Gimp.get_pdb().lookup_procedure(PROC)
-    config = proc.create_config()
     args = dict(args)
     interactive = args.pop("interactive", False)
+    rerun = args.pop("rerun", False)
     display = Gimp.Display.new(img) if interactive else None  # as a user sees it: the dialog needs a GUI
-    config.set_property("run-mode", Gimp.RunMode.INTERACTIVE if interactive else Gimp.RunMode.NONINTERACTIVE)
-    config.set_property("image", img)
-    config.set_core_object_array("drawables", [face])
-    for k, v in args.items():
-        config.set_property(k, v)
-    t0 = time.monotonic()
-    res = proc.run(config)
-    seconds = time.monotonic() - t0
-    status = res.index(0)
-    error = None
-    if status != Gimp.PDBStatusType.SUCCESS and res.length() > 1:
-        error = str(res.index(1))
-    out["runs"][tag] = {
-        "status": status.value_nick, "error": error, "seconds": seconds,
+    result = call(proc, img, [face], args, interactive)
+    result.update({
         "before": before, "after": describe(img, tag + "-after", fmt),
         "precision": img.get_precision().value_nick,
-        "selected": [l.get_name() for l in img.get_selected_layers()],
+        "selected": selected(img),
         "selection": list(Gimp.Selection.bounds(img))[1:],
         "undo_enabled": img.undo_is_enabled(),
-    }
+    })
+    out["runs"][tag] = result
     if interactive:
-        # Hand over to the host, which presses Ctrl+Z once in the image window, then look again.
-        Gimp.displays_flush()
-        open(work + "/undo-ready", "w").close()
-        deadline = time.monotonic() + 120
-        while not os.path.exists(work + "/undo-done") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1.0)
-        out["runs"][tag]["after_undo"] = describe(img, tag + "-undo", fmt)
+        # As a user would: look, undo, redo, then run the filter again on whatever is active now.
+        ask_host("shot:%s-pasted" % tag)
+        ask_host("key:ctrl+z")
+        result["after_undo"] = describe(img, tag + "-undo", fmt)
+        ask_host("key:ctrl+y")
+        result["after_redo"] = describe(img, tag + "-redo", fmt)
+        result["selected_after_redo"] = selected(img)
+    if interactive or rerun:
+        again = call(proc, img, list(img.get_selected_layers()), args)
+        again.update({"after": describe(img, tag + "-again", fmt), "selected": selected(img)})
+        result["again"] = again
+        if interactive:
+            ask_host("shot:%s-again" % tag)
     if display is not None:
         display.delete()
     else:
@@ -212,6 +259,12 @@ class Scene:
     alpha: bool = False
     seed: int = 3
     ellipse: bool = False  # elliptic selection: a real mask travels with the pixels
+    grow: int = 0  # the selection this many pixels larger than the mosaic on each side
+
+    @property
+    def selection(self) -> tuple[int, int, int, int]:
+        g = self.grow
+        return SEL[0] - g, SEL[1] - g, SEL[2] + 2 * g, SEL[3] + 2 * g
 
     @property
     def channels(self) -> int:
@@ -242,6 +295,8 @@ class Scene:
         face = np.stack([xx * 3 + 20, yy * 4 + 10, (xx + yy) * 2 + 40], -1).clip(0, 255).astype(np.float64)
         cells = rng.integers(30, 226, (MOSAIC_CELLS, MOSAIC_CELLS, 3)).astype(np.float64)
         mx, my = MOSAIC_IN_LAYER
+        if self.grow:  # a photo's texture around the mosaic (a plain ramp can pass for more cells)
+            face = (face + rng.normal(0, 12, face.shape)).clip(0, 255).round()
         face[my : my + BLOCK * MOSAIC_CELLS, mx : mx + BLOCK * MOSAIC_CELLS] = cells.repeat(BLOCK, 0).repeat(BLOCK, 1)
         if self.gray:  # the scene's grey levels are its own truth: the mosaic cells too
             bg, face, cells = (np.rint(a.mean(-1, keepdims=True)) for a in (bg, face, cells))
@@ -249,10 +304,11 @@ class Scene:
             bg, face = (np.concatenate([a, np.full(a.shape[:2] + (1,), 255.0)], -1) for a in (bg, face))
             cells = np.concatenate([cells, np.full(cells.shape[:2] + (1,), 255.0)], -1)
         tag = f"{self.precision}-{'gray' if self.gray else 'rgb'}{'a' if self.alpha else ''}"
+        tag += f"-s{self.seed}-g{self.grow}"  # one file per scene: several runs share a format
         (work / f"bg-{tag}.raw").write_bytes(self.encode(bg))
         (work / f"face-{tag}.raw").write_bytes(self.encode(face))
         spec = {"precision": self.precision, "gray": self.gray, "alpha": self.alpha, "ellipse": self.ellipse,
-                "layers": [
+                "selection": list(self.selection), "layers": [
             {"name": "background", "size": list(IMAGE_SIZE), "offset": [0, 0], "raw": f"bg-{tag}.raw"},
             {"name": "face", "size": list(FACE_SIZE), "offset": list(FACE_OFFSET), "raw": f"face-{tag}.raw"},
         ]}
@@ -268,25 +324,62 @@ def _install_plugin(outer_home: Path) -> Path:
     return dest
 
 
-def _press_undo_once(work: Path):
-    """After the dialog: wait until the driver has looked at the result, then Ctrl+Z once in the image window."""
+def _serve_host_requests(work: Path, shots: Path | None):
+    """After the dialog: do what the driver asks (ask-N files) until it has written its result.
 
-    def after_dialog(x11) -> None:
-        deadline = time.monotonic() + 300
-        while not (work / "undo-ready").exists():
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.2)
-        windows = x11("xdotool", "search", "--name", "Untitled").stdout.split()
-        if windows:
-            x11("xdotool", "windowfocus", "--sync", windows[-1], "key", "ctrl+z")
-        (work / "undo-done").write_text(" ".join(windows))
+    "key:K" presses K in the image window (GIMP's own shortcuts: Ctrl+Z undo, Ctrl+Y redo); "shot:NAME"
+    saves the screen as NAME.png under `shots` (when screenshots are wanted).
+    """
 
-    return after_dialog
+    def serve(x11, display: str) -> None:
+        deadline = time.monotonic() + 600
+        n = 1
+        while not (work / "result.json").exists() and time.monotonic() < deadline:
+            ask = work / f"ask-{n}"
+            if not ask.exists():
+                time.sleep(0.2)
+                continue
+            what = ask.read_text()
+            kind, _, arg = what.partition(":")
+            if kind == "key":
+                windows = x11("xdotool", "search", "--name", "Untitled").stdout.split()
+                if windows:
+                    x11("xdotool", "windowfocus", "--sync", windows[-1], "key", arg)
+                (work / f"done-{n}").write_text(" ".join(windows))
+            else:
+                if shots is not None:
+                    _screenshot(display, shots / f"{arg}.png")
+                (work / f"done-{n}").write_text(arg)
+            n += 1
+
+    return serve
+
+
+def _dialog_shot(shots: Path):
+    """The screen with the dialog up, GIMP's window first grown to the screen (the layer names read whole)."""
+
+    def shot(x11, display: str) -> None:
+        for window in x11("xdotool", "search", "--name", "Untitled").stdout.split():
+            x11("xdotool", "windowmove", window, "0", "0", "windowsize", window, "1280", "1024")
+        time.sleep(1.0)
+        _screenshot(display, shots / "dialog.png")
+
+    return shot
+
+
+def _screenshot(display: str, path: Path) -> None:
+    """The Xvfb screen inside the chroot, grabbed from the host (same network namespace: X's abstract socket)."""
+    from PIL import ImageGrab
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ImageGrab.grab(xdisplay=display).save(path)
+    except OSError as exc:  # a screenshot is for people to look at, never a reason for the test to fail
+        print(f"screenshot {path.name} failed: {exc}")
 
 
 def _drive(gimp_root: Path, inner: Path, outer: Path, runs: list[tuple[str, dict, Scene]],
-           env: dict[str, str], gui: bool = False) -> dict:
+           env: dict[str, str], gui: bool = False, shots: Path | None = None) -> dict:
     """Run all `runs` (tag, procedure args, scene) in one headless GIMP; returns its JSON + mosaic cells."""
     work = outer / "work"
     specs, cells = [], {}
@@ -304,7 +397,8 @@ def _drive(gimp_root: Path, inner: Path, outer: Path, runs: list[tuple[str, dict
         (outer / "home/.config/GIMP/3.0/gimprc").write_text("(show-welcome-dialog no)\n")
         proc, dialog_seen = gimp_chroot.gimp_gui_batch(gimp_root, inner / "work/driver.py", home=inner / "home",
                                                        dialog_title="Depixelate Face", env=env, timeout=600,
-                                                       after_dialog=_press_undo_once(work))
+                                                       after_dialog=_serve_host_requests(work, shots),
+                                                       before_return=_dialog_shot(shots) if shots else None)
     else:
         proc = gimp_chroot.gimp_batch(gimp_root, inner / "work/driver.py", home=inner / "home", env=env, timeout=900)
     wall = time.monotonic() - t0
@@ -344,12 +438,79 @@ SCENES = {
 }
 
 
+def _run_group(entries: list[dict]) -> tuple[dict, list[dict], list[dict]]:
+    """(the run's group, its face layers top down, the layers outside it) of a describe() listing."""
+    group = entries[0]
+    assert group["group"] and group["path"] == [], entries
+    faces = [e for e in entries if e["path"] == [group["name"]]]
+    rest = [e for e in entries if e is not group and e not in faces]
+    return group, faces, rest
+
+
+def _mask(outer: Path, entry: dict) -> np.ndarray:
+    w, h = entry["size"]
+    return np.frombuffer((outer / "work" / entry["mask"]).read_bytes(), np.uint8).reshape(h, w)
+
+
+def _check_run(outer: Path, run: dict, scene: Scene, cells: np.ndarray, tag: str, number: int = 1) -> list[float]:
+    """One group "PULSE run N — 8 px blocks" above the photo with one masked layer per candidate, best first
+    and visible; pixels re-mosaic to the input; every other layer untouched. Returns the faces' errors."""
+    assert run["status"] == "success", (tag, run["error"])
+    group, faces, rest = _run_group(run["after"])
+    assert group["name"] == f"PULSE run {number} — {BLOCK} px blocks", group["name"]
+    meta = json.loads(group["parasite"])
+    assert meta["kind"] == "run" and meta["run"] == number and "not a recovery" in meta["comment"]
+    assert len(faces) >= 2
+    suffix = "" if number == 1 else f" (run {number})"
+    assert [f["name"] for f in faces] == [f"PULSE face {i}{suffix}" for i in range(1, len(faces) + 1)]
+    assert [f["visible"] for f in faces] == [True] + [False] * (len(faces) - 1)
+    assert group["visible"]
+    x, y, w, h = scene.selection
+    errs = []
+    for face in faces:
+        assert face["offset"] == [x, y] and face["size"] == [w, h], (tag, face)
+        assert face["has_alpha"] == scene.alpha
+        assert face["mask"] is not None, f"{tag}: {face['name']} has no layer mask"
+        info = json.loads(face["parasite"])
+        assert info["model"] and isinstance(info["seed"], int) and info["downscale_error"] >= 0
+        assert "not a recovery" in info["comment"]
+        errs.append(info["downscale_error"])
+    assert errs == sorted(errs)
+    assert [c["downscale_error"] for c in meta["candidates"]] == errs  # the group's candidate list
+    # Re-mosaic invariant: the best face averaged over the input's 8×8 blocks gives the mosaic back.
+    g = scene.grow
+    best = _pixels(outer, faces[0], scene)[g:g + SEL[3], g:g + SEL[2]]
+    blocks = best.reshape(MOSAIC_CELLS, BLOCK, MOSAIC_CELLS, BLOCK, scene.channels).mean(axis=(1, 3))
+    mae = np.abs(blocks - cells).mean(axis=(0, 1))
+    print(f"{tag}: re-mosaic mean abs error per channel (0-255) {mae.round(3).tolist()}; errors {errs}; "
+          f"mosaic {meta['analysis'].get('rect')} phase {meta['analysis'].get('phase')}")
+    assert (mae <= 2.0).all(), (tag, mae)
+    # ...and it is a face, not the mosaic pasted back: there is detail inside the blocks.
+    detail = best.reshape(MOSAIC_CELLS, BLOCK, MOSAIC_CELLS, BLOCK, scene.channels).std(axis=(1, 3))
+    assert detail[..., : 1 if scene.gray else 3].mean() > 1.0, tag
+    return errs
+
+
+def _criticals(stderr: str) -> list[str]:
+    """GIMP's CRITICAL lines, less the one g_object_unref that GIMP 3.0.4 logs while quitting a batch run
+    (logged with the plug-in's earlier versions too, after "batch command executed successfully")."""
+    return [line for line in stderr.splitlines() if "CRITICAL" in line and "g_object_unref" not in line]
+
+
+def _unchanged(outer: Path, before: list[dict], after: list[dict]) -> bool:
+    return ([(a["name"], a["offset"], a["size"], a["visible"]) for a in after]
+            == [(b["name"], b["offset"], b["size"], b["visible"]) for b in before]
+            and all(_same_pixels(outer, a, b) for a, b in zip(after, before)))
+
+
 def test_depixelate_in_real_gimp(gimp_root, chroot_work, daemon):
     inner, outer = chroot_work
     _install_plugin(outer / "home")
     args = {"candidates": 2, "steps": 30, "seed": 1234, "block-size": 0, "endpoint": daemon.endpoint}
     runs = [(tag, args, scene) for tag, scene in SCENES.items()]
     runs.append(("ellipse", args, Scene("u8", seed=3, ellipse=True)))
+    # A selection one cell larger than the mosaic on each side, and the filter run again on its result.
+    runs.append(("margin", {**args, "rerun": True}, Scene("u8", seed=6, grow=BLOCK)))
     # Daemon not reachable (discard port: nothing listens there): a clear error, image untouched.
     runs.append(("down", {**args, "endpoint": "tcp://127.0.0.1:9"}, SCENES["u8-rgb"]))
     res = _drive(gimp_root, inner, outer, runs, env={"PULSE_TOKEN": daemon.token})
@@ -365,65 +526,81 @@ def test_depixelate_in_real_gimp(gimp_root, chroot_work, daemon):
 
     for tag, scene in SCENES.items():
         run = res["runs"][tag]
-        assert run["status"] == "success", (tag, run["error"], res["stderr"][-3000:])
         assert run["precision"].startswith(scene.precision)
-        before, after = run["before"], run["after"]
-        # Two new layers on top (best first), directly above the active layer "face".
-        assert [layer["name"] for layer in after[2:]] == ["face", "background"], tag
-        new = after[:2]
-        assert new[0]["name"].startswith("PULSE face 1 (err ") and new[1]["name"].startswith("PULSE face 2 (err ")
-        assert [layer["visible"] for layer in new] == [True, False]
-        errs = []
-        for layer in new:
-            assert layer["offset"] == list(SEL[:2]) and layer["size"] == list(SEL[2:]), (tag, layer)
-            assert layer["has_alpha"] == scene.alpha
-            meta = json.loads(layer["parasite"])
-            assert meta["model"] and isinstance(meta["seed"], int) and meta["downscale_error"] >= 0
-            assert "not a recovery" in meta["comment"]
-            assert meta["comment"].split("seed: ")[1].startswith(str(meta["seed"]))
-            errs.append(meta["downscale_error"])
-        assert errs == sorted(errs)
-        assert {json.loads(layer["parasite"])["seed"] for layer in new} == {1234, 1235}  # seed + i per candidate
-        assert f"err {errs[0]:.1e}".replace("e-0", "e-") in new[0]["name"]
-        # Nothing else changed: original layers (names, offsets, sizes, pixels), selection, active layer.
-        for b, a in zip(before, after[2:]):
-            assert (a["name"], a["offset"], a["size"], a["visible"]) == (b["name"], b["offset"], b["size"], b["visible"])
-            assert _same_pixels(outer, a, b), (tag, a["name"])
+        _check_run(outer, run, scene, res["cells"][tag], tag)
+        group, faces, rest = _run_group(run["after"])
+        assert {json.loads(f["parasite"])["seed"] for f in faces} == {1234, 1235}  # seed + i per candidate
+        # The selection is the mosaic: each mask is opaque over all of it.
+        assert all((_mask(outer, f) == 255).all() for f in faces), tag
+        # Nothing else changed: the photo's layers (names, offsets, sizes, pixels), the selection.
+        assert [e["name"] for e in rest] == ["face", "background"]
+        assert _unchanged(outer, run["before"], rest), tag
         assert run["selection"] == [True, SEL[0], SEL[1], SEL[0] + SEL[2], SEL[1] + SEL[3]]
-        assert run["selected"] == ["face"]
+        assert run["selected"] == ["PULSE face 1"]  # the visible best face, not a hidden one
         assert run["undo_enabled"]
-        # Re-mosaic invariant: the best face averaged over the input's 8×8 blocks gives the mosaic back.
-        best = _pixels(outer, new[0], scene)
-        blocks = best.reshape(MOSAIC_CELLS, BLOCK, MOSAIC_CELLS, BLOCK, scene.channels).mean(axis=(1, 3))
-        mae = np.abs(blocks - res["cells"][tag]).mean(axis=(0, 1))
-        print(f"{tag}: re-mosaic mean abs error per channel (0-255) {mae.round(3).tolist()}; errors {errs}")
-        assert (mae <= 2.0).all(), (tag, mae)
-        # ...and it is a face, not the mosaic pasted back: there is detail inside the blocks.
-        detail = best.reshape(MOSAIC_CELLS, BLOCK, MOSAIC_CELLS, BLOCK, scene.channels).std(axis=(1, 3))
-        assert detail[..., : 1 if scene.gray else 3].mean() > 1.0, tag
 
-    # Elliptic selection: the mask went along; outside it the new layer repeats the original pixels exactly.
+    # Elliptic selection: the mask went along; outside it the new layer repeats the original pixels exactly,
+    # and the layer mask is the selection (opaque where selected, nothing outside).
     run = res["runs"]["ellipse"]
-    assert run["status"] == "success", run["error"]
     scene = SCENES["u8-rgb"]
+    _check_run(outer, run, scene, res["cells"]["ellipse"], "ellipse")
+    _, faces, _ = _run_group(run["after"])
     mask = np.frombuffer((outer / "work/mask-ellipse.raw").read_bytes(), np.uint8).reshape(SEL[3], SEL[2])
     assert (mask == 0).sum() > 100 and (mask == 255).sum() > 500  # corners out, middle in
-    best = _pixels(outer, run["after"][0], scene)
+    best = _pixels(outer, faces[0], scene)
     face_before = _pixels(outer, run["before"][0], scene)  # top first: [face, background]
     fx, fy = SEL[0] - FACE_OFFSET[0], SEL[1] - FACE_OFFSET[1]
     original = face_before[fy : fy + SEL[3], fx : fx + SEL[2]]
     assert np.array_equal(best[mask == 0], original[mask == 0])
     assert np.abs(best[mask == 255] - original[mask == 255]).mean() > 1.0  # inside: a new face
+    assert np.abs(_mask(outer, faces[0]).astype(int) - mask).max() <= 1
     assert run["selection"] == [True, SEL[0], SEL[1], SEL[0] + SEL[2], SEL[1] + SEL[3]]
+
+    # A selection larger than the mosaic: the mask is opaque over the mosaic the daemon found and falls off
+    # in a band one cell wide around it; the pixels there are the photo's own.
+    run = res["runs"]["margin"]
+    scene = Scene("u8", seed=6, grow=BLOCK)
+    first = _check_run(outer, run, scene, res["cells"]["margin"], "margin")
+    group, faces, _ = _run_group(run["after"])
+    ax, ay, aw, ah = json.loads(group["parasite"])["analysis"]["rect"]
+    assert (ax, ay, aw, ah) == (BLOCK, BLOCK, SEL[2], SEL[3]), "the daemon found the mosaic elsewhere"
+    m = _mask(outer, faces[0])
+    assert (m[ay:ay + ah, ax:ax + aw] == 255).all()
+    edge = m[ay + ah // 2, :ax][::-1]  # from the mosaic's left edge outwards
+    assert (np.diff(edge.astype(int)) < 0).all() and edge[0] < 255 and edge[-1] > 0, edge.tolist()
+    g = scene.grow
+    fx, fy = scene.selection[0] - FACE_OFFSET[0], scene.selection[1] - FACE_OFFSET[1]
+    original = _pixels(outer, run["before"][0], scene)[fy:fy + scene.selection[3], fx:fx + scene.selection[2]]
+    best = _pixels(outer, faces[0], scene)
+    ring = np.ones(m.shape, bool)
+    ring[g:g + SEL[3], g:g + SEL[2]] = False
+    assert np.array_equal(best[ring], original[ring]), "outside the mosaic the layer is the photo"
+
+    # Run again with "PULSE face 1" active (as after Ctrl+Y): the photo layer beneath is read, and the new
+    # run lands above the first one, numbered on, without a "#1" name anywhere.
+    again = run["again"]
+    assert again["active"] == ["PULSE face 1"]
+    assert again["status"] == "success", again["error"]
+    top = [e for e in again["after"] if e["path"] == []]
+    assert [e["name"] for e in top] == [f"PULSE run 2 — {BLOCK} px blocks", f"PULSE run 1 — {BLOCK} px blocks",
+                                        "face", "background"]
+    _check_run(outer, again, scene, res["cells"]["margin"], "margin-again", number=2)
+    assert not any("#" in e["name"] for e in again["after"])
+    second = [json.loads(e["parasite"])["downscale_error"] for e in _run_group(again["after"])[1]]
+    assert second == first, "the same photo pixels and seed must give the same faces: it read the photo"
+    assert again["selected"] == ["PULSE face 1 (run 2)"]
+    assert "depixelating the layer beneath it, “face”" in res["stderr"], res["stderr"][-2000:]
+    assert "PULSE run 2: found 8 px blocks, 4×4 cells; imagined 2 faces" in res["stderr"]
 
     # The undo group was closed by the plug-in itself (GIMP warns when a plug-in leaves one open).
     assert "inconsistent state" not in res["stderr"], res["stderr"][-2000:]
+    assert not _criticals(res["stderr"]), res["stderr"][-3000:]
 
     down = res["runs"]["down"]
     assert down["status"] == "execution-error"
     assert "pulse-server run" in (down["error"] or ""), down["error"]
-    assert [(a["name"], a["offset"]) for a in down["after"]] == [(b["name"], b["offset"]) for b in down["before"]]
-    assert all(_same_pixels(outer, a, b) for a, b in zip(down["after"], down["before"]))
+    assert down["error"].count("tcp://127.0.0.1:9") == 1, down["error"]  # the address it tried, once
+    assert _unchanged(outer, down["before"], down["after"])
 
 
 def _plugin_pids(marker: str) -> list[int]:
@@ -514,27 +691,42 @@ def test_without_pyzmq_the_menu_registers_and_explains(gimp_root, chroot_work):
     assert all(_same_pixels(outer, a, b) for a, b in zip(run["after"], run["before"]))
 
 
-def test_interactive_dialog_in_real_gimp_gui(gimp_root, chroot_work, daemon):
-    """Full GIMP GUI (Xvfb): the GimpUi.ProcedureDialog opens, OK runs the job with the dialog's values on the
-    default endpoint (PULSE_ENDPOINT, as `pulse-server run` would publish it), and the layers arrive."""
+def test_interactive_dialog_undo_redo_and_rerun_in_real_gimp_gui(gimp_root, chroot_work, daemon):
+    """Full GIMP GUI (Xvfb), as a user works: the dialog opens, OK runs the job with the dialog's values on the
+    default endpoint (PULSE_ENDPOINT, as `pulse-server run` would publish it); one Ctrl+Z takes the whole run
+    back, Ctrl+Y brings it back without GIMP criticals, and the filter run again on the redone "PULSE face 1"
+    reads the photo layer beneath it. PULSE_GIMP_SCREENSHOTS=DIR keeps screenshots of each step."""
     inner, outer = chroot_work
     _install_plugin(outer / "home")
+    shots = Path(os.environ["PULSE_GIMP_SCREENSHOTS"]) if os.environ.get("PULSE_GIMP_SCREENSHOTS") else None
     args = {"interactive": True, "candidates": 2, "steps": 20, "seed": 77, "block-size": 0, "endpoint": ""}
-    res = _drive(gimp_root, inner, outer, [("dialog", args, SCENES["u8-rgb"])],
-                 env={"PULSE_TOKEN": daemon.token, "PULSE_ENDPOINT": daemon.endpoint}, gui=True)
+    scene = Scene("u8", seed=3, grow=BLOCK)
+    res = _drive(gimp_root, inner, outer, [("dialog", args, scene)],
+                 env={"PULSE_TOKEN": daemon.token, "PULSE_ENDPOINT": daemon.endpoint}, gui=True, shots=shots)
     print(f"GUI GIMP wall {res['wall_s']:.1f}s, dialog after {res['dialog_seen_s']}s")
     assert res["dialog_seen_s"] is not None, "the plug-in's dialog never appeared:\n" + res["stderr"][-3000:]
     assert "duplicate mnemonic" not in res["stderr"], res["stderr"][-2000:]
     run = res["runs"]["dialog"]
-    assert run["status"] == "success", (run["error"], res["stderr"][-3000:])
-    names = [layer["name"] for layer in run["after"]]
-    assert names[0].startswith("PULSE face 1 (err ") and names[1].startswith("PULSE face 2 (err ")
-    assert names[2:] == ["face", "background"]
+    _check_run(outer, run, scene, res["cells"]["dialog"], "dialog")
+    group, faces, rest = _run_group(run["after"])
     # The dialog's values went to the daemon: candidate i is solved with seed + i.
-    assert {json.loads(layer["parasite"])["seed"] for layer in run["after"][:2]} == {77, 78}
-    # One Ctrl+Z (GIMP's own Edit ▸ Undo) takes the whole result back: it was exactly one undo step.
-    assert (outer / "work/undo-done").read_text().strip(), "no image window to press Ctrl+Z in"
-    undone = run["after_undo"]
-    assert [(a["name"], a["offset"], a["size"]) for a in undone] == [
-        (b["name"], b["offset"], b["size"]) for b in run["before"]]
-    assert all(_same_pixels(outer, a, b) for a, b in zip(undone, run["before"]))
+    assert {json.loads(f["parasite"])["seed"] for f in faces} == {77, 78}
+    assert run["selected"] == ["PULSE face 1"]
+
+    # One Ctrl+Z (GIMP's own Edit ▸ Undo) takes the whole run back: group, layers, masks were one undo step.
+    assert _unchanged(outer, run["before"], run["after_undo"])
+    # Ctrl+Y (Edit ▸ Redo) brings all of it back, masks included, and GIMP logs nothing critical doing so.
+    redone = run["after_redo"]
+    assert [(e["name"], e["path"], e["mask"] is not None) for e in redone] == [
+        (e["name"], e["path"], e["mask"] is not None) for e in run["after"]]
+    assert all(_same_pixels(outer, a, b) for a, b in zip(redone, run["after"]) if a["raw"])
+    assert all((_mask(outer, a) == _mask(outer, b)).all() for a, b in zip(redone, run["after"]) if a["mask"])
+    assert not _criticals(res["stderr"]), res["stderr"][-3000:]
+    assert "inconsistent state" not in res["stderr"], res["stderr"][-2000:]
+
+    # The filter again, on what GIMP made active after the redo: the photo beneath is read, not a result.
+    again = run["again"]
+    assert any(name.startswith("PULSE") for name in run["selected_after_redo"]), run["selected_after_redo"]
+    assert again["status"] == "success", (again["error"], res["stderr"][-3000:])
+    top = [e["name"] for e in again["after"] if e["path"] == []]
+    assert top == [f"PULSE run 2 — {BLOCK} px blocks", f"PULSE run 1 — {BLOCK} px blocks", "face", "background"]

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from krita_env import SCRIPTS, install_plugin, krita_env, mosaic_image, require, write_png
-from protocol.layers import layer_name
 
 pytestmark = pytest.mark.krita
 
@@ -89,20 +88,42 @@ def test_selection_pixels_and_pasted_layers(adapter_run, space):
     got /= {"U8": 255, "U16": 65535}.get(depth, 1)
     assert np.abs(got - want).max() <= 1.01 / 255, f"{model}/{depth}: channels swapped or misread"
 
-    # three layers right above the original, best on top and visible, exactly at the selection
-    names = [layer_name(i + 1, 0.001 * (i + 1)) for i in range(3)]
+    # one group right above the original, three masked layers inside it, best on top and visible
+    names = ["PULSE face 1", "PULSE face 2", "PULSE face 3"]
     stack = [s for s in case["stack"] if s[1] != "selectionmask"]
-    assert [s[0] for s in stack] == ["Background", names[2], names[1], names[0]]
+    assert [s[:2] for s in stack] == [["Background", "paintlayer"], ["PULSE run 1 — 4 px blocks", "grouplayer"]]
+    assert case["group"]["children"] == [[n, "paintlayer"] for n in names[::-1]]
     assert [layer["name"] for layer in case["layers"]] == names
     assert [layer["visible"] for layer in case["layers"]] == [True, False, False]
+    # (which layer is active needs a view: the GUI test checks it)
     for layer in case["layers"]:
         assert layer["bounds"] == list(RECT)
         assert layer["space"] == [model, depth, profile]
         # exact, or within the precision of Krita's two conversions (sRGB curve -> linear -> sRGB curve)
         assert layer["roundtrip"] <= (2e-3 if linear else 0), f"{layer['name']}: pasted pixels differ from the candidate"
+        if case["api_fills_masks"]:
+            assert layer["children"] == ["transparencymask"] and layer["mask_is_plan"], layer
+        else:  # Krita 5.1: a transparency mask cannot be filled from a script, so none is added
+            assert layer["children"] == [], layer
+    assert case["masked"] == case["api_fills_masks"]
     assert case["notes"] == names  # provenance annotation, one entry per new layer
     assert case["original_unchanged"]
     assert case["projection_same"]  # "Whole image (merged)" reads the projection, same layout
+
+
+def test_second_run_gets_its_own_group_and_names(adapter_run):
+    results, _, out = adapter_run
+    second = results["cases"][f"RGBA-U8-{SRGB}"]["second"]
+    assert second["group"] == "PULSE run 2 — 4 px blocks"
+    assert second["faces"] == ["PULSE face 1 (run 2)", "PULSE face 2 (run 2)", "PULSE face 3 (run 2)"]
+    # bottom first: the new run above the earlier one, so its best face is the one that shows
+    assert [n for n in second["stack"] if n.startswith(("PULSE", "Back"))] == [
+        "Background", "PULSE run 1 — 4 px blocks", "PULSE run 2 — 4 px blocks"]
+    # the mask: opaque over the mosaic (4 px in from the selection's edge), a band falling off outside it
+    x, y, w, h = RECT
+    mask = np.frombuffer((out / "mask.raw").read_bytes(), np.uint8).reshape(h, w)
+    assert (mask[4:h - 4, 4:w - 4] == 255).all()
+    assert 0 < mask[h // 2, 0] < mask[h // 2, 2] < 255
 
 
 def test_other_models_and_missing_selection_are_refused(adapter_run):

@@ -118,29 +118,31 @@ def test_dead_daemon_is_explained_without_freezing(gui_run):
     assert step["max_gui_gap"] < 1.0, "the GUI thread blocked while the client waited for a dead daemon"
 
 
-def test_live_job_adds_ranked_layers_above_the_original(gui_run):
+def test_live_job_adds_one_group_of_ranked_layers_above_the_original(gui_run):
     res, image, out = gui_run
     step = _step(res, "live")
     assert step["state"] == "done", step
     assert step["progress_count"] >= 2, "no PROGRESS reached the progress bar"
     assert step["max_gui_gap"] < 1.0
     names = [layer["name"] for layer in step["new_layers"]]
-    assert len(names) == 3
-    errs = []
-    for rank, name in enumerate(names, 1):
-        m = re.fullmatch(rf"PULSE face {rank} \(err ([0-9.e+-]+|0)\)", name)
-        assert m, name
-        errs.append(float(m.group(1)))
-    assert errs == sorted(errs)
+    assert names == ["PULSE face 1", "PULSE face 2", "PULSE face 3"]
+    group = step["group"]
+    assert group["name"] == f"PULSE run 1 — {BLOCK} px blocks" and group["type"] == "grouplayer"
+    # bottom first inside the group: the best on top; masks only where Krita's API can fill one (5.2+)
+    assert [c[:2] for c in group["children"]] == [[n, "paintlayer"] for n in names[::-1]]
     stack = [s for s in step["layers_after"] if s[1] != "selectionmask"]
     before = [s for s in step["layers_before"] if s[1] != "selectionmask"]
-    assert [s[0] for s in stack] == [before[0][0]] + names[::-1]  # the three right above the original, best on top
+    assert [s[0] for s in stack] == [before[0][0], group["name"]]  # the group right above the original
     assert [layer["visible"] for layer in step["new_layers"]] == [True, False, False]
     for layer in step["new_layers"]:
         assert layer["bounds"] == list(RECT) and layer["space"] == ["RGBA", "U8"]
     assert step["original_unchanged"]
-    assert step["active_is_original"]
+    # the next stroke goes to the visible best face, not to a hidden one
+    assert step["active_after"] == ["PULSE face 1", "paintlayer", True], step["active_after"]
     assert step["status"].startswith("Daemon: connected"), step["status"]
+    assert f"found {BLOCK} px blocks, 8×8 cells" in step["docker_message"], step["docker_message"]
+    assert "imagined" in step["docker_message"]
+    assert step["docker_tooltip"].startswith("PULSE face 1: error ")
 
     # re-mosaic invariant: the best face, averaged over the mosaic cells, gives the mosaic back
     x, y, w, h = RECT
@@ -162,12 +164,12 @@ def test_cancel_mid_job_leaves_the_image_alone(gui_run):
     assert step["max_gui_gap"] < 1.0
 
 
-def test_undo_takes_the_faces_back_out(gui_run):
-    """Krita 5.1's scripting API has no undo macro: each added layer is one Edit ▸ Undo step."""
+def test_one_undo_takes_the_whole_run_back_out(gui_run):
+    """The group is built complete before it enters the image: one Edit ▸ Undo removes the run."""
     step = _step(gui_run[0], "undo")
-    stacks = [[name for name, kind, _ in stack if kind != "selectionmask"] for step_ in [step] for stack in step_["stacks"]]
-    assert len(stacks) == 4 and stacks[-1] == ["Background"]
-    assert [len(s) for s in stacks] == [4, 3, 2, 1]
+    stacks = [[name for name, kind, _ in stack if kind != "selectionmask"] for stack in step["stacks"]]
+    assert stacks[0] == ["Background", f"PULSE run 1 — {BLOCK} px blocks"]
+    assert stacks[1:] == [["Background"]], stacks
     assert step["original_unchanged"]
 
 

@@ -20,7 +20,6 @@ sys.path.insert(0, str(REPO / "krita_plugin"))
 
 import krita  # noqa: E402  (the mock)
 from pulse_depixelate import logic  # noqa: E402
-from protocol.layers import layer_name  # noqa: E402
 from protocol.messages import Candidate, ImageBlob, Result  # noqa: E402
 
 assert Path(krita.__file__).parent.name == "krita_mock", "the real krita module must not shadow the mock"
@@ -138,7 +137,8 @@ def fake_result(req: logic.Request, k: int, model="tiny-32") -> Result:
         data = bytes((v + 10 * i) % 256 for v in base)
         cands.append(Candidate(ImageBlob(req.rect.w, req.rect.h, req.fmt.channels, req.fmt.dtype, data),
                                seed=100 + i, downscale_error=1.3e-3 * (i + 1), eps_reached=i == 0, steps=50))
-    return Result(job_id="j", candidates=cands, model=model, analysis={"block": 4})
+    return Result(job_id="j", candidates=cands, model=model,
+                  analysis={"block": 4, "phase": [0, 0], "rect": [4, 0, 8, 12], "detected": True, "method": "ilo"})
 
 
 @pytest.mark.parametrize("model", ["RGBA", "GRAYA"])
@@ -161,10 +161,14 @@ def test_request_reads_active_layer_in_protocol_order_and_layers_land_above_it(m
     assert bytes(blob.data) == want
 
     outcome = logic.plan_layers(req, fake_result(req, 3))
-    new = logic.apply_outcome(req, outcome, krita.Krita.instance().documents())
+    pasted = logic.apply_outcome(req, outcome, krita.Krita.instance().documents())
+    new = pasted.faces
     names = [n.name() for n in doc.topLevelNodes()]
-    assert names == ["Background", layer_name(3, 3.9e-3), layer_name(2, 2.6e-3), layer_name(1, 1.3e-3), "Above"]
+    assert names == ["Background", "PULSE run 1 — 4 px blocks", "Above"]
+    assert [n.name() for n in pasted.group.childNodes()] == ["PULSE face 3", "PULSE face 2", "PULSE face 1"]
     assert [n.visible() for n in new] == [True, False, False]
+    assert doc.activeNode() is new[0]  # the visible best face, never a hidden one
+    assert pasted.summary == "4 px blocks, 2×3 cells" and not pasted.masked  # Krita 5.1: no mask from a script
     assert doc.refreshed == 1
     # the best layer holds candidate 1 exactly at the selection, transparent elsewhere
     best = new[0]
@@ -175,8 +179,40 @@ def test_request_reads_active_layer_in_protocol_order_and_layers_land_above_it(m
             assert node.pixelData(0, 0, w, h) == before[node.name()], node.name()
     assert "not a recovery" in outcome.layers[0].comment
     notes = json.loads(doc.annotation("pulse_depixelate"))["layers"]
-    assert [notes[str(n.uniqueId())]["name"] for n in new] == [p.name for p in outcome.layers]
+    assert [notes[str(n.uniqueId())]["name"] for n in new] == ["PULSE face 1", "PULSE face 2", "PULSE face 3"]
     assert all("not a recovery" in v["comment"] and v["model"] == "tiny-32" for v in notes.values())
+    assert "PULSE face 2: error 2.6e-3" in notes[str(pasted.group.uniqueId())]["comment"]
+    text = logic.done_message(pasted, outcome)
+    assert "PULSE run 1 — 4 px blocks: found 4 px blocks, 2×3 cells" in text and "add a transparency mask" in text
+    assert logic.candidates_text(pasted, outcome).splitlines()[0] == "PULSE face 1: error 1.3e-3, seed 100"
+
+
+def test_a_second_run_is_its_own_group_above_the_first_with_distinct_names():
+    doc = make_doc()
+    req = logic.build_request(doc, logic.Settings(candidates=2))
+    logic.apply_outcome(req, logic.plan_layers(req, fake_result(req, 2)), krita.Krita.instance().documents())
+    second = logic.apply_outcome(req, logic.plan_layers(req, fake_result(req, 2)), krita.Krita.instance().documents())
+    assert [n.name() for n in doc.topLevelNodes()] == ["Background", "PULSE run 1 — 4 px blocks",
+                                                       "PULSE run 2 — 4 px blocks"]
+    assert [n.name() for n in second.faces] == ["PULSE face 1 (run 2)", "PULSE face 2 (run 2)"]
+
+
+def test_with_krita_5_2s_api_each_face_gets_its_transparency_mask(monkeypatch):
+    doc = make_doc()
+    monkeypatch.setattr(doc, "createTransparencyMask", lambda name: doc.createNode(name, "transparencymask"),
+                        raising=False)
+    req = logic.build_request(doc, logic.Settings(candidates=2))
+    outcome = logic.plan_layers(req, fake_result(req, 2))
+    pasted = logic.apply_outcome(req, outcome, krita.Krita.instance().documents(), krita.Selection)
+    assert pasted.masked and "Paint a face's transparency mask" in logic.done_message(pasted, outcome)
+    r = req.rect
+    for face in pasted.faces:
+        (mask,) = face.childNodes()
+        assert mask.type() == "transparencymask"
+        assert mask.pixelData(r.x, r.y, r.w, r.h) == outcome.mask
+    # opaque over the mosaic (x 4..11 of the 16×12 region), falling off around it
+    row = list(outcome.mask[5 * 16:6 * 16])
+    assert row[4:12] == [255] * 8 and 0 < row[3] < 255 and row[0] < row[3]
 
 
 def test_linear_light_layers_are_solved_in_srgb_and_pasted_back_linear():
@@ -185,7 +221,7 @@ def test_linear_light_layers_are_solved_in_srgb_and_pasted_back_linear():
     req = logic.build_request(doc, logic.Settings(candidates=1))
     assert req.profile == "sRGB-elle-V2-g10.icc" and req.work == "sRGB-elle-V2-srgbtrc.icc"
     assert ("pulse conversion", "sRGB-elle-V2-g10.icc", "sRGB-elle-V2-srgbtrc.icc") in doc.conversions
-    (new,) = logic.apply_outcome(req, logic.plan_layers(req, fake_result(req, 1)), krita.Krita.instance().documents())
+    (new,) = logic.apply_outcome(req, logic.plan_layers(req, fake_result(req, 1)), krita.Krita.instance().documents()).faces
     # pasted in the sRGB-curve profile, then converted to the layer's own linear profile
     assert doc.conversions[-1] == (new.name(), "sRGB-elle-V2-srgbtrc.icc", "sRGB-elle-V2-g10.icc")
     assert new.colorProfile() == "sRGB-elle-V2-g10.icc"
@@ -206,18 +242,19 @@ def test_projection_source_uses_the_image_format_and_the_layer_keeps_the_layer_s
     doc.setActiveNode(grey)
     req = logic.build_request(doc, logic.Settings(candidates=2))
     assert req.fmt.label == "GRAYA/U8" and req.profile == "Gray-D50-elle-V2-srgbtrc.icc"
-    new = logic.apply_outcome(req, logic.plan_layers(req, fake_result(req, 2)), krita.Krita.instance().documents())
+    new = logic.apply_outcome(req, logic.plan_layers(req, fake_result(req, 2)), krita.Krita.instance().documents()).faces
     assert [(n.colorModel(), n.colorDepth()) for n in new] == [("GRAYA", "U8")] * 2
 
 
-def test_layers_still_land_in_rank_order_when_the_layer_was_deleted_meanwhile():
+def test_the_group_lands_on_top_when_the_layer_was_deleted_meanwhile():
     doc = make_doc()
     top = doc.createNode("Top", "paintlayer")
     doc.rootNode().addChildNode(top, None)
     req = logic.build_request(doc, logic.Settings(candidates=3))
     doc.activeNode().remove()  # the user deletes the source layer while the daemon works
-    logic.apply_outcome(req, logic.plan_layers(req, fake_result(req, 3)), krita.Krita.instance().documents())
-    assert [n.name() for n in doc.topLevelNodes()] == ["Top"] + [layer_name(i, 1.3e-3 * i) for i in (3, 2, 1)]
+    pasted = logic.apply_outcome(req, logic.plan_layers(req, fake_result(req, 3)), krita.Krita.instance().documents())
+    assert [n.name() for n in doc.topLevelNodes()] == ["Top", "PULSE run 1 — 4 px blocks"]
+    assert [n.name() for n in pasted.group.childNodes()] == ["PULSE face 3", "PULSE face 2", "PULSE face 1"]
 
 
 def test_a_failure_while_pasting_leaves_the_document_as_it_was(monkeypatch):
@@ -293,8 +330,8 @@ def test_job_round_trip_through_the_real_daemon(tmp_path, tiny_weights):
     finally:
         daemon.stop()
     assert any(getattr(p, "total", None) == 5 for p in seen)
-    new = logic.apply_outcome(req, outcome, krita.Krita.instance().documents())
-    assert [n.name() for n in new] == [layer_name(i + 1, p.error) for i, p in enumerate(outcome.layers)]
+    new = logic.apply_outcome(req, outcome, krita.Krita.instance().documents()).faces
+    assert [n.name() for n in new] == ["PULSE face 1", "PULSE face 2"]
     assert outcome.layers[0].error <= outcome.layers[1].error
     x, y, w, h = rect
     best = np.frombuffer(new[0].pixelData(x, y, w, h), np.uint8).reshape(h, w, 4)[..., [2, 1, 0, 3]]

@@ -4,7 +4,8 @@
 
 A thin adapter between GIMP and the local PULSE daemon: it reads the selected region (pixels in the drawable's
 own bit depth, plus the selection mask) through Gegl buffers, sends it with the `protocol` client that the
-installer copied next to this file, and pastes the K returned faces as K new layers in one undo group.
+installer copied next to this file, and pastes the K returned faces as one layer group of K masked layers,
+in one undo step.
 All decisions live in `pulse_gimp.py` (tested without GIMP). pyzmq is imported only when the procedure runs,
 so the menu entry registers — and explains the problem — even where pyzmq is missing.
 """
@@ -49,6 +50,46 @@ def _check_drawable(drawable):
         raise logic.UserError("Indexed images are not supported: convert the image to RGB or grayscale first.")
 
 
+def _is_result(item):
+    """Our own tag: the parasite on every PULSE group and face layer."""
+    return item.get_parasite(logic.PARASITE_NAME) is not None
+
+
+def _siblings(image, item):
+    parent = item.get_parent()
+    return list(parent.get_children()) if parent is not None else list(image.get_layers())
+
+
+def source_layer(image, drawable):
+    """The layer to read: the active one, or, when it is a PULSE result, the photo layer beneath its run.
+
+    -> (layer, note): note says why it is not the active layer ("" when it is).
+    """
+    if isinstance(drawable, Gimp.Layer) and drawable.is_layer_mask():  # painting a face's mask: its layer
+        drawable = Gimp.Layer.from_mask(drawable)
+    if not isinstance(drawable, Gimp.Item):
+        return drawable, ""
+    top = None  # the outermost PULSE item around the active one: its run's group
+    item = drawable
+    while item is not None:
+        if _is_result(item):
+            top = item
+        item = item.get_parent()
+    if top is None:
+        return drawable, ""
+    siblings = _siblings(image, top)
+    below = siblings[siblings.index(top) + 1:]
+    choice = logic.pick_source(drawable.get_name(), True,
+                               [(layer.get_name(), _is_result(layer), layer.is_group()) for layer in below])
+    return below[choice.index], choice.note
+
+
+def insert_position(image, source):
+    """(parent, position) for the new group: above `source` and the earlier runs right on top of it."""
+    siblings = _siblings(image, source)
+    return source.get_parent(), logic.insert_position([_is_result(s) for s in siblings], siblings.index(source))
+
+
 def read_region(image, drawable):
     """-> (Region, PixelFormat, pixel bytes, mask bytes or None), reading nothing outside the region."""
     _check_drawable(drawable)
@@ -64,6 +105,17 @@ def read_region(image, drawable):
         raw = image.get_selection().get_buffer().get(sel_rect, 1.0, logic.MASK_FORMAT, Gegl.AbyssPolicy.NONE)
         mask = logic.mask_or_none(bytes(raw))
     return region, fmt, pixels, mask
+
+
+def all_layer_names(image):
+    """Every layer's name, inside groups too: GIMP keeps them unique across the whole image."""
+    names, stack = [], list(image.get_layers())
+    while stack:
+        layer = stack.pop()
+        names.append(layer.get_name())
+        if layer.is_group():
+            stack.extend(layer.get_children())
+    return names
 
 
 class CancelFlag:
@@ -93,22 +145,26 @@ class CancelFlag:
         return self.set
 
 
-def solve(settings, region, fmt, pixels, mask):
-    """Send the region to the daemon; progress into GIMP's progress bar. Returns the protocol Result."""
+def solve(settings, region, fmt, pixels, mask, lead=""):
+    """Send the region to the daemon; progress into GIMP's progress bar. Returns the protocol Result.
+
+    `lead` goes before the progress text (which layer is read, when it is not the active one).
+    """
     from protocol.client import PulseClient  # imports zmq: ImportError is explained to the user
     from protocol.messages import ImageBlob
 
     image = ImageBlob(region.width, region.height, fmt.channels, fmt.dtype, pixels)
     mask_blob = None if mask is None else ImageBlob(region.width, region.height, 1, "u8", mask)
+    prefix = f"{lead} — " if lead else ""
 
     def on_state(state):
-        Gimp.progress_set_text("PULSE: %s…" % state.replace("_", " "))
+        Gimp.progress_set_text("%sPULSE: %s…" % (prefix, state.replace("_", " ")))
 
     def on_progress(p):
-        Gimp.progress_set_text(logic.progress_text(p.step, p.total, p.best_error))
+        Gimp.progress_set_text(prefix + logic.progress_text(p.step, p.total, p.best_error))
         Gimp.progress_update(logic.progress_fraction(p.step, p.total))
 
-    Gimp.progress_init("PULSE: sending the region to the daemon…")
+    Gimp.progress_init(f"{prefix}PULSE: sending {region.width}×{region.height} pixels to the daemon…")
     with PulseClient(settings.endpoint or None, client_name=logic.CLIENT_NAME,
                      client_version=logic.PLUGIN_VERSION) as client:
         result = client.run_job(image, mask_blob, settings.params(), on_progress=on_progress,
@@ -117,64 +173,111 @@ def solve(settings, region, fmt, pixels, mask):
     return result
 
 
-def paste(image, drawable, plans, fmt):
-    """K new layers above `drawable`, best on top and visible, all in one undo group."""
-    parent = drawable.get_parent()
-    position = image.get_item_position(drawable)
+def _mask_for(layer, plan):
+    """A layer mask holding the plan's coverage: what shows of the face is the mask's business."""
+    mask = layer.create_mask(Gimp.AddMaskType.WHITE)
+    layer.add_mask(mask)
+    buffer = mask.get_buffer()
+    buffer.set(Gegl.Rectangle.new(0, 0, plan.width, plan.height), logic.MASK_FORMAT, plan.mask)
+    buffer.flush()
+    mask.update(0, 0, plan.width, plan.height)
+    return mask
+
+
+def _tag(item, data):
+    # Persistent but not undoable, attached before the item is in the image: GIMP then records no undo step
+    # for it at all; the tag comes and goes with its layer. (An UNDOABLE parasite pushed an undo group of its
+    # own per layer, which GIMP's redo answered with a Gimp-Core-CRITICAL about undo_group_end.)
+    item.attach_parasite(Gimp.Parasite.new(logic.PARASITE_NAME, getattr(Gimp, "PARASITE_PERSISTENT", 1),
+                                           list(data)))
+
+
+def paste(image, source, plan, fmt):
+    """One group above `source` (and its earlier runs) with one masked layer per candidate, best on top;
+    ONE undo step.
+
+    Leaves the best face active (visible), so the next stroke goes to a layer the user can see.
+    """
+    parent, position = insert_position(image, source)
     layer_type = getattr(Gimp.ImageType, fmt.layer_type_name)
-    flags = getattr(Gimp, "PARASITE_PERSISTENT", 1) | getattr(Gimp, "PARASITE_UNDOABLE", 2)
-    selected = image.get_selected_layers()  # inserting makes the new layer active; we give the choice back
-    added = []
+    layers, group = [], None
     image.undo_group_start()
     try:
-        for plan in logic.insertion_order(plans):
-            layer = Gimp.Layer.new(image, plan.name, plan.width, plan.height, layer_type, 100.0,
+        group = Gimp.GroupLayer.new(image, plan.group_name)
+        _tag(group, plan.group_parasite)
+        if not image.insert_layer(group, parent, position):
+            group = None
+            raise RuntimeError(f"GIMP refused to add the layer group {plan.group_name!r}")
+        for rank, spec in enumerate(plan.layers):
+            layer = Gimp.Layer.new(image, spec.name, spec.width, spec.height, layer_type, 100.0,
                                    Gimp.LayerMode.NORMAL)
-            image.insert_layer(layer, parent, position)
-            added.append(layer)
-            layer.set_offsets(plan.x, plan.y)
+            _tag(layer, spec.parasite)
+            image.insert_layer(layer, group, rank)  # rank order inside the group: best on top
+            layer.set_offsets(spec.x, spec.y)
             buffer = layer.get_buffer()
-            buffer.set(Gegl.Rectangle.new(0, 0, plan.width, plan.height), fmt.babl, plan.data)
+            buffer.set(Gegl.Rectangle.new(0, 0, spec.width, spec.height), fmt.babl, spec.data)
             buffer.flush()
-            layer.update(0, 0, plan.width, plan.height)
-            layer.set_visible(plan.visible)
-            layer.attach_parasite(Gimp.Parasite.new(logic.PARASITE_NAME, flags, list(plan.parasite)))
+            layer.update(0, 0, spec.width, spec.height)
+            _mask_for(layer, spec)
+            layer.set_visible(spec.visible)
+            layers.append(layer)
     except Exception:
-        for layer in added:  # a half-pasted result would be worse than none: leave the image as it was
-            image.remove_layer(layer)
+        if group is not None:
+            image.remove_layer(group)  # a half-pasted result would be worse than none: all of it goes
         raise
     finally:
         image.undo_group_end()
-        image.set_selected_layers(selected)
+    image.set_selected_layers([layers[0]])
     Gimp.displays_flush()
+    return group
+
+
+def _dialog(procedure, config):
+    """The settings dialog: what it does in one line, the everyday fields, the daemon's address folded away."""
+    gi.require_version("GimpUi", "3.0")
+    from gi.repository import GimpUi
+
+    GimpUi.init(logic.PROC_NAME)
+    dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config)
+    intro = dialog.get_label("pulse-intro", logic.DESCRIPTION, False, False)
+    intro.set_line_wrap(True)
+    intro.set_max_width_chars(50)
+    intro.set_xalign(0.0)
+    dialog.get_label("pulse-advanced-title", logic.ADVANCED_LABEL, False, False)
+    dialog.fill_box("pulse-advanced-box", [logic.ENDPOINT_ARG[0]])
+    dialog.fill_expander("pulse-advanced", "pulse-advanced-title", False, "pulse-advanced-box")
+    dialog.fill(["pulse-intro"] + [arg.name for arg in logic.INT_ARGS] + ["pulse-advanced"])
+    accepted = dialog.run()
+    dialog.destroy()
+    return accepted
+
+
+def _endpoint_tried(settings):
+    try:
+        from protocol.endpoint import default_endpoint
+    except ImportError:
+        return settings.endpoint
+    return settings.endpoint or default_endpoint()
 
 
 def run(procedure, run_mode, image, drawables, config, data):
     if len(drawables) != 1:
         return _fail(procedure, "Select exactly one layer to depixelate.", Gimp.PDBStatusType.CALLING_ERROR)
-    drawable = drawables[0]
-    if run_mode == Gimp.RunMode.INTERACTIVE:
-        gi.require_version("GimpUi", "3.0")
-        from gi.repository import GimpUi
-
-        GimpUi.init(logic.PROC_NAME)
-        dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config)
-        dialog.fill(None)
-        accepted = dialog.run()
-        dialog.destroy()
-        if not accepted:
-            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(procedure, config):
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    settings = logic.settings_from(config.get_property)
     try:
-        settings = logic.settings_from(config.get_property)
-        region, fmt, pixels, mask = read_region(image, drawable)
-        result = solve(settings, region, fmt, pixels, mask)
-        plans = logic.plan_layers(result, region, fmt)
-        paste(image, drawable, plans, fmt)
+        source, note = source_layer(image, drawables[0])
+        region, fmt, pixels, mask = read_region(image, source)
+        result = solve(settings, region, fmt, pixels, mask, lead=note)
+        plan = logic.plan_paste(result, region, fmt, all_layer_names(image), mask)
+        paste(image, source, plan, fmt)
+        Gimp.message(logic.done_message(plan, note))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a message; the image stays untouched
         if not isinstance(exc, (logic.UserError, ImportError)) and getattr(exc, "code", None) is None:
             traceback.print_exc(file=sys.stderr)  # a bug, not a user problem: keep the trace for reports
         cancelled = getattr(exc, "code", None) == "CANCELLED"
-        return _fail(procedure, logic.user_message(exc),
+        return _fail(procedure, logic.user_message(exc, _endpoint_tried(settings)),
                      Gimp.PDBStatusType.CANCEL if cancelled else Gimp.PDBStatusType.EXECUTION_ERROR)
     finally:
         Gimp.progress_end()
@@ -196,10 +299,11 @@ class PulseDepixelate(Gimp.PlugIn):
         procedure.set_menu_label(logic.MENU_LABEL)
         procedure.add_menu_path(logic.MENU_PATH)
         procedure.set_documentation(
-            "Imagine a face that matches a pixelated one (PULSE)",
-            "Sends the selection to the local PULSE daemon (`pulse-server run`) and adds one layer per "
-            "candidate face above the active layer. The faces are invented by a generative model so that "
-            "they pixelate back to the input: they do not recover anybody's identity.",
+            logic.DESCRIPTION,
+            "Sends the selection to the local PULSE daemon (`pulse-server run`) and adds a layer group above "
+            "the active layer (\"PULSE run N — B px blocks\") with one masked layer per candidate face. The "
+            "faces are invented by a generative model so that they pixelate back to the input: they do not "
+            "recover anybody's identity. Run on a PULSE result, it depixelates the photo layer beneath it.",
             name,
         )
         procedure.set_attribution("pulse contributors", "pulse contributors", "2026")

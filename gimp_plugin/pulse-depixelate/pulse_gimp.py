@@ -35,14 +35,21 @@ class IntArg:
     default: int
 
 
-# Labels carry mnemonics that clash neither with each other nor with the dialog's buttons.
+# Plain labels whose mnemonics clash neither with each other nor with the dialog's buttons (Help, Reset,
+# Cancel, OK, Load Saved Settings, Save Settings); the blurbs become their tooltips.
 INT_ARGS: tuple[IntArg, ...] = (
-    IntArg("candidates", "Ca_ndidates", "Number of faces to imagine (one layer each)", 1, 16, 3),
-    IntArg("steps", "Solver s_teps", "Optimisation steps per candidate", 1, 5000, 100),
-    IntArg("seed", "Ran_dom seed", "Random seed (-1 = random)", -1, 2**31 - 1, -1),
-    IntArg("block-size", "_Block size", "Mosaic block size in pixels (0 = detect)", 0, 512, 0),
+    IntArg("candidates", "_Faces to generate", "How many faces to imagine: one layer each, the best one shown",
+           1, 16, 3),
+    IntArg("steps", "Search s_teps", "Steps of the search per face: more fit the mosaic closer, and take longer",
+           1, 5000, 100),
+    IntArg("seed", "Random s_eed", "The same seed gives the same faces again (-1 = a new seed each run)",
+           -1, 2**31 - 1, -1),
+    IntArg("block-size", "Mosaic _block size", "Side of one mosaic cell in pixels (0 = detect it)", 0, 512, 0),
 )
-ENDPOINT_ARG = ("endpoint", "Daemon end_point", "Daemon endpoint (empty = the default one)", "")
+ENDPOINT_ARG = ("endpoint", "Daemon _address", "Where the PULSE daemon listens (empty = the default one)", "")
+DESCRIPTION = ("Imagines faces that pixelate back to the selected mosaic, as new layers you can blend; "
+               "they are invented, not the person's real face.")
+ADVANCED_LABEL = "Advanced"
 
 
 class UserError(Exception):
@@ -175,6 +182,46 @@ def progress_text(step: int, total: int, best_error: float) -> str:
     return f"PULSE: step {step}/{total}{err}"
 
 
+# ----------------------------------------------------------------------------------------- which layer
+
+
+@dataclass(frozen=True)
+class Source:
+    """The layer to depixelate, and why it is not the active one (empty when it is)."""
+
+    index: int  # into the candidates below the PULSE result; -1: the active layer itself
+    note: str = ""
+
+
+def pick_source(active_name: str, active_is_result: bool, below: Sequence[tuple[str, bool, bool]]) -> Source:
+    """Where to read the photo from when the active layer may be one of our own results.
+
+    `below` lists the active result's siblings under it, top down, as (name, is a PULSE result, is a group).
+    Depixelating a PULSE face again would solve for its own imagined pixels (after Ctrl+Y the active layer
+    is "PULSE face 1"), so a result hands over to the first photo layer beneath it, and says so.
+    """
+    if not active_is_result:
+        return Source(-1)
+    for i, (name, is_result, is_group) in enumerate(below):
+        if is_result:
+            continue  # an earlier run's group sits between this one and the photo
+        if is_group:
+            raise UserError(f"“{active_name}” is a PULSE result and the layer beneath it, “{name}”, is a group: "
+                            "select the photo layer to depixelate.")
+        return Source(i, f"“{active_name}” is a PULSE result: depixelating the layer beneath it, “{name}”")
+    raise UserError(f"“{active_name}” is a PULSE result and there is no photo layer beneath it: select the "
+                    "photo layer to depixelate.")
+
+
+def insert_position(is_result: Sequence[bool], photo: int) -> int:
+    """Where a run's group goes among the photo's siblings (`is_result`, top down): above the photo and above
+    the earlier runs stacked right on it, so the new best face is the one that shows."""
+    position = photo
+    while position > 0 and is_result[position - 1]:
+        position -= 1
+    return position
+
+
 # ----------------------------------------------------------------------------------------- result → layers
 
 
@@ -187,18 +234,36 @@ class LayerPlan:
     width: int
     height: int
     data: bytes = field(repr=False)
+    mask: bytes = field(repr=False, default=b"")  # one byte of coverage per pixel (MASK_FORMAT)
+    error: float = float("nan")  # the candidate's downscale error
     comment: str = ""
     parasite: bytes = b""
 
 
-def plan_layers(result: Any, region: Region, fmt: PixelFormat) -> list[LayerPlan]:
-    """One layer per candidate (best first), checked against the region we sent.
+@dataclass
+class PastePlan:
+    """One group per run, named for it, with one masked layer per candidate (best first)."""
 
-    `result` is a protocol Result; the plans come in rank order (best first, visible), each placed at the
-    region's image position. The adapter inserts them in `insertion_order`.
+    run: int
+    group_name: str
+    group_parasite: bytes
+    layers: list[LayerPlan]
+    summary: str  # what the daemon found: "12 px blocks, 7×9 cells" / "no mosaic found"
+
+
+def plan_paste(result: Any, region: Region, fmt: PixelFormat, existing_names: Sequence[str],
+               selection: Optional[bytes]) -> PastePlan:
+    """The group and its layers for a protocol Result, checked against the region we sent.
+
+    `existing_names` are all layer names in the image (run number, names GIMP would otherwise suffix "#1");
+    `selection` the selection's coverage over the region (None: all of it), which clips the layer masks.
     """
-    from protocol.layers import layer_comment, layer_name
+    from protocol import layers
 
+    analysis = dict(getattr(result, "analysis", None) or {})
+    run = layers.next_run_number(existing_names)
+    rect = layers.mosaic_rect(analysis, region.width, region.height)
+    mask = layers.blend_mask(region.width, region.height, rect, layers.band_width(analysis), selection)
     plans = []
     expected = region.width * region.height * fmt.channels * fmt.itemsize
     for i, cand in enumerate(result.candidates):
@@ -213,37 +278,56 @@ def plan_layers(result: Any, region: Region, fmt: PixelFormat) -> list[LayerPlan
         if len(data) != expected:
             raise UserError(f"The daemon returned {len(data)} bytes of pixels, expected {expected}.")
         meta = {
+            "kind": "face",
+            "run": run,
             "model": result.model,
             "seed": cand.seed,
             "downscale_error": cand.downscale_error,
             "eps_reached": cand.eps_reached,
             "steps": cand.steps,
             "rank": i + 1,
-            "analysis": result.analysis,
-            "comment": layer_comment(cand, result.model),
+            "analysis": analysis,
+            "comment": layers.layer_comment(cand, result.model),
         }
         plans.append(
             LayerPlan(
-                name=layer_name(i + 1, cand.downscale_error),
+                name=layers.face_name(i + 1, run, existing_names),
                 visible=(i == 0),
                 x=region.x,
                 y=region.y,
                 width=region.width,
                 height=region.height,
                 data=data,
+                mask=mask,
+                error=float(cand.downscale_error),
                 comment=meta["comment"],
                 parasite=json.dumps(meta, sort_keys=True, default=str).encode("utf-8"),
             )
         )
     if not plans:
         raise UserError("The daemon returned no candidates.")
-    return plans
+    errors = [float(c.downscale_error) for c in result.candidates]
+    seeds = [int(c.seed) for c in result.candidates]
+    group_meta = {"kind": "run", "run": run, "model": result.model, "analysis": analysis,
+                  "candidates": [{"name": p.name, "downscale_error": e, "seed": s}
+                                 for p, e, s in zip(plans, errors, seeds)],
+                  "comment": layers.group_comment(run, str(result.model), analysis, errors, seeds)}
+    return PastePlan(run=run, group_name=layers.group_name(run, analysis),
+                     group_parasite=json.dumps(group_meta, sort_keys=True, default=str).encode("utf-8"),
+                     layers=plans, summary=layers.mosaic_summary(analysis))
 
 
-def insertion_order(plans: Sequence[LayerPlan]) -> list[LayerPlan]:
-    """Insert worst first at the active layer's position: each insert pushes the previous ones down, so the
-    stack reads best, 2nd, …, then the original layer."""
-    return list(reversed(plans))
+def done_message(plan: PastePlan, source_note: str = "") -> str:
+    """What the user reads when the layers are in: what was found, what was made, how to blend it."""
+    from protocol.layers import format_error
+
+    faces = ", ".join(f"{p.name} (error {format_error(p.error)}{', shown' if p.visible else ''})"
+                      for p in plan.layers)
+    note = f"{source_note}.\n" if source_note else ""
+    found = "no mosaic found" if plan.summary == "no mosaic found" else f"found {plan.summary}"
+    count = f"{len(plan.layers)} face" + ("s" if len(plan.layers) != 1 else "")
+    return (f"{note}PULSE run {plan.run}: {found}; imagined {count}: {faces}. Paint a face's "
+            "layer mask to blend it. These faces are invented by a model, not the person's real face.")
 
 
 # ----------------------------------------------------------------------------------------- messages
@@ -258,8 +342,8 @@ def missing_dependency_message(exc: BaseException) -> str:
     )
 
 
-def user_message(exc: BaseException) -> str:
-    """What to tell the user for any failure (the image is left untouched)."""
+def user_message(exc: BaseException, endpoint: str = "") -> str:
+    """What to tell the user for any failure (the image is left untouched); `endpoint`: the address tried."""
     if isinstance(exc, UserError):
         return str(exc)
     if isinstance(exc, ImportError):
@@ -267,11 +351,10 @@ def user_message(exc: BaseException) -> str:
     code = getattr(exc, "code", None)
     text = getattr(exc, "message", None) or str(exc)
     if code == "DAEMON_NOT_RUNNING":
-        return (
-            "The PULSE daemon is not running or not reachable. Start it with `pulse-server run` "
-            "(or once: `pulse-server install-autostart`), then try again."
-            + (f"\n\nDetails: {text}" if text else "")
-        )
+        # The client's own text repeats the advice below; only a different cause (no answer) is worth adding.
+        detail = f" ({text})" if text and "no answer" in text else ""
+        return (f"No PULSE daemon answered at {endpoint or 'the default address'}{detail}. Start it with "
+                "`pulse-server run` (or once: `pulse-server install-autostart`), then try again.")
     if code == "VERSION_MISMATCH":
         return (
             "This plug-in and the running PULSE daemon speak different protocol versions. Update both and "

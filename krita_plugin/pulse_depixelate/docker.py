@@ -13,7 +13,7 @@ import threading
 import traceback
 from typing import Any, Optional
 
-from krita import DockWidget, Krita
+from krita import DockWidget, Krita, Selection
 from PyQt5.QtCore import QSize, QThread, QTimer, Qt, pyqtSignal
 from PyQt5.QtGui import QPixmap
 from PyQt5.QtWidgets import (QApplication, QComboBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QLineEdit,
@@ -121,7 +121,8 @@ class PulseDocker(DockWidget):
         self._probe: Optional[ProbeThread] = None
         self._probe_again = False
         self._retired: list[JobThread] = []  # threads past their last signal, until QThread.finished
-        self.last_layers: list[Any] = []
+        self.last_layers: list[Any] = []  # the last run's face layers, best first
+        self.last_group: Any = None
         self._build_ui()
         self._load_settings()
         self._timer = QTimer(self)
@@ -389,21 +390,24 @@ class PulseDocker(DockWidget):
 
     def _on_success(self, outcome: logic.Outcome) -> None:  # GUI thread: Krita calls allowed
         try:
-            self.last_layers = logic.apply_outcome(self._job.request, outcome, Krita.instance().documents())
+            pasted = logic.apply_outcome(self._job.request, outcome, Krita.instance().documents(), Selection)
         except Exception as exc:  # noqa: BLE001 - the docker must end the job with a message, whatever happened
             if not isinstance(exc, logic.PluginError):
                 traceback.print_exc()
             self._on_failure(logic.user_message(exc))  # also stops the busy progress bar
             return
-        best = outcome.layers[0]
+        self.last_layers, self.last_group = pasted.faces, pasted.group
+        # Krita activates a node added to the image once its own queued events have run (here: the group),
+        # after apply_outcome made the best face active: make it so again after them.
+        doc, best = self._job.request.doc, pasted.faces[0]
+        QTimer.singleShot(0, lambda: doc.setActiveNode(best))
         self._set_status(True, f"connected ({outcome.model})")
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.progress.setFormat("done")
-        self._say(f"Added {len(outcome.layers)} layer(s), the best one visible. These faces are imagined "
-                  "by the model, not recovered: never use them to identify anyone.")
-        self.message.setToolTip(best.comment)
-        self._end_job("done", best.name)
+        self._say(logic.done_message(pasted, outcome))
+        self.message.setToolTip(logic.candidates_text(pasted, outcome))
+        self._end_job("done", pasted.faces[0].name())
 
     def _on_failure(self, text: str) -> None:
         self._say(text, error=True)

@@ -310,7 +310,7 @@ def build_request(doc: Any, settings: Settings, node: Any = None) -> Request:
 class LayerPlan:
     """One candidate, converted back to Krita's layout (worker thread) and ready to paste (GUI thread)."""
 
-    name: str
+    rank: int  # 1 = lowest downscale error
     comment: str
     pixels: bytes
     visible: bool
@@ -323,28 +323,14 @@ class Outcome:
     layers: list[LayerPlan]
     model: str
     analysis: dict = field(default_factory=dict)
-
-
-def _layer_name(index1: int, err: float) -> str:
-    ensure_client_path()
-    try:
-        from protocol.layers import layer_name
-    except ImportError:  # an older client copy without layers.py: same wording
-        return f"PULSE face {index1} (err {err:.1e})"
-    return layer_name(index1, err)
-
-
-def _layer_comment(candidate: Any, model: str) -> str:
-    try:
-        from protocol.layers import layer_comment
-    except ImportError:
-        return (f"Imagined by PULSE ({model}, seed {candidate.seed}, downscale error "
-                f"{candidate.downscale_error:.2e}): a plausible face, not the person's real identity.")
-    return layer_comment(candidate, model)
+    mask: bytes = b""  # the faces' transparency mask over the request's rect, one byte per pixel
 
 
 def plan_layers(request: Request, result: Any) -> Outcome:
     """Check the daemon's candidates against the request and convert them (pure Python: worker thread)."""
+    ensure_client_path()
+    from protocol import layers as names
+
     if not result.candidates:
         raise PluginError("The daemon returned no candidates.")
     layers = []
@@ -354,11 +340,14 @@ def plan_layers(request: Request, result: Any) -> Outcome:
         got = (img.width, img.height, img.channels, img.dtype)
         if got != want:
             raise PluginError(f"The daemon returned a {got} image for a {want} request.")
-        layers.append(LayerPlan(name=_layer_name(i + 1, float(cand.downscale_error)),
-                                comment=_layer_comment(cand, result.model),
+        layers.append(LayerPlan(rank=i + 1, comment=names.layer_comment(cand, result.model),
                                 pixels=wire_to_krita(bytes(img.data), request.fmt), visible=(i == 0),
                                 seed=int(cand.seed), error=float(cand.downscale_error)))
-    return Outcome(layers=layers, model=str(result.model), analysis=dict(getattr(result, "analysis", {}) or {}))
+    analysis = dict(getattr(result, "analysis", {}) or {})
+    r = request.rect
+    mask = names.blend_mask(r.w, r.h, names.mosaic_rect(analysis, r.w, r.h), names.band_width(analysis),
+                            request.mask)
+    return Outcome(layers=layers, model=str(result.model), analysis=analysis, mask=mask)
 
 
 def find_node(root: Any, unique_id: Any) -> Any:
@@ -372,12 +361,39 @@ def find_node(root: Any, unique_id: Any) -> Any:
     return None
 
 
-def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any]) -> list[Any]:
-    """Paste one paint layer per candidate above the request's layer (GUI thread). Returns the new nodes.
+def _all_names(root: Any) -> list[str]:
+    names, stack = [], list(root.childNodes())
+    while stack:
+        node = stack.pop()
+        names.append(node.name())
+        stack.extend(node.childNodes())
+    return names
 
-    Stack order after pasting, top to bottom: face 1 (best, visible), face 2, …, the original layer.
-    Only new layers are added: no existing pixels, visibility or selection change.
+
+@dataclass
+class Pasted:
+    """What one run added: its group and the face layers inside it, best first."""
+
+    group: Any
+    faces: list[Any]
+    group_name: str
+    summary: str  # what the daemon found: "12 px blocks, 7×9 cells" / "no mosaic found"
+    masked: bool = False  # each face has its transparency mask (Krita 5.2's API; 5.1 cannot fill one)
+
+
+def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any],
+                  new_selection: Optional[Callable[[], Any]] = None) -> Pasted:
+    """Paste one group, "PULSE run N — B px blocks", above the request's layer (GUI thread).
+
+    Inside it, top to bottom: face 1 (best, visible), face 2, … each a paint layer with a transparency mask
+    (opaque over the mosaic, a feathered band around it) where Krita's API can fill one (see `_add_mask`;
+    `new_selection` makes an empty krita.Selection). The group is built complete before it enters the
+    image, so adding it is a single step of the document's history (Krita 5.1's scripting API has no undo
+    macro; every addChildNode on a node in the image is a step of its own). The best face is left active:
+    the next stroke goes to the layer that shows. Nothing else changes: no pixels, visibility or selection.
     """
+    from protocol import layers as names
+
     doc = request.doc
     if not any(d == doc for d in documents):
         raise PluginError("The image was closed before the result arrived.")
@@ -386,26 +402,48 @@ def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any]) 
     parent = anchor.parentNode() if anchor is not None else root
     if parent is None:
         parent = root
-    created = [_make_layer(doc, request, plan) for plan in outcome.layers]
-    added = []
+    taken = _all_names(root)
+    run = names.next_run_number(taken)
+    group_name = names.group_name(run, outcome.analysis)
+    group = doc.createGroupLayer(group_name)
+    faces = [_make_layer(doc, request, plan, names.face_name(plan.rank, run, taken)) for plan in outcome.layers]
+    masked = all([_add_mask(doc, face, request.rect, outcome.mask, new_selection) for face in faces])
+    for node in reversed(faces):  # each on top of the previous: the best ends on top
+        group.addChildNode(node, None)
+    # Above the anchor and the earlier runs stacked right on it, so the new best face is the one that shows;
+    # without an anchor (deleted during the job) on top of the stack.
+    parent.addChildNode(group, _above_earlier_runs(parent, anchor))
     try:
-        # Each one goes directly above the anchor, so the earlier (better) candidates end up on top; with the
-        # anchor gone (deleted during the job) they go on top of the stack, worst first for the same order.
-        for node in (created if anchor is not None else created[::-1]):
-            parent.addChildNode(node, anchor)
-            added.append(node)
-        _record_provenance(doc, created, outcome)
+        _record_provenance(doc, group, faces, outcome, run)
     except Exception:
-        for node in added:  # a half-pasted result (or layers without their notes) is worse than none
-            node.remove()
+        group.remove()  # layers without their "imagined" notes are worse than none
         raise
+    doc.setActiveNode(faces[0])
     doc.refreshProjection()
-    return created
+    return Pasted(group=group, faces=faces, group_name=group_name, summary=names.mosaic_summary(outcome.analysis),
+                  masked=masked)
 
 
-def _make_layer(doc: Any, request: Request, plan: LayerPlan) -> Any:
+def _above_earlier_runs(parent: Any, anchor: Any) -> Any:
+    """The node to insert above: `anchor`, or the last of the PULSE run groups sitting directly on it."""
+    from protocol.layers import next_run_number
+
+    if anchor is None:
+        return None
+    siblings = parent.childNodes()  # bottom first
+    ids = [n.uniqueId() for n in siblings]
+    if anchor.uniqueId() not in ids:
+        return anchor
+    i = ids.index(anchor.uniqueId())
+    while i + 1 < len(siblings) and siblings[i + 1].type() == "grouplayer" and \
+            next_run_number([siblings[i + 1].name()]) > 1:  # named "PULSE run N …"
+        i += 1
+    return siblings[i]
+
+
+def _make_layer(doc: Any, request: Request, plan: LayerPlan, name: str) -> Any:
     r = request.rect
-    node = doc.createNode(plan.name, "paintlayer")
+    node = doc.createNode(name, "paintlayer")
     model, depth = request.fmt.model, request.fmt.depth
     space = (model, depth, request.work or request.profile)
     if (node.colorModel(), node.colorDepth(), node.colorProfile()) != space:
@@ -417,20 +455,65 @@ def _make_layer(doc: Any, request: Request, plan: LayerPlan) -> Any:
     return node
 
 
+def _add_mask(doc: Any, node: Any, rect: Rect, mask: bytes, new_selection: Optional[Callable[[], Any]]) -> bool:
+    """A transparency mask holding `mask` over `rect` on `node`; False where Krita's API cannot make one.
+
+    Krita 5.1's scripting API cannot fill a transparency mask: createNode("transparencymask") makes one
+    without a selection (its pixelData is empty, setPixelData does nothing), and createTransparencyMask /
+    TransparencyMask.setSelection arrived in Krita 5.2. So on 5.1 the faces come without masks and the
+    docker says how to add one.
+    """
+    if not mask or new_selection is None or not hasattr(doc, "createTransparencyMask"):
+        return False
+    selection = new_selection()
+    selection.setPixelData(mask, rect.x, rect.y, rect.w, rect.h)
+    blend = doc.createTransparencyMask("blend mask")
+    blend.setSelection(selection)
+    node.addChildNode(blend, None)
+    return True
+
+
+def candidates_text(pasted: Pasted, outcome: Outcome) -> str:
+    """The run's candidate list with their errors (the docker message's tooltip)."""
+    from protocol.layers import format_error
+
+    return "\n".join(f"{node.name()}: error {format_error(plan.error)}, seed {plan.seed}"
+                     for node, plan in zip(pasted.faces, outcome.layers))
+
+
+def done_message(pasted: Pasted, outcome: Outcome) -> str:
+    """What was found and made, how to blend it, and that the faces are invented."""
+    from protocol.layers import format_error
+
+    found = "no mosaic found" if pasted.summary == "no mosaic found" else f"found {pasted.summary}"
+    n = len(pasted.faces)
+    blend = ("Paint a face's transparency mask to blend it." if pasted.masked else
+             "To blend a face, add a transparency mask to it (this Krita's scripting API cannot).")
+    return (f"{pasted.group_name}: {found}; {n} face{'s' if n != 1 else ''} added, the best shown "
+            f"({pasted.faces[0].name()}, error {format_error(outcome.layers[0].error)}). {blend} These faces "
+            "are imagined by the model, not recovered: never use them to identify anyone.")
+
+
 ANNOTATION = PLUGIN_ID  # document annotation (saved in .kra) with each PULSE layer's provenance note
 
 
-def _record_provenance(doc: Any, created: Sequence[Any], outcome: Outcome) -> None:
+def _record_provenance(doc: Any, group: Any, faces: Sequence[Any], outcome: Outcome, run: int) -> None:
     """Krita 5.1 layers have no comment field: the notes (imagined, not recovered; model, seed, error) go
     into one document annotation keyed by layer id, so they travel with the saved .kra."""
+    from protocol import layers as names
+
     try:
         notes = json.loads(bytes(doc.annotation(ANNOTATION)) or b"{}")
     except (ValueError, TypeError):
         notes = {}
     layers = notes.setdefault("layers", {})
-    for node, plan in zip(created, outcome.layers):
-        layers[str(node.uniqueId())] = {"name": plan.name, "comment": plan.comment, "model": outcome.model,
-                                        "seed": plan.seed, "downscale_error": plan.error}
+    for node, plan in zip(faces, outcome.layers):
+        layers[str(node.uniqueId())] = {"name": node.name(), "comment": plan.comment, "model": outcome.model,
+                                        "seed": plan.seed, "downscale_error": plan.error, "run": run}
+    errors, seeds = [p.error for p in outcome.layers], [p.seed for p in outcome.layers]
+    layers[str(group.uniqueId())] = {"name": group.name(), "run": run, "model": outcome.model,
+                                     "comment": names.group_comment(run, outcome.model, outcome.analysis,
+                                                                    errors, seeds)}
     doc.setAnnotation(ANNOTATION, "PULSE Depixelate: notes on imagined faces (not recovered identities)",
                       json.dumps(notes, indent=1).encode("utf-8"))
 

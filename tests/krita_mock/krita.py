@@ -5,7 +5,9 @@ Only what krita_plugin/pulse_depixelate/logic.py calls, with the semantics obser
 - pixel data is raw bytes in the colour space's own layout (the test decides the BGRA order, not the mock);
 - a new paint layer is transparent (all zero bytes) and sized to the canvas;
 - Node.addChildNode(child, above) inserts directly above `above`, or on top when `above` is None;
-- Document.selection() is None without a selection; Selection.pixelData gives one byte per pixel.
+- Document.selection() is None without a selection; Selection.pixelData gives one byte per pixel;
+- a "transparencymask" from createNode has no pixels (5.1: no selection behind it; setPixelData does
+  nothing); Krita 5.2's createTransparencyMask is not there (tests add it to model 5.2).
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class Selection:
     def pixelData(self, x: int, y: int, w: int, h: int) -> bytes:
         return bytes(self._mask.get((i, j), 0) for j in range(y, y + h) for i in range(x, x + w))
 
+    def setPixelData(self, data: bytes, x: int, y: int, w: int, h: int) -> None:
+        for j in range(h):
+            for i in range(w):
+                self._mask[(x + i, y + j)] = data[j * w + i]
+
 
 class Node:
     def __init__(self, doc: "Document", name: str, type_: str) -> None:
@@ -60,6 +67,7 @@ class Node:
         self._model, self._depth, self._profile = doc.colorModel(), doc.colorDepth(), doc.colorProfile()
         self._pixels = bytearray(doc.width() * doc.height() * _pixel_size(self._model, self._depth))
         self._visible, self._parent, self._children = True, None, []
+        self._selection: Selection | None = None  # a transparency mask's (Krita 5.2 setSelection)
         self._uid = uuid.UUID(int=next(_ids))
 
     # identity and tree
@@ -96,6 +104,9 @@ class Node:
     def visible(self) -> bool:
         return self._visible
 
+    def setSelection(self, selection: Selection) -> None:
+        self._selection = selection
+
     def setVisible(self, value: bool) -> None:
         self._visible = bool(value)
 
@@ -124,12 +135,16 @@ class Node:
         return _pixel_size(self._model, self._depth)
 
     def pixelData(self, x: int, y: int, w: int, h: int) -> bytes:
+        if self._type == "transparencymask":
+            return b"" if self._selection is None else self._selection.pixelData(x, y, w, h)
         ps, W = self._psize(), self._doc.width()
         return b"".join(bytes(self._pixels[((y + j) * W + x) * ps:((y + j) * W + x + w) * ps]) for j in range(h))
 
     projectionPixelData = pixelData
 
     def setPixelData(self, data: bytes, x: int, y: int, w: int, h: int) -> None:
+        if self._type == "transparencymask":
+            return  # Krita 5.1: a mask made by createNode has no selection to write to
         ps, W = self._psize(), self._doc.width()
         assert len(data) == w * h * ps, (len(data), w, h, ps)
         for j in range(h):
@@ -178,6 +193,9 @@ class Document:
 
     def createNode(self, name: str, type_: str) -> Node:
         return Node(self, name, type_)
+
+    def createGroupLayer(self, name: str) -> Node:
+        return Node(self, name, "grouplayer")
 
     def selection(self) -> Selection | None:
         return self._selection

@@ -73,10 +73,17 @@ def run(cfg, out_dir):
         ps = len(wire) // (w * h)
         cands = [Candidate(ImageBlob(w, h, req.fmt.channels, req.fmt.dtype, wire[i * ps:] + wire[:i * ps]),
                            seed=i, downscale_error=0.001 * (i + 1), eps_reached=False, steps=1) for i in range(3)]
-        outcome = logic.plan_layers(req, Result(job_id="t", candidates=cands, model="fake"))
-        created = logic.apply_outcome(req, outcome, app.documents())
+        analysis = {"block": 4, "phase": [0, 0], "rect": [4, 4, w - 8, h - 8], "detected": True, "method": "ilo"}
+        outcome = logic.plan_layers(req, Result(job_id="t", candidates=cands, model="fake", analysis=analysis))
+        pasted = logic.apply_outcome(req, outcome, app.documents(), Selection)
+        created = pasted.faces
+        case["masked"] = pasted.masked
+        case["api_fills_masks"] = hasattr(doc, "createTransparencyMask")  # Krita 5.2 and later
         doc.waitForDone()
         case["stack"] = [[n.name(), n.type(), bool(n.visible())] for n in doc.topLevelNodes()]
+        case["group"] = {"name": pasted.group.name(), "type": pasted.group.type(),
+                         "children": [[n.name(), n.type()] for n in pasted.group.childNodes()]}
+        case["active"] = doc.activeNode().name() if doc.activeNode() is not None else None
         case["layers"] = []
         for i, node in enumerate(created):
             b = node.bounds()
@@ -84,10 +91,22 @@ def run(cfg, out_dir):
             if req.work:  # the layer holds linear light: compare on the sRGB curve the candidate was made on
                 raw = logic._convert_region(doc, raw, req.rect, req.fmt, req.profile, req.work)
             back = logic.krita_to_wire(raw, req.fmt)
+            masks = [m for m in node.childNodes() if m.type() == "transparencymask"]
+            mask = bytes(masks[0].pixelData(x, y, w, h)) if masks else b""
             case["layers"].append({"name": node.name(), "visible": bool(node.visible()),
                                    "bounds": [b.x(), b.y(), b.width(), b.height()],
                                    "space": [node.colorModel(), node.colorDepth(), node.colorProfile()],
-                                   "roundtrip": _max_diff(back, bytes(cands[i].image.data), req.fmt.dtype)})
+                                   "roundtrip": _max_diff(back, bytes(cands[i].image.data), req.fmt.dtype),
+                                   "children": [c.type() for c in node.childNodes()],
+                                   "mask_is_plan": mask == outcome.mask})
+        if label == "RGBA-U8-" + cfg["spaces"][0][2]:
+            # a second run on the same layer: numbered on, its names distinct from the first run's
+            second = logic.apply_outcome(req, logic.plan_layers(req, Result(job_id="t2", candidates=cands, model="fake",
+                                                                             analysis=analysis)), app.documents())
+            doc.waitForDone()
+            case["second"] = {"group": second.group.name(), "faces": [n.name() for n in second.faces],
+                              "stack": [n.name() for n in doc.topLevelNodes()]}
+            (out_dir / "mask.raw").write_bytes(outcome.mask)
         case["work"] = req.work
         notes = json.loads(bytes(doc.annotation("pulse_depixelate")) or b"{}").get("layers", {})
         case["notes"] = [notes.get(n.uniqueId().toString(), notes.get(str(n.uniqueId()), {})).get("name")

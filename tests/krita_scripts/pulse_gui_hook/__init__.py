@@ -196,7 +196,7 @@ class Driver:
         """Edit ▸ Undo until the PULSE layers are gone (how many steps does one depixelation take?)."""
         stacks = [self.layers()]
         for _ in range(int(self.cfg["undo"])):
-            if not any(n.startswith("PULSE face") for n, _t, _v in stacks[-1]):
+            if not any(n.startswith("PULSE") for n, _t, _v in stacks[-1]):
                 break
             self.app.action("edit_undo").trigger()
             self.doc.waitForDone()
@@ -239,11 +239,26 @@ class Driver:
                                            "space": [node.colorModel(), node.colorDepth()]})
             W, H = self.doc.width(), self.doc.height()
             info["original_unchanged"] = bytes(self.bg.pixelData(0, 0, W, H)) == self.before
+            group = self.docker.last_group
+            info["group"] = {"name": group.name(), "type": group.type(),
+                             "children": [[n.name(), n.type(), [c.type() for c in n.childNodes()]]
+                                          for n in group.childNodes()]}
+            info["docker_tooltip"] = self.docker.message.toolTip()
+            # Krita activates nodes asynchronously: look again once its events have run
+            QTimer.singleShot(1500, self.guard(lambda: self.after_settle(name, info)))
+            return
+        self.after_settle(name, info)
+
+    def after_settle(self, name, info):
+        if name == "live":
             active = self.doc.activeNode()
-            info["active_after"] = [active.name(), active.type()] if active is not None else None
-            info["active_is_original"] = active is not None and active.uniqueId() == self.bg.uniqueId()
+            info["active_after"] = [active.name(), active.type(), bool(active.visible())] if active is not None else None
         if self.cfg.get("screenshots"):
-            self.docker.grab().save(str(Path(self.cfg["out"]).parent / f"docker-{name}.png"))
+            out = Path(self.cfg["out"]).parent
+            self.docker.grab().save(str(out / f"docker-{name}.png"))
+            window = self.app.activeWindow()
+            if window is not None:
+                window.qwindow().grab().save(str(out / f"window-{name}.png"))
         self.step(name, **info)
         QTimer.singleShot(100, self.guard(self.next))
 
