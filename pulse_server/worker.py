@@ -243,7 +243,7 @@ class Worker(threading.Thread):
 
         mask = None if mask_blob is None else np.array(mask_blob.to_numpy()[:, :, 0])
         dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=params.seed, block=params.block,
-                         eps=params.eps, precision=self._precision(job), method=params.method,
+                         eps=params.eps, precision=self._precision(job), method=params.method, force=params.force,
                          preview_every=_preview_every(job))
         res = runner.depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name)
         cands = [_candidate(patch, c) for patch, c in zip(res.patches, res.candidates)]
