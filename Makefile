@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m pulse_server.demo $(if $(MODEL),--model $(MODEL))
+	$(PY) -m pulse_server.demo --from-make $(if $(MODEL),--model $(MODEL))
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -134,7 +134,8 @@ class Worker(threading.Thread):
             if job.cancel_event.is_set():
                 raise Cancelled(job.cancel_reason)
             self.emit("final", job, result)
-            log.info("job %s done in %.2f s", job.job_id, time.monotonic() - t0)
+            log.info("job %s done in %.2f s, after %.2f s waiting to start", job.job_id, time.monotonic() - t0,
+                     t0 - job.created)
         except Cancelled:
             log.info("job %s cancelled (%s)", job.job_id, job.cancel_reason)
             if self._stopping.is_set():  # not the user's doing: the client may retry on a new daemon

@@ -168,6 +168,9 @@ def test_via_daemon(tmp_path: Path, tiny_weights: Path) -> None:
              str(tmp_path / "f.png"), "--via-daemon", "--force", "--candidates", "1", "--steps", "1"], env=d.env,
             cwd=str(REPO), capture_output=True, text=True, timeout=120)
         assert cli.returncode == 0 and "no mosaic found in the box (--force" in cli.stderr, cli.stderr + d.output()
+        # the log says how many jobs were ahead and how long a job waited, not a bare queue position
+        log = d.output()
+        assert "0 job(s) ahead of it" in log and "s waiting to start" in log and "(position" not in log
     finally:
         d.stop()
 
