@@ -188,6 +188,6 @@ def test_the_summary_says_what_the_error_means_and_what_to_do(photo: Path, tiny_
         assert "% RMS), above eps 1e-09 (0.0 %)" in line
     assert lines[4] == ("downscale error: how closely each face, pixelated on the mosaic's grid, reproduced your "
                         "mosaic before the final correction; the images written re-pixelate to your mosaic exactly")
-    assert lines[5] == ("above eps: the face fits loosely; more --steps, another --seed or a bigger --model get "
-                        "closer (see --help)")
+    assert lines[5] == ("above eps: such a face fits loosely before the correction; more --steps, another --seed "
+                        "or a bigger --model get closer (see --help)")
     assert len(lines) == 6

@@ -102,9 +102,9 @@ def rms_percent(mse: float) -> float:
 
 
 def fit_words(error: float, eps_value: float, reached: bool) -> str:
-    """'downscale error 1.4e-03 (3.7 % RMS), within eps 2e-03 (4.5 %)' for one candidate."""
+    """'downscale error 1.4e-03 (3.7 % RMS), within eps 0.002 (4.5 %)' for one candidate."""
     where = "within" if reached else "above"
-    return (f"downscale error {error:.1e} ({rms_percent(error):.1f} % RMS), {where} eps {eps_value:.0e} "
+    return (f"downscale error {error:.1e} ({rms_percent(error):.1f} % RMS), {where} eps {eps_value:.2g} "
             f"({rms_percent(eps_value):.1f} %)")
 
 
@@ -112,7 +112,8 @@ def fit_advice(any_missed: bool) -> str:
     """The one line after the candidates: what to do when a face stayed above eps."""
     if not any_missed:
         return ""
-    return "above eps: the face fits loosely; more --steps, another --seed or a bigger --model get closer (see --help)"
+    return ("above eps: such a face fits loosely before the correction; more --steps, another --seed or a bigger "
+            "--model get closer (see --help)")
 
 
 # ------------------------------------------------------------------------------------------- output files
