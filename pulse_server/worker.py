@@ -134,7 +134,8 @@ class Worker(threading.Thread):
             if job.cancel_event.is_set():
                 raise Cancelled(job.cancel_reason)
             self.emit("final", job, result)
-            log.info("job %s done in %.2f s", job.job_id, time.monotonic() - t0)
+            log.info("job %s done in %.2f s, after %.2f s waiting to start", job.job_id, time.monotonic() - t0,
+                     t0 - job.created)
         except Cancelled:
             log.info("job %s cancelled (%s)", job.job_id, job.cancel_reason)
             if self._stopping.is_set():  # not the user's doing: the client may retry on a new daemon
@@ -243,7 +244,7 @@ class Worker(threading.Thread):
 
         mask = None if mask_blob is None else np.array(mask_blob.to_numpy()[:, :, 0])
         dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=params.seed, block=params.block,
-                         eps=params.eps, precision=self._precision(job), method=params.method,
+                         eps=params.eps, precision=self._precision(job), method=params.method, force=params.force,
                          preview_every=_preview_every(job))
         res = runner.depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name)
         cands = [_candidate(patch, c) for patch, c in zip(res.patches, res.candidates)]

@@ -1,13 +1,23 @@
-"""Shared fixtures: a tiny real StyleGAN2 checkpoint and the shared real face prior."""
+"""Shared fixtures: a temporary model cache for the whole run, a tiny real StyleGAN2 checkpoint and the shared
+real face prior."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PRIOR = REPO.parent / "shared" / "priors" / "celeba32-dcgan.pt"
+
+# Set while this file is imported, before any test or the subprocesses tests start (they inherit the environment):
+# checkpoints the tests convert, and anything they download, land here and never in the user's own cache.
+# Tests that need a cache of their own still set PULSE_CACHE_DIR themselves.
+TEST_CACHE = Path(tempfile.mkdtemp(prefix="pulse-test-cache-"))
+os.environ["PULSE_CACHE_DIR"] = str(TEST_CACHE)
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +34,7 @@ def shared_prior_path() -> Path:
     if not SHARED_PRIOR.is_file():
         pytest.skip(f"real face prior not found at {SHARED_PRIOR} (../shared is provided beside the project)")
     return SHARED_PRIOR
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(TEST_CACHE, ignore_errors=True)

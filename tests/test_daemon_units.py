@@ -58,6 +58,7 @@ def test_queue_bounds_remove_and_close():
     ({"mode": "x"}, "mode"), ({"steps": 0}, "steps"), ({"steps": 1.5}, "steps"), ({"candidates": True}, "candidates"),
     ({"seed": -2}, "seed"), ({"block": -1}, "block"), ({"eps": 0}, "eps"), ({"precision": "fp8"}, "precision"),
     ({"method": "magic"}, "method"), ({"method": 1}, "method"),
+    ({"force": "yes"}, "force"), ({"force": 1}, "force"),
 ])
 def test_job_params_are_validated(raw, bad):
     with pytest.raises(PulseError) as err:
@@ -71,6 +72,12 @@ def test_job_params_defaults_and_wire_conventions():
         "depixelate", 3, 100, None, None, 2e-3, "ilo")
     p = JobParams.from_wire({"seed": 5, "block": 8, "eps": 0.01, "method": "pulse"})
     assert (p.seed, p.block, p.eps, p.method) == (5, 8, 0.01, "pulse")
+
+
+def test_force_is_off_unless_a_client_sends_true():
+    assert JobParams.from_wire({}).force is False
+    assert JobParams.from_wire({"force": None}).force is False
+    assert JobParams.from_wire({"force": True}).force is True
 
 
 @pytest.fixture

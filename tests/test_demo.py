@@ -78,6 +78,35 @@ def test_without_any_model_the_error_names_both_ways_out(monkeypatch: pytest.Mon
     assert e.value.code == "NO_WEIGHTS" and offline in str(e.value) and "pip install --no-deps gan-face-generate==1.1.1" in str(e.value)
 
 
+def test_offline_the_make_demo_line_names_make_demo_for_a_checkpoint_file(offline: str, digiface_installed) -> None:
+    _, line = demo.choose_model("cpu", "make demo MODEL=PATH")
+    assert line.endswith("for a checkpoint you have: make demo MODEL=PATH.") and "--model" not in line
+
+
+@pytest.fixture
+def no_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime folder of this test's own: no daemon answers there (never the user's)."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("PULSE_RUNTIME_DIR", str(run))
+    monkeypatch.delenv("PULSE_ENDPOINT", raising=False)
+
+
+def test_make_demo_with_a_named_model_offline_says_make_demo_model_path(tmp_path: Path, offline: str, no_daemon,
+                                                                      capsys) -> None:
+    assert demo.main(["--from-make", "--model", "ffhq-256", "--out", str(tmp_path / "out")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("demo: error: could not download the face model from ") and offline in err
+    assert err.rstrip().endswith("or use a checkpoint you already have: make demo MODEL=PATH.")
+    assert "--model" not in err and len(err.splitlines()) == 1
+
+
+def test_a_demo_model_file_that_does_not_exist_is_one_line(tmp_path: Path, no_daemon, capsys) -> None:
+    assert demo.main(["--from-make", "--model", "no/such.pt", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == ("demo: error: no checkpoint file at no/such.pt: a model is ffhq-1024, ffhq-256, "
+                                       "digiface-64 or the path of a checkpoint file (make demo MODEL=PATH)\n")
+
+
 @pytest.mark.slow
 def test_offline_demo_runs_end_to_end_to_face_images(tmp_path: Path, offline: str, digiface_installed) -> None:
     env = isolated_env(tmp_path, {"PULSE_CACHE_DIR": str(tmp_path / "cache"), "PULSE_FFHQ_256_URL": offline,
@@ -89,7 +118,13 @@ def test_offline_demo_runs_end_to_end_to_face_images(tmp_path: Path, offline: st
                          timeout=240)
     assert run.returncode == 0, (run.stdout, run.stderr)
     assert run.stdout.count("demo: model digiface-64") == 1
-    assert "demo: faces by model digiface-64-dcgan" in run.stdout
+    # one summary (the CLI's): the model once, by its name; each face once, its error in words
+    err = [line for line in run.stderr.replace("\r", "\n").splitlines() if line.strip() and "solving" not in line]
+    assert err[0].startswith("mosaic: 16-px blocks, grid phase (14, 14), at 44,44 size 128×128 in the image")
+    assert err[1] == "faces by digiface-64-dcgan (imagined: none of them is the person in the photo):"
+    assert [line.split(":")[0] for line in err[2:4]] == [f"  {out / 'demo.png'}", f"  {out / 'demo-2.png'}"]
+    assert all("% RMS)" in line for line in err[2:4]) and err[4].startswith("downscale error: how closely")
+    assert "eps reached" not in run.stdout + run.stderr and ".pt" not in run.stdout + run.stderr
     from PIL import Image
 
     for name in ("demo.png", "demo-2.png"):

@@ -150,6 +150,27 @@ def test_via_daemon(tmp_path: Path, tiny_weights: Path) -> None:
              str(tmp_path / "x.png"), "--via-daemon", "--quiet"], env=d.env, cwd=str(REPO), capture_output=True,
             text=True, timeout=120)
         assert bad.returncode == 2 and "not inside" in bad.stderr
+        # a region without a mosaic: the daemon refuses it (the editors' path) unless the job says force
+        from protocol.errors import JobFailed
+        from protocol.messages import ImageBlob
+
+        photo_only = np.ascontiguousarray(arr[:, :40])
+        with d.client() as c:
+            c.connect()
+            with pytest.raises(JobFailed) as err:
+                c.run_job(ImageBlob.from_numpy(photo_only), None, {"mode": "depixelate", "candidates": 1, "steps": 1})
+            assert err.value.code == "NO_MOSAIC" and "choose 'depixelate anyway'" in err.value.message
+            forced = c.run_job(ImageBlob.from_numpy(photo_only), None,
+                               {"mode": "depixelate", "candidates": 1, "steps": 1, "force": True})
+            assert forced.analysis["detected"] is False and len(forced.candidates) == 1
+        cli = subprocess.run(
+            [sys.executable, "-m", "pulse_server.cli", "depixelate", str(src), "--box", "0,0,40,128", "-o",
+             str(tmp_path / "f.png"), "--via-daemon", "--force", "--candidates", "1", "--steps", "1"], env=d.env,
+            cwd=str(REPO), capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 0 and "no mosaic found in the box (--force" in cli.stderr, cli.stderr + d.output()
+        # the log says how many jobs were ahead and how long a job waited, not a bare queue position
+        log = d.output()
+        assert "0 job(s) ahead of it" in log and "s waiting to start" in log and "(position" not in log
     finally:
         d.stop()
 

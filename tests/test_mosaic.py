@@ -15,6 +15,7 @@ from PIL import Image
 
 from pulse_server.pipeline import MosaicInfo, analyze_mosaic, detect_grid, pixelate
 from pulse_server.pipeline.mosaic import block_means
+from pulse_server.pipeline.pipeline import MIN_CONFIDENCE
 
 
 def jpeg(img: np.ndarray, quality: int = 75) -> np.ndarray:
@@ -58,7 +59,7 @@ def test_exact_block_phase_and_rect(block: int, jpeg_q: int | None) -> None:
     assert info.block == block
     assert info.phase == ((mx - x0) % block, (my - y0) % block)
     assert info.rect == (mx - x0, my - y0, nx * block, ny * block)
-    assert 0.5 < info.confidence <= 1.0
+    assert MIN_CONFIDENCE < info.confidence <= 1.0
 
 
 def _iou(a, b) -> float:
@@ -140,7 +141,8 @@ MIN_CONTRAST = 12.0  # a face mosaic: neighbouring cells differ (astronaut's fac
 
 
 def _sweep(photos: dict[str, np.ndarray], n: int, seed: int, layer_aligned: bool) -> tuple[float, list]:
-    """Detection on n random mosaics over real photos, every other one JPEG q75, in a box 0–2 cells larger."""
+    """Detection on n random mosaics over real photos, every other one JPEG q75, in a box 0–2 cells larger.
+    A detection under the pipeline's MIN_CONFIDENCE counts as a miss: depixelate would refuse it."""
     names = sorted(photos)
     rng = np.random.default_rng(seed)
     total = correct = 0
@@ -166,10 +168,10 @@ def _sweep(photos: dict[str, np.ndarray], n: int, seed: int, layer_aligned: bool
         info = detect_grid(as_float(mos[y0:y1, x0:x1]))
         want = (b, ((origin[0] - x0) % b, (origin[1] - y0) % b))
         total += 1
-        if info.detected and (info.block, info.phase) == want:
+        if info.detected and (info.block, info.phase) == want and info.confidence >= MIN_CONFIDENCE:
             correct += 1
         else:
-            misses.append((want, (info.block, info.phase), "jpeg" if use_jpeg else "clean"))
+            misses.append((want, (info.block, info.phase), round(info.confidence, 2), "jpeg" if use_jpeg else "clean"))
     return correct / total, misses
 
 

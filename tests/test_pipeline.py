@@ -175,11 +175,32 @@ def test_jpeg_mosaic_and_forced_block(prior) -> None:
         assert np.abs(out - want).mean() <= 2.0
 
 
-def test_small_face_without_mosaic(prior) -> None:
-    """No mosaic: one sample per pixel; the patch keeps the region's shape and pixels outside the mask."""
+def test_a_region_without_a_mosaic_is_refused_unless_forced(prior) -> None:
+    """Painting a face over a region that holds none of a mosaic (a sharp face, a wrong box) destroys it."""
+    region = np.rint(photo(64, 64, 3) * 255).astype(np.uint8)
+    for block in (None, 1, 8):
+        with pytest.raises(PipelineError) as exc:
+            depixelate(prior, region, None, DepixParams(candidates=1, steps=STEPS, block=block))
+        assert exc.value.code == "NO_MOSAIC" and "no mosaic found in the selection" in exc.value.message
+        assert "--force / choose 'depixelate anyway'" in exc.value.message
+
+
+def test_a_mosaic_found_with_low_confidence_is_refused() -> None:
+    from pulse_server.pipeline import MosaicInfo
+    from pulse_server.pipeline.pipeline import MIN_CONFIDENCE, require_mosaic
+
+    require_mosaic(MosaicInfo(8, (0, 0), (0, 0, 64, 64), MIN_CONFIDENCE, True))
+    with pytest.raises(PipelineError) as exc:
+        require_mosaic(MosaicInfo(8, (0, 0), (0, 0, 64, 64), 0.42, True))
+    assert exc.value.code == "NO_MOSAIC"
+    assert "(the best grid, 8-px blocks, has confidence 0.42, under 0.50)" in exc.value.message
+
+
+def test_small_face_without_mosaic_when_forced(prior) -> None:
+    """No mosaic, forced: one sample per pixel; the patch keeps the region's shape and pixels outside the mask."""
     region = np.rint(photo(24, 20, 3) * 255).astype(np.uint8)
     mask = make_mask("ellipse", 24, 20)
-    res = depixelate(prior, region, mask, DepixParams(candidates=1, steps=STEPS, seed=0))
+    res = depixelate(prior, region, mask, DepixParams(candidates=1, steps=STEPS, seed=0, force=True))
     assert not res.mosaic.detected and res.mosaic.block == 1 and res.mosaic.rect == (0, 0, 20, 24)
     patch = res.patches[0]
     assert patch.shape == region.shape and np.array_equal(patch[mask == 0], region[mask == 0])

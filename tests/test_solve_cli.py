@@ -58,6 +58,7 @@ def _tiny_target(weights: Path, out: Path, factor: int = 8) -> Path:
 
 def test_recovery_through_the_cli(tiny_weights: Path, tmp_path: Path, capsys) -> None:
     low = _tiny_target(tiny_weights, tmp_path / "low.png")
+    (tmp_path / "out").mkdir()  # an output folder must exist: a mistyped one is refused, not created
     rc = pulse("solve", str(low), "-o", "out/face.png", "--weights", str(tiny_weights), "--candidates", "4",
                "--seed", "0", "--report", "report.json", "--device", "cpu")
     assert rc == 0
@@ -77,7 +78,8 @@ def test_recovery_through_the_cli(tiny_weights: Path, tmp_path: Path, capsys) ->
         assert mse == pytest.approx(c["downscale_mse"], abs=2e-5)
         if c["eps_reached"]:
             assert mse <= report["eps"] + 2e-5
-    assert "face-4.png" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "face-4.png" in out and "downscale error: how closely each face, downscaled to the input's size" in out
 
 
 def test_bad_inputs_exit_2(tiny_weights: Path, tmp_path: Path, capsys) -> None:

@@ -3,6 +3,8 @@
 Runs the pipeline in-process (loads the prior itself) or, with --via-daemon, sends the region to the running
 daemon like an editor plug-in does. Writes the whole image with the best candidate in place (OUT.png), the
 others as OUT-2.png … OUT-K.png, and optionally a JSON report (mosaic analysis, per-candidate errors).
+Everything that can be refused — the box, the output files, a box without a mosaic — is refused before a model
+is loaded or a job is sent.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..devices import CHOICES as DEVICES
-from ..pipeline.pipeline import METHODS
+from ..pipeline.pipeline import METHODS, MIN_CONFIDENCE, DepixParams
+from . import args as args_
 
 
 def register(subparsers: Any) -> None:
@@ -24,21 +27,32 @@ def register(subparsers: Any) -> None:
         "depixelate",
         help="replace a pixelated face in an image with imagined faces (PULSE)",
         description="Find the mosaic inside --box, search K faces whose pixelation matches it, and write the image "
-                    "with each face in place. The faces are imagined by the model, not the hidden person.",
+                    "with each face in place. The faces are imagined by the model, not the hidden person. A box "
+                    "without a mosaic is refused (exit 2) unless --force.",
+        epilog=args_.MOSAIC_TERMS.format(min_confidence=MIN_CONFIDENCE),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("image", type=Path, help="input image (PNG, JPEG, TIFF, ...)")
-    p.add_argument("--box", required=True, type=_box, metavar="X,Y,W,H", help="region holding the pixelated face")
+    p.add_argument("--box", required=True, type=args_.box, metavar="X,Y,W,H", help="region holding the pixelated face")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.png",
-                   help="output image (best candidate); others go to OUT-2.png …")
+                   help="output image (best candidate); others go to OUT-2.png …; its folder must exist")
     p.add_argument("--model", "--weights", dest="weights", metavar="NAME|PATH", default=None,
                    help="face model: a registry name (ffhq-1024, ffhq-256, digiface-64) or a checkpoint file; "
                         "default: ffhq-1024 on a GPU, ffhq-256 without one (downloaded on first use)")
-    p.add_argument("--candidates", type=_positive, default=3, metavar="K", help="number of faces (default 3)")
-    p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of candidate 1 (candidate i: N+i-1)")
-    p.add_argument("--block", type=_block, default=None, metavar="auto|N",
-                   help="mosaic block size in pixels (default: auto-detect)")
-    p.add_argument("--steps", type=_positive, default=100, metavar="S", help="solver steps per candidate (default 100)")
-    p.add_argument("--eps", type=float, default=2e-3, help="target downscale error (default 2e-3)")
+    p.add_argument("--candidates", type=args_.positive_int, default=DepixParams.candidates, metavar="K",
+                   help=f"number of faces (default {DepixParams.candidates})")
+    p.add_argument("--seed", type=args_.seed, default=None, metavar="N",
+                   help="seed of candidate 1 (candidate i: N+i-1); default or -1: random")
+    p.add_argument("--block", type=args_.block, default=None, metavar="auto|N",
+                   help="mosaic block size in pixels (default auto: detected, with its grid phase)")
+    p.add_argument("--steps", type=args_.positive_int, default=DepixParams.steps, metavar="S",
+                   help=f"solver steps per candidate (default {DepixParams.steps})")
+    p.add_argument("--eps", type=args_.eps, default=DepixParams.eps, metavar="E",
+                   help=f"target downscale error: how closely each face, pixelated on the mosaic's grid, should "
+                        f"reproduce your mosaic before the final correction (default {DepixParams.eps:g}, about "
+                        f"{args_.rms_percent(DepixParams.eps):.1f} %% RMS; see terms below)")
+    p.add_argument("--force", action="store_true",
+                   help="paint a face even where no mosaic is found in the box (it replaces what is there)")
     p.add_argument("--method", choices=METHODS, default=METHODS[0],
                    help="search: ilo = latent + placement, then intermediate features (default); pulse = no features")
     p.add_argument("--report", type=Path, default=None, metavar="R.json", help="write a JSON report here")
@@ -47,50 +61,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--precision", choices=("default", "fp32"), default="default", help="solver precision")
     p.add_argument("--endpoint", default=None, help="daemon endpoint for --via-daemon (default: per-user; env PULSE_ENDPOINT)")
     p.add_argument("--via-daemon", action="store_true", help="send the job to the running pulse-server")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=run)
 
 
-def _box(text: str) -> tuple[int, int, int, int]:
-    try:
-        parts = [int(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"box must be X,Y,W,H integers, got {text!r}") from None
-    if len(parts) != 4:
-        raise argparse.ArgumentTypeError(f"box must be X,Y,W,H (4 integers), got {text!r}")
-    return parts[0], parts[1], parts[2], parts[3]
-
-
-def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
-def _block(text: str) -> int | None:
-    if text.lower() in ("auto", "0"):
-        return None
-    return _positive(text)
-
-
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..errors import PipelineError
-
     from ..pipeline.formats import require_finite
 
     image = read_image(args.image)
     require_finite(image)  # refused here, in-process or --via-daemon, as the daemon would
-    h, w = image.shape[:2]
-    x, y, bw, bh = args.box
-    if bw <= 0 or bh <= 0:
-        raise PipelineError(f"box {x},{y},{bw},{bh} is empty: width and height must be positive", code="BAD_REGION")
-    if x < 0 or y < 0 or x + bw > w or y + bh > h:
-        raise PipelineError(f"box {x},{y},{bw},{bh} is not inside the {w}×{h} image "
-                            f"(x+w must be <= {w}, y+h must be <= {h})", code="BAD_REGION")
-    region = np.ascontiguousarray(image[y : y + bh, x : x + bw])
+    region = _region(image, args.box)
+    args_.check_image_output(args.output, image, write_image)
+    if args.report is not None:
+        args_.check_output(args.report, "report")
+    if not args.force:
+        _require_mosaic(region, args.block)  # before a model loads (or downloads) or a job is sent
 
     bar = _progress_bar(args)
     try:
@@ -102,13 +87,48 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
 
+    x, y, bw, bh = args.box
     outputs = output_paths(args.output, len(patches))
     for path, patch in zip(outputs, patches):
         full = image.copy()
         full[y : y + bh, x : x + bw] = patch
-        write_image(path, full)
+        _write(path, full)
+    report = _report(args, model, analysis, cands, outputs)
+    if args.report is not None:
+        _write_report(args.report, report)
+    if not args.quiet:
+        print("\n".join(summary_lines(report)), file=sys.stderr)
+    return 0
+
+
+def _region(image: Any, box: tuple[int, int, int, int]) -> Any:
+    """The box's pixels; PipelineError(BAD_REGION) for a box that is empty or not inside the image."""
+    import numpy as np
+
+    from ..errors import PipelineError
+
+    h, w = image.shape[:2]
+    x, y, bw, bh = box
+    if bw <= 0 or bh <= 0:
+        raise PipelineError(f"box {x},{y},{bw},{bh} is empty: width and height must be positive", code="BAD_REGION")
+    if x < 0 or y < 0 or x + bw > w or y + bh > h:
+        raise PipelineError(f"box {x},{y},{bw},{bh} is not inside the {w}×{h} image "
+                            f"(x and y must be >= 0, x+w <= {w}, y+h <= {h})", code="BAD_REGION")
+    return np.ascontiguousarray(image[y : y + bh, x : x + bw])
+
+
+def _require_mosaic(region: Any, block: int | None) -> None:
+    """The pipeline's own NO_MOSAIC check, run here first: the daemon or the solver would make it only after
+    loading the model (a download, the first time)."""
+    from ..pipeline.pipeline import analyze_mosaic, require_mosaic
+
+    require_mosaic(analyze_mosaic(region, None, block), block)
+
+
+def _report(args: argparse.Namespace, model: str, analysis: dict, cands: list[dict], outputs: list[Path]) -> dict:
+    x, y, bw, bh = args.box
     ax, ay, aw, ah = analysis["rect"]
-    report = {
+    return {
         "image": str(args.image),
         "box": [x, y, bw, bh],
         "model": model,
@@ -121,18 +141,37 @@ def run(args: argparse.Namespace) -> int:
             "detected": analysis["detected"],
         },
         "method": analysis.get("method", ""),
+        "forced": bool(args.force),
+        "eps": args.eps,
         "candidates": [dict(c, file=str(p), **_placement(analysis, i)) for i, (c, p) in enumerate(zip(cands, outputs))],
+        "downscale_error": "how closely the face, pixelated on the mosaic's grid, reproduces the mosaic before the "
+                           "final correction (mean squared difference per cell and colour channel, colours in 0..1); "
+                           "eps_reached: at most eps",
         "note": "imagined faces consistent with the mosaic, not the identity of the person",
     }
-    if args.report is not None:
-        args.report.write_text(json.dumps(report, indent=2) + "\n")
-    if not args.quiet:
-        m = report["mosaic"]
-        found = f"block {m['block']} px, phase {m['phase']}, rect {m['rect_in_image']}" if m["detected"] else "no mosaic found (one sample per pixel)"
-        print(f"{found}; confidence {m['confidence']:.2f}", file=sys.stderr)
-        for c in report["candidates"]:
-            print(f"{c['file']}: seed {c['seed']}, downscale error {c['downscale_error']:.2e}", file=sys.stderr)
-    return 0
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The lines a person reads after a run: the mosaic, one line per face, what the error means."""
+    m = report["mosaic"]
+    if m["detected"]:
+        px, py = m["phase"]
+        x, y, w, h = m["rect_in_image"]
+        lines = [f"mosaic: {m['block']}-px blocks, grid phase ({px}, {py}), at {x},{y} size {w}×{h} in the image; "
+                 f"confidence {m['confidence']:.2f}"]
+    else:
+        lines = ["no mosaic found in the box (--force: the faces replace what was there)"]
+    lines.append(f"faces by {report['model']} (imagined: none of them is the person in the photo):")
+    for c in report["candidates"]:
+        lines.append(f"  {c['file']}: seed {c['seed']}, "
+                     f"{args_.fit_words(c['downscale_error'], report['eps'], c['eps_reached'])}")
+    if m["block"] > 1:
+        lines.append("downscale error: how closely each face, pixelated on the mosaic's grid, reproduced your mosaic "
+                     "before the final correction; the images written re-pixelate to your mosaic exactly")
+    else:
+        lines.append("downscale error: how closely each face reproduced the box's pixels")
+    advice = args_.fit_advice(any(not c["eps_reached"] for c in report["candidates"]))
+    return lines + ([advice] if advice else [])
 
 
 def _placement(analysis: dict, i: int) -> dict:
@@ -149,13 +188,12 @@ def _placement(analysis: dict, i: int) -> dict:
 def _in_process(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, list[dict], dict, str]:
     from ..devices import resolve_device
     from ..models.loading import load_prior
-    from ..pipeline import DepixParams
     from ..runner import depixelate
     from ..worker import depixelate_analysis
 
     prior, info = load_prior(args.weights, device=resolve_device(args.device))
     params = DepixParams(candidates=args.candidates, steps=args.steps, seed=args.seed, block=args.block, eps=args.eps,
-                         precision=args.precision, method=args.method)
+                         precision=args.precision, method=args.method, force=args.force)
 
     def progress(p: Any) -> None:
         if bar is not None:
@@ -185,6 +223,8 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     params = {"mode": "depixelate", "candidates": args.candidates, "steps": args.steps,
               "seed": -1 if args.seed is None else args.seed, "block": args.block or 0, "eps": args.eps,
               "precision": args.precision, "method": args.method}
+    if args.force:  # only when asked: a daemon that predates the key ignores it either way
+        params["force"] = True
     if args.weights in REGISTRY:
         params["model"] = args.weights
 
@@ -269,8 +309,9 @@ def read_image(path: Path) -> Any:
     return np.ascontiguousarray(arr)
 
 
-def write_image(path: Path, arr: Any) -> None:
-    """(H, W, C) u8 / u16 grey / f32 grey -> an image file of the same kind (float grey -> 16-bit)."""
+def write_image(target: Path | IO[bytes], arr: Any, fmt: str | None = None) -> None:
+    """(H, W, C) u8 / u16 grey / f32 grey -> an image file of the same kind (float grey -> 16-bit); `fmt` is
+    PIL's format name (None: from the file name)."""
     import numpy as np
     from PIL import Image
 
@@ -281,6 +322,24 @@ def write_image(path: Path, arr: Any) -> None:
         if c != 1:
             arr = (arr // 257).astype(np.uint8)  # PIL has no 16-bit RGB(A) PNG writer
         else:
-            Image.fromarray(arr[..., 0]).save(path)
+            Image.fromarray(arr[..., 0]).save(target, fmt)
             return
-    Image.fromarray(arr[..., 0] if c == 1 else arr).save(path)  # u8: L, LA, RGB, RGBA by channel count
+    Image.fromarray(arr[..., 0] if c == 1 else arr).save(target, fmt)  # u8: L, LA, RGB, RGBA by channel count
+
+
+def _write(path: Path, arr: Any) -> None:
+    from ..errors import PulseError
+
+    try:
+        write_image(path, arr)
+    except (OSError, ValueError) as exc:  # checked before the solve; a disk can still fill up meanwhile
+        raise PulseError(f"cannot write the output {path}: {exc}", code="BAD_OUTPUT") from None
+
+
+def _write_report(path: Path, report: dict) -> None:
+    from ..errors import PulseError
+
+    try:
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as exc:
+        raise PulseError(f"cannot write the report {path}: {exc}", code="BAD_OUTPUT") from None

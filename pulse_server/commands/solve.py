@@ -11,26 +11,32 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..devices import CHOICES as DEVICES
+from . import args as args_
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("solve", help="imagine high-resolution faces whose downscaled versions match LOWRES",
                        description="PULSE latent search on a whole low-resolution face image. The faces are "
-                                   "imagined by the model: they are not the identity of the person pictured.")
+                                   "imagined by the model: they are not the identity of the person pictured.",
+                       epilog=args_.SOLVE_TERMS, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", metavar="LOWRES", help="low-resolution face image (square; its size must divide the "
                                                    "generator resolution)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="best candidate; others go to OUT-2.png …")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png",
+                   help="best candidate; others go to OUT-2.png …; its folder must exist")
     p.add_argument("--model", "--weights", dest="weights", metavar="NAME|PATH", default=None,
                    help="face model: a registry name (ffhq-1024, ffhq-256, digiface-64) or a checkpoint file; "
                         "default: ffhq-1024 on a GPU, ffhq-256 without one (downloaded on first use)")
-    p.add_argument("--candidates", "-k", type=_positive_int, default=1, metavar="K", help="faces to produce (default 1)")
-    p.add_argument("--steps", type=_positive_int, default=100, metavar="S", help="optimizer steps (default 100)")
-    p.add_argument("--eps", type=_positive_float, default=2e-3, metavar="E",
-                   help="target downscale MSE in [0,1] units (default 2e-3)")
-    p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of candidate 1 (candidate i: N+i-1)")
+    p.add_argument("--candidates", "-k", type=args_.positive_int, default=1, metavar="K",
+                   help="faces to produce (default 1)")
+    p.add_argument("--steps", type=args_.positive_int, default=100, metavar="S", help="optimizer steps (default 100)")
+    p.add_argument("--eps", type=args_.eps, default=2e-3, metavar="E",
+                   help="target downscale error: how closely each face, downscaled to LOWRES's size, should reproduce "
+                        "it (default 2e-3, about 4.5 %% RMS; see terms below)")
+    p.add_argument("--seed", type=args_.seed, default=None, metavar="N",
+                   help="seed of candidate 1 (candidate i: N+i-1); default or -1: random")
     p.add_argument("--device", default="auto", metavar="|".join(DEVICES),
                    help="auto (default): cuda > mps > xpu > cpu")
     p.add_argument("--precision", choices=("default", "fp32"), default="default",
@@ -41,20 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--via-daemon", action="store_true", help="run the job on the running `pulse-server` daemon")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-    return v
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -99,17 +91,20 @@ def output_paths(out: str | Path, k: int) -> list[Path]:
     return [out] + [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(2, k + 1)]
 
 
-def write_png(path: Path, image: "Any") -> None:
+def to_file(target: "Path | IO[bytes]", image: "Any", fmt: str | None = None) -> None:
+    """(h, w, 3) float RGB in [0, 1] -> an 8-bit RGB image file; `fmt`: PIL's format name (None: from the name)."""
     import numpy as np
     from PIL import Image
 
+    Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB").save(target, fmt)
+
+
+def write_png(path: Path, image: "Any") -> None:
     from ..errors import PulseError
 
-    a = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(a, "RGB").save(path)
-    except OSError as exc:
+        to_file(path, image)
+    except (OSError, ValueError) as exc:  # checked before the solve; a disk can still fill up meanwhile
         raise PulseError(f"cannot write {path}: {exc}", code="BAD_OUTPUT") from None
 
 
@@ -118,6 +113,9 @@ def write_png(path: Path, image: "Any") -> None:
 
 def run(args: argparse.Namespace) -> int:
     lowres = read_image(args.input)
+    args_.check_image_output(Path(args.output), lowres, to_file)
+    if args.report:
+        args_.check_output(Path(args.report), "report")
     if args.via_daemon:
         rows, meta = _solve_via_daemon(args, lowres)
     else:
@@ -127,12 +125,13 @@ def run(args: argparse.Namespace) -> int:
     for path, row in zip(paths, rows):
         write_png(path, row.pop("image"))
         report.append({"file": str(path), **row})
-    for r in report:
-        flag = "reached" if r["eps_reached"] else "MISSED"
-        print(f"{r['file']}: seed {r['seed']}, downscale mse {r['downscale_mse']:.2e} ({flag} eps {args.eps:g}), "
-              f"best at step {r['steps']}")
+    for line in summary_lines(report, args.eps):
+        print(line)
     if args.report:
-        doc = {"input": str(args.input), **meta, "eps": args.eps, "candidates": report}
+        doc = {"input": str(args.input), **meta, "eps": args.eps, "candidates": report,
+               "downscale_mse": "how closely the face, downscaled to the input's size, reproduces the input (mean "
+                                "squared difference per pixel and colour channel, colours in 0..1); eps_reached: at "
+                                "most eps"}
         try:
             Path(args.report).write_text(json.dumps(doc, indent=2) + "\n")
         except OSError as exc:
@@ -140,6 +139,15 @@ def run(args: argparse.Namespace) -> int:
 
             raise PulseError(f"cannot write {args.report}: {exc}", code="BAD_OUTPUT") from None
     return 0
+
+
+def summary_lines(report: list[dict], eps: float) -> list[str]:
+    """One line per face, then what its error means and, if one stayed above eps, what to do."""
+    lines = [f"{r['file']}: seed {r['seed']}, {args_.fit_words(r['downscale_mse'], eps, r['eps_reached'])}, "
+             f"best at step {r['steps']}" for r in report]
+    lines.append("downscale error: how closely each face, downscaled to the input's size, reproduces the input")
+    advice = args_.fit_advice(any(not r["eps_reached"] for r in report))
+    return lines + ([advice] if advice else [])
 
 
 class _Bar:

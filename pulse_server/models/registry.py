@@ -271,19 +271,21 @@ class DownloadError(ModelError):
 
     code = "NO_WEIGHTS"
 
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message, retryable=True)
-        self.reason = reason
+    def __init__(self, url: str, dest: Path, reason: str, kept: str = "") -> None:
+        self.url, self.dest, self.reason, self.kept = url, dest, reason, kept
+        super().__init__(self.telling("--model PATH"), retryable=True)
+
+    def telling(self, model_option: str) -> str:
+        """The message, naming `model_option` as the way to use a checkpoint one has: `--model PATH` for the
+        CLIs and the daemon, `make demo MODEL=PATH` for someone who ran the demo through make."""
+        return (f"could not download the face model from {self.url} ({self.reason}). Fetch that file yourself and "
+                f"put it at {self.dest}, or use a checkpoint you already have: {model_option}.{self.kept}")
 
 
 def _offline_error(url: str, dest: Path, part: Path, reason: str) -> DownloadError:
     kept = f" The partial download ({part.stat().st_size} bytes) is kept at {part} and resumes next time." \
         if part.is_file() and part.stat().st_size else ""
-    return DownloadError(
-        f"could not download the face model from {url} ({reason}). Fetch that file yourself and put it at "
-        f"{dest}, or pass --model PATH to use a checkpoint you already have.{kept}",
-        reason,
-    )
+    return DownloadError(url, dest, reason, kept)
 
 
 def download(url: str, dest: Path, *, size: int | None = None, sha256: str | None = None,

@@ -28,6 +28,10 @@ MAX_SIDE = 4096  # pixels per region side: a face selection; bigger is a mistake
 MIN_SIDE = 4  # a region smaller than this holds no face
 # depixelate's search methods, the default first (solver/mosaic_search.py; bench/quality.py chose it)
 METHODS = ("ilo", "pulse")
+# A detection below this confidence is refused like no detection at all (unless forced): the lowest true mosaic
+# in tests/test_mosaic.py's sweeps (207 of them: real photos, clean and JPEG q75, blocks 4-32 px) scores 0.53,
+# and a detection can score as low as 0.3 (evidence just over the bar, 60 % of its cells flat).
+MIN_CONFIDENCE = 0.5
 
 
 @dataclass
@@ -39,6 +43,7 @@ class DepixParams:
     eps: float = 2e-3
     precision: str = "default"
     method: str = METHODS[0]  # the search: "ilo" (latent + placement, then features) or "pulse" (no features)
+    force: bool = False  # paint a face even where no mosaic was found (the user said "depixelate anyway")
     # Beyond the contract:
     margin: float | None = None  # face margin in the generator frame at the search's start; None: by family
     feather: float | None = None  # feather width in pixels; None = a third of a block (at least 1 px)
@@ -89,6 +94,8 @@ def prepare(region: np.ndarray, mask: np.ndarray | None, params: DepixParams,
     Cancelled when `cancel()` turns true during the analysis (it can take seconds on a large region)."""
     fmt, mask, rgb = _checked(region, mask)
     info = _analysis(rgb, params.block, cancel)
+    if not params.force:
+        require_mosaic(info, params.block)
     h, w = rgb.shape[:2]
     x, y, rw, rh = info.rect
     b = info.block
@@ -135,6 +142,24 @@ def _analysis(rgb: np.ndarray, block: int | None, cancel: Callable[[], bool] | N
             return no_mosaic(w, h)
         return detect_grid(rgb, int(block), cancel=cancel)
     return detect_grid(rgb, None, cancel=cancel)
+
+
+def require_mosaic(info: MosaicInfo, block: int | None = None) -> None:
+    """PipelineError(NO_MOSAIC) unless the analysis found a mosaic it is confident of. Without one the solver
+    would paint an imagined face over whatever the selection holds, a sharp real face included."""
+    if info.detected and info.confidence >= MIN_CONFIDENCE:
+        return
+    if info.detected:
+        why = (f"the best grid, {info.block}-px blocks, has confidence {info.confidence:.2f}, "
+               f"under {MIN_CONFIDENCE:.2f}")
+    elif block == 1:
+        why = "block size 1 is one sample per pixel: no mosaic"
+    elif block:
+        why = f"no grid of {block}-px blocks lines up in it: let the block size be detected"
+    else:
+        why = "no grid of flat blocks in it: it looks like an unpixelated picture"
+    raise PipelineError(f"no mosaic found in the selection ({why}); select the pixelated area, or pass --force / "
+                        f"choose 'depixelate anyway' to paint a face over it", code="NO_MOSAIC")
 
 
 def _check_size(region: np.ndarray) -> None:
