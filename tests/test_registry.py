@@ -294,7 +294,7 @@ def test_offline_default_model_without_a_gpu_names_the_ffhq_256_url_and_path(cac
 def test_cache_dir_defaults_to_platformdirs(monkeypatch: pytest.MonkeyPatch) -> None:
     import platformdirs
 
-    monkeypatch.delenv("PULSE_CACHE_DIR")
+    monkeypatch.delenv("PULSE_CACHE_DIR", raising=False)
     assert registry.cache_dir() == Path(platformdirs.user_cache_dir("pulse-depixelate"))
 
 
