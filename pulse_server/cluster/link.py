@@ -34,7 +34,7 @@ def parse_cluster(value: str) -> str:
     import os
 
     text = value.strip()
-    if text in ("ray", "ray://", "ray://auto", "auto"):
+    if text in ("ray", "ray://auto", "auto"):
         return os.environ.get("RAY_ADDRESS") or "auto"
     if text.startswith("ray://") and ":" in text[len("ray://"):]:
         return text

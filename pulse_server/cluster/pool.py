@@ -94,7 +94,7 @@ class RayPool:
         return "ray: " + ", ".join(f"{n} × {d}" for d, n in counts.items())
 
     def start(self) -> None:
-        if importlib.util.find_spec("ray") is None:
+        if not _ray_installed():
             raise PulseError(f"--cluster needs Ray, which is not installed here: {INSTALL_HINT}", "NO_RAY")
         self._connect()  # raises: the daemon exits 2 with the bridge's reason
         for target, name in ((self._dispatch_loop, "dispatch"), (self._watch_loop, "watch")):
@@ -397,6 +397,13 @@ class RayPool:
                     self.message = exc.message
                 pause = min(pause * 2, RECONNECT_MAX)
                 next_try = time.monotonic() + pause
+
+
+def _ray_installed() -> bool:
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # a broken install, or an import hook that refuses it
+        return False
 
 
 def _end(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
