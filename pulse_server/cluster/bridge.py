@@ -99,9 +99,10 @@ class Bridge:
         import ray
 
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, namespace="pulse-depixelate")
-        if not address.startswith("ray://"):
-            host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
-            self._gcs = (host, int(port))
+        # What tells "an actor died" from "Ray is gone": the GCS port, or for Ray Client the head's client port.
+        gcs = address[len("ray://"):] if address.startswith("ray://") else ray.get_runtime_context().gcs_address
+        host, _, port = gcs.rpartition(":")
+        self._gcs = (host, int(port))
 
     def _start_pool(self) -> tuple[int, str]:
         import ray
@@ -261,9 +262,7 @@ class Bridge:
                     pass
 
     def _gcs_reachable(self) -> bool:
-        if self._gcs is None:  # Ray Client: its connection errors end this process instead
-            return True
-        return _tcp_reachable(*self._gcs)
+        return self._gcs is None or _tcp_reachable(*self._gcs)
 
     def _down(self, message: str) -> None:
         self.send("down", message)
