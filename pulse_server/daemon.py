@@ -37,7 +37,7 @@ from protocol.messages import (
 from . import __version__, paths
 from .errors import PulseError
 from .jobs import Job, JobParams, JobQueue, QueueFull
-from .worker import Worker
+from .pools import make_pool
 
 log = logging.getLogger("pulse.daemon")
 
@@ -68,6 +68,9 @@ class DaemonConfig:
     max_result_bytes: int = 512 << 20
     max_queued_bytes: int = 2 << 30  # pixels of jobs waiting or running (they stay in memory until done)
     preload: bool = False
+    cluster: str | None = None  # "ray" | "ray://ADDRESS": jobs run on a pool of Ray actors (pulse_server.cluster)
+    actor_cpus: float = 1.0  # CPUs each actor takes where the cluster has no GPU
+    actors: int = 0  # pool size; 0 = one per GPU, else as many CPU actors as the cluster's CPUs allow
 
 
 @dataclass(eq=False)
@@ -109,8 +112,7 @@ class Daemon:
         self._wake_lock = threading.Lock()
         self._lock = paths.DaemonLock()
         self._ipc_file: Path | None = None
-        self.worker = Worker(self.queue, self._emit, weights=config.weights, device=config.device,
-                             precision=config.precision, preload=config.preload)
+        self.worker = make_pool(config, self.queue, self._emit)  # the local thread, or the Ray actor pool
         self.bound_endpoint = config.endpoint
         self._handlers = {  # message type -> handler(session, msg), for every message after HELLO
             Submit: self._on_submit, Cancel: self._on_cancel, Status: self._on_status, Fetch: self._on_fetch,
@@ -129,6 +131,7 @@ class Daemon:
         self._check_device()
         self._lock.acquire(cfg.endpoint)
         try:
+            self.worker.start()  # before the bind: an unreachable cluster refuses the start (exit 2)
             self._bind()
             self._lock_rewrite()
             if threading.current_thread() is threading.main_thread():
@@ -136,7 +139,6 @@ class Daemon:
                 signal.signal(signal.SIGINT, self.request_stop)
                 if hasattr(signal, "SIGBREAK"):  # Windows: CTRL_BREAK_EVENT to a console process group
                     signal.signal(signal.SIGBREAK, self.request_stop)
-            self.worker.start()
             log.info("pulse-server %s listening on %s (pid %d, protocol %d, heartbeat %d ms)", __version__,
                      self.bound_endpoint, os.getpid(), PROTOCOL_VERSION, cfg.heartbeat_ms)
             self._loop()
@@ -161,7 +163,7 @@ class Daemon:
     def _check_device(self) -> None:
         # An autostart entry may bake in --device cuda: refuse to start (exit 2, no restart loop) rather
         # than run a daemon whose every job fails. `auto` cannot fail: the worker resolves it off this thread.
-        if self.worker.noop or self.config.device in ("auto", None):
+        if self.worker.noop or self.config.cluster or self.config.device in ("auto", None):
             return
         from .devices import resolve_device
 
@@ -479,14 +481,17 @@ class Daemon:
         self._send(s, StatusReply(jobs[-MAX_STATUS_JOBS:], self._server_info()))  # newest, within the header cap
 
     def _server_info(self) -> dict[str, Any]:
-        running = self.worker.current
-        return {
+        info = {
             "version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(), "endpoint": self.bound_endpoint,
             "device": str(self.worker.device), "models": self.worker.model_summaries(), "queued": len(self.queue),
-            "running": 0 if running is None or running.done else 1, "sessions": len(self.sessions),
+            "running": self.worker.running(), "sessions": len(self.sessions),
             "uptime": round(time.time() - self.started, 1), "kept_results": len(self.results),
             "refused_peers": self.refused_peers,
         }
+        pool = self.worker.pool_info()
+        if pool is not None:
+            info["cluster"] = pool
+        return info
 
     def _on_fetch(self, s: Session, msg: Fetch) -> None:
         job = s.jobs.get(msg.job_id)

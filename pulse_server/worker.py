@@ -10,6 +10,9 @@ region, GPU out of memory, a bug) becomes one FAILED; the worker and the warm mo
 
 `weights="noop:"` (or `noop:<seconds per step>`) is a model-free echo used by bench/transport.py and
 transport tests: the result is the submitted region, unchanged.
+
+`JobExecutor` is everything above but the thread: a cluster actor (`pulse_server.cluster.actor`) wraps the
+same executor, so a job runs through the same code on the daemon's own device and on a pool of actors.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ Emit = Callable[[str, Job, Any], None]
 PREVIEW_MAX_SIDE = 256
 
 
-class Worker(threading.Thread):
-    def __init__(self, queue: JobQueue, emit: Emit, *, weights: str | None, device: str = "auto",
-                 precision: str = "default", preload: bool = False, index: int = 0, max_models: int = 2) -> None:
-        super().__init__(name=f"pulse-worker-{index}", daemon=True)
-        self.queue = queue
+class JobExecutor:
+    """Runs one job at a time on one device with warm models, reporting through `emit`: the part of the
+    worker that the daemon's thread (`Worker`) and a cluster actor (`cluster.actor`) share."""
+
+    def __init__(self, emit: Emit, *, weights: str | None, device: str = "auto", precision: str = "default",
+                 preload: bool = False, max_models: int = 2) -> None:
         self.emit = emit
         self.weights = weights
         self.requested_device = device
@@ -86,9 +90,8 @@ class Worker(threading.Thread):
         if job is not None:
             job.cancel("the daemon is stopping")
 
-    # ---- thread -----------------------------------------------------------------------------------
-
-    def run(self) -> None:
+    def prepare(self) -> None:
+        """Resolve the device and, with `preload`, load the model; failures are reported on the first job."""
         if not self.noop:
             self._resolve_device()
             if self.preload:
@@ -96,18 +99,17 @@ class Worker(threading.Thread):
                     self._load()
                 except Exception as exc:  # noqa: BLE001 - retried (and reported) on the first job
                     log.error("preloading the model failed: %s", exc)
-        while not self._stopping.is_set():
-            job = self.queue.take(timeout=0.5)
-            if job is None:
-                continue
-            self.current = job
-            if self._stopping.is_set():  # stop() may have looked at `current` before it was set
-                job.cancel("the daemon is stopping")
-            try:
-                self._run_job(job)
-            finally:
-                self.current = None
-                job.release_inputs()
+
+    def run_job(self, job: Job) -> None:
+        """Run `job` to its one "final" event (RESULT or FAILED); never raises."""
+        self.current = job
+        if self._stopping.is_set():  # stop() may have looked at `current` before it was set
+            job.cancel("the daemon is stopping")
+        try:
+            self._run_job(job)
+        finally:
+            self.current = None
+            job.release_inputs()
 
     def _resolve_device(self) -> None:
         try:
@@ -265,6 +267,31 @@ class Worker(threading.Thread):
             raise Cancelled(job.cancel_reason)
         cands = [Candidate(image, i, 0.0, True, total) for i in range(job.params.candidates)]
         return Result(job.job_id, cands, "noop", {})
+
+
+class Worker(JobExecutor, threading.Thread):
+    """The daemon's local pool: one thread taking jobs from the shared queue, one at a time."""
+
+    def __init__(self, queue: JobQueue, emit: Emit, *, weights: str | None, device: str = "auto",
+                 precision: str = "default", preload: bool = False, index: int = 0, max_models: int = 2) -> None:
+        threading.Thread.__init__(self, name=f"pulse-worker-{index}", daemon=True)
+        JobExecutor.__init__(self, emit, weights=weights, device=device, precision=precision, preload=preload,
+                             max_models=max_models)
+        self.queue = queue
+
+    def running(self) -> int:
+        job = self.current
+        return 0 if job is None or job.done else 1
+
+    def pool_info(self) -> dict[str, Any] | None:
+        return None  # no pool beyond this thread: STATUS shows `device` and `models`
+
+    def run(self) -> None:
+        self.prepare()
+        while not self._stopping.is_set():
+            job = self.queue.take(timeout=0.5)
+            if job is not None:
+                self.run_job(job)
 
 
 def depixelate_analysis(res: Any) -> dict[str, Any]:

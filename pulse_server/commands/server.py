@@ -22,6 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--allow-remote", action="store_true",
                      help="allow binding a non-loopback tcp address (CURVE encryption and the token are then required)")
     run.add_argument("--preload", action="store_true", help="load the model at start instead of on the first job")
+    run.add_argument("--cluster", metavar="ray|ray://ADDRESS", default=None,
+                     help="run jobs on a pool of Ray actors, one per GPU: `ray` = the Ray cluster this machine "
+                          "joined (or $RAY_ADDRESS), ray://HOST:PORT = a Ray head's client port; editors still "
+                          "connect to this daemon (needs pip install 'pulse-depixelate[cluster]')")
+    run.add_argument("--actor-cpus", type=float, default=1.0, metavar="N",
+                     help="with --cluster and no GPU in it: CPUs per actor (default 1; one actor per N CPUs)")
+    run.add_argument("--actors", type=int, default=0, metavar="N",
+                     help="with --cluster: pool size (default: one actor per GPU, else per --actor-cpus CPUs)")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     run.add_argument("--no-log-file", action="store_true", help="log to stderr only")
     # Tuning knobs for tests and benchmarks; not part of the user-facing interface.
@@ -122,6 +130,7 @@ def _run(args: argparse.Namespace) -> int:
         endpoint=_resolve_endpoint(args.endpoint), weights=args.weights, device=args.device, precision=args.precision,
         heartbeat_ms=args.heartbeat_ms, allow_remote=args.allow_remote, limits=limits, max_queue=args.max_queue,
         max_per_session=args.max_per_client, result_ttl=args.result_ttl, preload=args.preload,
+        cluster=args.cluster, actor_cpus=args.actor_cpus, actors=args.actors,
     )
     if args.max_queued_bytes:
         config = dataclasses.replace(config, max_queued_bytes=args.max_queued_bytes)
@@ -164,7 +173,24 @@ def _status(args: argparse.Namespace) -> int:
     print(f"  device: {info.get('device')}   model: {models or '-'}")
     print(f"  jobs: {info.get('running', 0)} running, {info.get('queued', 0)} queued; clients: {info.get('sessions', 0)}; "
           f"up {info.get('uptime', 0):.0f} s")
+    if info.get("cluster"):
+        _print_pool(info["cluster"])
     return 0
+
+
+def _print_pool(pool: dict) -> None:
+    """The Ray pool: one line per actor (where it runs, what it holds warm, what it solves now)."""
+    state = pool.get("state", "?")
+    note = f": {pool.get('message')}" if pool.get("message") else ""
+    actors = pool.get("actors", [])
+    print(f"  cluster: {pool.get('backend', 'ray')} at {pool.get('address')}, {state}{note}; {len(actors)} actor(s), "
+          f"{pool.get('retried', 0)} job(s) retried after an actor died, {pool.get('lost', 0)} lost")
+    for a in actors:
+        models = ", ".join(m or "(own model)" for m in a.get("models", [])) or "none loaded"
+        job = f"running {a['job']} ({a.get('step', 0)}/{a.get('total', 0)})" if a.get("job") else "idle"
+        gpus = f" gpu {a['gpus']}" if a.get("gpus") else ""
+        print(f"    {a.get('id')}: {a.get('state')} on {a.get('host')} pid {a.get('pid')}, {a.get('device')}{gpus}; "
+              f"models: {models}; {job}; {a.get('done', 0)} done")
 
 
 def _stop(args: argparse.Namespace) -> int:
