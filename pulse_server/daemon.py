@@ -453,7 +453,7 @@ class Daemon:
             self._send(s, Failed(jid, exc.code, exc.message, True))
             return
         s.jobs[jid] = job
-        ahead = position - 1 + (self.worker.current is not None)  # queue position 1 still waits for a running job
+        ahead = position - 1 + self.worker.running()  # queue position 1 still waits for the running jobs
         log.info("job %s from %s: %s %dx%dx%d %s, %d candidates x %d steps, %d job(s) ahead of it", jid, s.client,
                  params.mode, msg.image.width, msg.image.height, msg.image.channels, msg.image.dtype, params.candidates,
                  params.steps, ahead)
