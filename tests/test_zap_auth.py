@@ -53,61 +53,63 @@ def _status(d) -> dict:
 
 def test_unauthenticated_peers_never_get_a_message_delivered(daemon):
     ctx = zmq.Context()  # private: no PLAIN defaults from the fixture on Context.instance()
-    rss0 = _rss_kib(daemon.proc.pid)
-    refused0 = _status(daemon)["refused_peers"]
-    peers = []
     try:
-        for password in (None, b"not-the-token"):  # NULL mechanism (no credentials), PLAIN with a wrong token
-            s = ctx.socket(zmq.DEALER)
-            s.linger = 0
-            if password is not None:
-                s.plain_username, s.plain_password = b"pulse", password
-            s.sndtimeo = 3000  # a peer refused before it sends has no pipe left: its send can only time out
-            monitor = s.get_monitor_socket()
-            s.connect(daemon.endpoint)
-            peers.append((s, monitor))
-            try:
-                s.send_multipart(_big_garbage(), copy=False)
-            except zmq.Again:
-                pass  # refused first: nothing could be delivered
-        # The wrong token is refused by the ZAP handler; the NULL peer fails the mechanism negotiation.
-        events: list[list[int]] = [[], []]
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not (zmq.EVENT_HANDSHAKE_FAILED_AUTH in events[1] and events[0]):
-            for i, (_, monitor) in enumerate(peers):
-                while monitor.poll(50):
-                    events[i].append(recv_monitor_message(monitor)["event"])
-        assert zmq.EVENT_HANDSHAKE_FAILED_AUTH in events[1], events[1]
-        assert zmq.EVENT_HANDSHAKE_SUCCEEDED not in events[0] + events[1], events
-        time.sleep(1.0)  # libzmq keeps reconnecting and being refused; give a delivery every chance
-        for s, _ in peers:
-            assert not s.poll(200)  # never answered (a delivered message would get ERROR(BAD_MAGIC))
-        assert _status(daemon)["refused_peers"] > refused0
-        out = daemon.output()
-        assert "refused a PLAIN peer" in out and "bad message" not in out
-        rss1 = _rss_kib(daemon.proc.pid)
-        if rss0 is not None and rss1 is not None:  # Linux: the 2 × 256 MiB never reached the daemon
-            assert rss1 - rss0 < 64 * 1024, (rss0, rss1)
-    finally:
-        for s, monitor in peers:
-            s.disable_monitor()
-            monitor.close(0)
+        rss0 = _rss_kib(daemon.proc.pid)
+        refused0 = _status(daemon)["refused_peers"]
+        peers = []
+        try:
+            for password in (None, b"not-the-token"):  # NULL mechanism (no credentials), PLAIN with a wrong token
+                s = ctx.socket(zmq.DEALER)
+                s.linger = 0
+                if password is not None:
+                    s.plain_username, s.plain_password = b"pulse", password
+                s.sndtimeo = 3000  # a peer refused before it sends has no pipe left: its send can only time out
+                monitor = s.get_monitor_socket()
+                s.connect(daemon.endpoint)
+                peers.append((s, monitor))
+                try:
+                    s.send_multipart(_big_garbage(), copy=False)
+                except zmq.Again:
+                    pass  # refused first: nothing could be delivered
+            # The wrong token is refused by the ZAP handler; the NULL peer fails the mechanism negotiation.
+            events: list[list[int]] = [[], []]
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not (zmq.EVENT_HANDSHAKE_FAILED_AUTH in events[1] and events[0]):
+                for i, (_, monitor) in enumerate(peers):
+                    while monitor.poll(50):
+                        events[i].append(recv_monitor_message(monitor)["event"])
+            assert zmq.EVENT_HANDSHAKE_FAILED_AUTH in events[1], events[1]
+            assert zmq.EVENT_HANDSHAKE_SUCCEEDED not in events[0] + events[1], events
+            time.sleep(1.0)  # libzmq keeps reconnecting and being refused; give a delivery every chance
+            for s, _ in peers:
+                assert not s.poll(200)  # never answered (a delivered message would get ERROR(BAD_MAGIC))
+            assert _status(daemon)["refused_peers"] > refused0
+            out = daemon.output()
+            assert "refused a PLAIN peer" in out and "bad message" not in out
+            rss1 = _rss_kib(daemon.proc.pid)
+            if rss0 is not None and rss1 is not None:  # Linux: the 2 × 256 MiB never reached the daemon
+                assert rss1 - rss0 < 64 * 1024, (rss0, rss1)
+        finally:
+            for s, monitor in peers:
+                s.disable_monitor()
+                monitor.close(0)
+                s.close(0)
+        # Control: the same message from a peer with the token *is* delivered (and answered), so the checks
+        # above would have seen a delivery.
+        s = ctx.socket(zmq.DEALER)
+        s.linger = 0
+        plain_credentials(s, daemon.token)
+        s.connect(daemon.endpoint)
+        try:
+            s.send_multipart(_big_garbage(), copy=False)
+            assert s.poll(20_000)
+            reply = decode(s.recv_multipart())
+            assert isinstance(reply, Error) and reply.code == "BAD_MAGIC"
+            assert "bad message" in daemon.output()
+        finally:
             s.close(0)
-    # Control: the same message from a peer with the token *is* delivered (and answered), so the checks
-    # above would have seen a delivery.
-    s = ctx.socket(zmq.DEALER)
-    s.linger = 0
-    plain_credentials(s, daemon.token)
-    s.connect(daemon.endpoint)
-    try:
-        s.send_multipart(_big_garbage(), copy=False)
-        assert s.poll(20_000)
-        reply = decode(s.recv_multipart())
-        assert isinstance(reply, Error) and reply.code == "BAD_MAGIC"
-        assert "bad message" in daemon.output()
     finally:
-        s.close(0)
-        ctx.term()
+        ctx.destroy(linger=0)  # every socket, whatever failed: a context left open hangs the interpreter's exit
 
 
 def test_wrong_or_missing_token_is_a_clear_quick_error_and_the_right_one_works(daemon, tmp_path, monkeypatch):
