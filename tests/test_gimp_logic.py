@@ -74,14 +74,37 @@ def test_mask_rules():
 
 
 def test_settings_from_config_and_params():
-    values = {"candidates": 40, "steps": 50, "seed": 7, "block-size": 8, "endpoint": " tcp://127.0.0.1:5 "}
+    values = {"candidates": 40, "steps": 50, "seed": 7, "block-size": 8, "endpoint": " tcp://127.0.0.1:5 ",
+              "force": False}
     s = logic.settings_from(values.__getitem__)
     assert s.candidates == 16  # clamped to the declared maximum
     assert s.endpoint == "tcp://127.0.0.1:5"
     assert s.params() == {"mode": "depixelate", "candidates": 16, "steps": 50, "seed": 7, "block": 8}
+    assert "force" not in s.params()  # a daemon that predates `force` sees the same job as before
     assert [a.name for a in logic.INT_ARGS] == ["candidates", "steps", "seed", "block-size"]
     defaults = {a.name: a.default for a in logic.INT_ARGS}
     assert defaults == {"candidates": 3, "steps": 100, "seed": -1, "block-size": 0}
+
+
+def test_force_comes_from_a_script_but_never_from_saved_settings_in_the_dialog():
+    values = {"candidates": 3, "steps": 50, "seed": 7, "block-size": 0, "endpoint": "", "force": True}
+    assert logic.settings_from(values.__getitem__).params()["force"] is True
+    assert "force" not in logic.settings_from(values.__getitem__, interactive=True).params()
+    assert logic.FORCE_ARG[0] == "force" and logic.FORCE_ARG[3] is False
+
+
+def test_a_person_is_asked_about_a_missing_mosaic_and_a_script_gets_the_refusal():
+    assert logic.asks_before_forcing("interactive") and logic.asks_before_forcing("with-last-vals")
+    assert not logic.asks_before_forcing("noninteractive")
+    refused = JobFailed("no mosaic found in the selection (no grid of flat blocks in it: it looks like an "
+                        "unpixelated picture); select the pixelated area, or pass --force / choose 'depixelate "
+                        "anyway' to paint a face over it", "NO_MOSAIC")
+    text = logic.user_message(refused)
+    assert "no grid of flat blocks in it" in text and "--force" not in text
+    assert "python-fu-pulse-depixelate with force TRUE" in text
+    from protocol.no_mosaic import NotForced
+
+    assert logic.user_message(NotForced("no mosaic found in the selection")).startswith("Nothing was changed")
 
 
 def test_progress():
@@ -150,7 +173,7 @@ def test_no_mosaic_found_is_named_in_the_group_and_the_message():
     plan = logic.plan_paste(_result([1e-3], analysis=analysis), region, logic.pixel_format("u8", False, False), [], None)
     assert plan.group_name == "PULSE run 1 — no mosaic found"
     assert plan.layers[0].mask == bytes([255]) * 8
-    assert "PULSE run 1: no mosaic found; imagined 1 face:" in logic.done_message(plan)
+    assert "PULSE run 1: no mosaic found; imagined 1 face in “PULSE run 1 — no mosaic found”:" in logic.done_message(plan)
 
 
 def test_done_message_says_what_was_found_made_and_how_to_blend():
@@ -158,8 +181,9 @@ def test_done_message_says_what_was_found_made_and_how_to_blend():
     plan = logic.plan_paste(_result([1.3e-3, 2e-2]), region, logic.pixel_format("u8", False, False), [], None)
     text = logic.done_message(plan, "“PULSE face 1” is a PULSE result: depixelating the layer beneath it, “face”")
     assert text.startswith("“PULSE face 1” is a PULSE result")
-    assert "PULSE run 1: found 2 px blocks, 2×1 cells; imagined 2 faces" in text
-    assert "PULSE face 1 (error 1.3e-3, shown), PULSE face 2 (error 2.0e-2)." in text
+    assert "PULSE run 1: found 2 px blocks, 2×1 cells; imagined 2 faces in “PULSE run 1 — 2 px blocks”:" in text
+    # one line per face: its layer, error and seed, whole (a message box wraps long lines mid-name)
+    assert "\n  PULSE face 1: error 1.3e-3, seed 10 (shown)\n  PULSE face 2: error 2.0e-2, seed 11\n" in text
     assert "layer mask" in text and "invented" in text
 
 

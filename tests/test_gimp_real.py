@@ -171,6 +171,7 @@ def run(tag, args, scene):
     args = dict(args)
     interactive = args.pop("interactive", False)
     rerun = args.pop("rerun", False)
+    once = args.pop("once", False)  # interactive, without the undo/redo/rerun round
     display = Gimp.Display.new(img) if interactive else None  # as a user sees it: the dialog needs a GUI
     result = call(proc, img, [face], args, interactive)
     result.update({
@@ -181,7 +182,7 @@ def run(tag, args, scene):
         "undo_enabled": img.undo_is_enabled(),
     })
     out["runs"][tag] = result
-    if interactive:
+    if interactive and not once:
         # As a user would: look, undo, redo, then run the filter again on whatever is active now.
         ask_host("shot:%s-pasted" % tag)
         ask_host("key:ctrl+z")
@@ -189,7 +190,7 @@ def run(tag, args, scene):
         ask_host("key:ctrl+y")
         result["after_redo"] = describe(img, tag + "-redo", fmt)
         result["selected_after_redo"] = selected(img)
-    if interactive or rerun:
+    if (interactive and not once) or rerun:
         again = call(proc, img, list(img.get_selected_layers()), args)
         again.update({"after": describe(img, tag + "-again", fmt), "selected": selected(img)})
         result["again"] = again
@@ -260,6 +261,7 @@ class Scene:
     seed: int = 3
     ellipse: bool = False  # elliptic selection: a real mask travels with the pixels
     grow: int = 0  # the selection this many pixels larger than the mosaic on each side
+    mosaic: bool = True  # False: the selection holds a photo-like texture, never pixelated
 
     @property
     def selection(self) -> tuple[int, int, int, int]:
@@ -295,16 +297,17 @@ class Scene:
         face = np.stack([xx * 3 + 20, yy * 4 + 10, (xx + yy) * 2 + 40], -1).clip(0, 255).astype(np.float64)
         cells = rng.integers(30, 226, (MOSAIC_CELLS, MOSAIC_CELLS, 3)).astype(np.float64)
         mx, my = MOSAIC_IN_LAYER
-        if self.grow:  # a photo's texture around the mosaic (a plain ramp can pass for more cells)
+        if self.grow or not self.mosaic:  # a photo's texture around the mosaic (a plain ramp can pass for more cells)
             face = (face + rng.normal(0, 12, face.shape)).clip(0, 255).round()
-        face[my : my + BLOCK * MOSAIC_CELLS, mx : mx + BLOCK * MOSAIC_CELLS] = cells.repeat(BLOCK, 0).repeat(BLOCK, 1)
+        if self.mosaic:
+            face[my : my + BLOCK * MOSAIC_CELLS, mx : mx + BLOCK * MOSAIC_CELLS] = cells.repeat(BLOCK, 0).repeat(BLOCK, 1)
         if self.gray:  # the scene's grey levels are its own truth: the mosaic cells too
             bg, face, cells = (np.rint(a.mean(-1, keepdims=True)) for a in (bg, face, cells))
         if self.alpha:
             bg, face = (np.concatenate([a, np.full(a.shape[:2] + (1,), 255.0)], -1) for a in (bg, face))
             cells = np.concatenate([cells, np.full(cells.shape[:2] + (1,), 255.0)], -1)
         tag = f"{self.precision}-{'gray' if self.gray else 'rgb'}{'a' if self.alpha else ''}"
-        tag += f"-s{self.seed}-g{self.grow}"  # one file per scene: several runs share a format
+        tag += f"-s{self.seed}-g{self.grow}{'' if self.mosaic else '-plain'}"  # one file per scene
         (work / f"bg-{tag}.raw").write_bytes(self.encode(bg))
         (work / f"face-{tag}.raw").write_bytes(self.encode(face))
         spec = {"precision": self.precision, "gray": self.gray, "alpha": self.alpha, "ellipse": self.ellipse,
@@ -379,8 +382,11 @@ def _screenshot(display: str, path: Path) -> None:
 
 
 def _drive(gimp_root: Path, inner: Path, outer: Path, runs: list[tuple[str, dict, Scene]],
-           env: dict[str, str], gui: bool = False, shots: Path | None = None) -> dict:
-    """Run all `runs` (tag, procedure args, scene) in one headless GIMP; returns its JSON + mosaic cells."""
+           env: dict[str, str], gui: bool = False, shots: Path | None = None, after_dialog=None) -> dict:
+    """Run all `runs` (tag, procedure args, scene) in one headless GIMP; returns its JSON + mosaic cells.
+
+    `gui`: the full GIMP under Xvfb; `after_dialog(x11, display)` serves it once the first settings dialog
+    is answered (default: the driver's key and screenshot requests)."""
     work = outer / "work"
     specs, cells = [], {}
     for tag, args, scene in runs:
@@ -397,7 +403,7 @@ def _drive(gimp_root: Path, inner: Path, outer: Path, runs: list[tuple[str, dict
         (outer / "home/.config/GIMP/3.0/gimprc").write_text("(show-welcome-dialog no)\n")
         proc, dialog_seen = gimp_chroot.gimp_gui_batch(gimp_root, inner / "work/driver.py", home=inner / "home",
                                                        dialog_title="Depixelate Face", env=env, timeout=600,
-                                                       after_dialog=_serve_host_requests(work, shots),
+                                                       after_dialog=after_dialog or _serve_host_requests(work, shots),
                                                        before_return=_dialog_shot(shots) if shots else None)
     else:
         proc = gimp_chroot.gimp_batch(gimp_root, inner / "work/driver.py", home=inner / "home", env=env, timeout=900)
@@ -522,7 +528,7 @@ def test_depixelate_in_real_gimp(gimp_root, chroot_work, daemon):
     assert res["menu_label"] == "Depixelate Face (PULSE)…"
     assert res["menu_paths"] == ["<Image>/Filters/Enhance"]
     assert res["image_types"] == "RGB*, GRAY*"
-    assert res["arguments"][-5:] == ["candidates", "steps", "seed", "block-size", "endpoint"]
+    assert res["arguments"][-6:] == ["candidates", "steps", "seed", "block-size", "endpoint", "force"]
 
     for tag, scene in SCENES.items():
         run = res["runs"][tag]
@@ -730,3 +736,100 @@ def test_interactive_dialog_undo_redo_and_rerun_in_real_gimp_gui(gimp_root, chro
     assert again["status"] == "success", (again["error"], res["stderr"][-3000:])
     top = [e["name"] for e in again["after"] if e["path"] == []]
     assert top == [f"PULSE run 2 — {BLOCK} px blocks", f"PULSE run 1 — {BLOCK} px blocks", "face", "background"]
+
+
+PLAIN = Scene("u8", seed=8, mosaic=False)  # the selection holds a textured photo, no mosaic
+
+
+def _untouched(outer: Path, run: dict) -> bool:
+    return [(a["name"], a["offset"]) for a in run["after"]] == [(b["name"], b["offset"]) for b in run["before"]] \
+        and all(_same_pixels(outer, a, b) for a, b in zip(run["after"], run["before"]))
+
+
+def _forced_group(run: dict) -> tuple[dict, list[dict]]:
+    """The run's group over a region without a mosaic: named so, with masked faces that say they are imagined."""
+    assert run["status"] == "success", run["error"]
+    group, faces, rest = _run_group(run["after"])
+    assert group["name"] == "PULSE run 1 — no mosaic found", group["name"]
+    meta = json.loads(group["parasite"])
+    assert meta["analysis"]["detected"] is False and "not a recovery" in meta["comment"]
+    assert [f["name"] for f in faces] == ["PULSE face 1", "PULSE face 2"]
+    assert all(f["mask"] is not None and "not a recovery" in json.loads(f["parasite"])["comment"] for f in faces)
+    assert [e["name"] for e in rest] == ["face", "background"]
+    return group, faces
+
+
+def test_no_mosaic_in_a_script_is_a_clear_refusal_and_force_paints_anyway(gimp_root, chroot_work, daemon):
+    """Batch mode cannot ask: the daemon's finding is the run's error and the image stays as it was; the
+    procedure's `force` argument is how a script depixelates such a region anyway."""
+    inner, outer = chroot_work
+    _install_plugin(outer / "home")
+    args = {"candidates": 2, "steps": 5, "seed": 9, "block-size": 0, "endpoint": daemon.endpoint}
+    runs = [("refused", args, PLAIN), ("forced", {**args, "force": True}, PLAIN)]
+    res = _drive(gimp_root, inner, outer, runs, env={"PULSE_TOKEN": daemon.token})
+    refused = res["runs"]["refused"]
+    assert refused["status"] == "execution-error", refused
+    assert "no mosaic found in the selection (" in refused["error"], refused["error"]
+    assert "python-fu-pulse-depixelate with force TRUE" in refused["error"] and "--force" not in refused["error"]
+    assert _untouched(outer, refused)
+    assert "No mosaic found" not in res["stderr"]  # no dialog was attempted: there is nobody to answer it
+    _forced_group(res["runs"]["forced"])
+    assert not _criticals(res["stderr"]), res["stderr"][-3000:]
+
+
+def _answer_questions(work: Path, answers: list[str], shots: Path | None):
+    """After the first settings dialog (answered by gimp_gui_batch): OK every later settings dialog, and answer
+    each "No mosaic found" question with the next key of `answers` ("Return": its default; "alt+y": Yes).
+    Writes the answers given to work/answered.json."""
+
+    def serve(x11, display: str) -> None:
+        def visible(pattern: str) -> list[str]:
+            return x11("xdotool", "search", "--onlyvisible", "--name", pattern).stdout.split()
+
+        # Windows answered and still on screen. Forgotten once gone: each run's dialogs come from a new plug-in
+        # process, and the X server hands a new client the id range of one that left, so ids come back.
+        answered = {"^Depixelate Face": set(visible("^Depixelate Face")), "^No mosaic found": set()}
+        given: list[str] = []
+        deadline = time.monotonic() + 300
+        while not (work / "result.json").exists() and time.monotonic() < deadline:
+            for pattern, seen in answered.items():
+                shown = visible(pattern)
+                seen &= set(shown)
+                fresh = [w for w in shown if w not in seen]
+                if not fresh:
+                    continue
+                seen.update(fresh)  # one dialog at a time: GTK may map more than one X window for it
+                time.sleep(1.0)  # let GTK map and realise it
+                key = "Return"
+                if pattern.startswith("^No"):
+                    key = answers[len(given)]
+                    given.append(key)
+                    if shots is not None:
+                        _screenshot(display, shots / f"question-{len(given)}.png")
+                x11("xdotool", "windowfocus", "--sync", fresh[-1], "key", "--clearmodifiers", key)
+            time.sleep(0.3)
+        (work / "answered.json").write_text(json.dumps(given))
+
+    return serve
+
+
+def test_no_mosaic_in_the_gui_asks_and_defaults_to_no(gimp_root, chroot_work, daemon):
+    """GIMP GUI (Xvfb): on a region without a mosaic the plug-in asks "depixelate anyway?". Return (the
+    default) answers No and leaves the image as it was; Yes sends the region again, forced, and the run's
+    group arrives. PULSE_GIMP_SCREENSHOTS=DIR keeps the question's screenshots."""
+    inner, outer = chroot_work
+    _install_plugin(outer / "home")
+    shots = Path(os.environ["PULSE_GIMP_SCREENSHOTS"]) if os.environ.get("PULSE_GIMP_SCREENSHOTS") else None
+    args = {"interactive": True, "once": True, "candidates": 2, "steps": 5, "seed": 9, "block-size": 0,
+            "endpoint": ""}
+    work = outer / "work"
+    proc_env = {"PULSE_TOKEN": daemon.token, "PULSE_ENDPOINT": daemon.endpoint}
+    res = _drive(gimp_root, inner, outer, [("declined", args, PLAIN), ("accepted", args, PLAIN)], proc_env,
+                 gui=True, after_dialog=_answer_questions(work, ["Return", "alt+y"], shots))
+    assert json.loads((work / "answered.json").read_text()) == ["Return", "alt+y"], "a question never appeared"
+    declined = res["runs"]["declined"]
+    assert declined["status"] == "cancel", (declined, res["stderr"][-3000:])
+    assert _untouched(outer, declined)
+    assert "Nothing was changed" in (declined["error"] or "Nothing was changed"), declined["error"]
+    _forced_group(res["runs"]["accepted"])
+    assert not _criticals(res["stderr"]), res["stderr"][-3000:]

@@ -23,6 +23,7 @@ from krita_env import SCRIPTS, block_means, install_plugin, krita_env, mosaic_im
 pytestmark = [pytest.mark.krita, pytest.mark.slow]
 
 W, H, RECT, BLOCK = 64, 48, (8, 8, 32, 32), 4  # 32×32 face region = the tiny generator's size, 8×8 mosaic
+PLAIN_RECT = (40, 8, 24, 32)  # right of the mosaic: the photo's noisy gradient, never pixelated
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,8 @@ def gui_run(tmp_path_factory, tiny_weights):
         cfg = {"png": str(write_png(root / "face.png", image)), "rect": list(RECT), "out": str(out / "result.json"),
                "settings": {"candidates": 3, "steps": 10, "seed": 1, "block": 0, "source": "layer",
                             "endpoint": daemon.endpoint},
-               "dead_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}", "cancel_steps": 5000, "timeout": 150,
+               "dead_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}", "cancel_steps": 5000, "timeout": 200,
+               "plain_rect": list(PLAIN_RECT),
                "start_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}",
                "screenshots": bool(os.environ.get("PULSE_KRITA_SCREENSHOTS")), "undo": 6}  # docker-<step>.png in out/
         (root / "cfg.json").write_text(json.dumps(cfg))
@@ -50,7 +52,7 @@ def gui_run(tmp_path_factory, tiny_weights):
             "[python]\nenable_pulse_depixelate=true\nenable_pulse_gui_hook=true\n")
         t0 = time.monotonic()
         proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", "krita", "--nosplash"],
-                              env=env, capture_output=True, text=True, timeout=240)
+                              env=env, capture_output=True, text=True, timeout=300)
         seconds = time.monotonic() - t0
         (out / "krita-stderr.txt").write_text(proc.stderr)
         result_file = out / "result.json"
@@ -175,3 +177,44 @@ def test_one_undo_takes_the_whole_run_back_out(gui_run):
 
 def test_previews_show_small_in_the_docker(gui_run):
     assert gui_run[0]["preview_slot"] == {"visible": True, "size": [96, 96]}
+
+
+def test_no_mosaic_asks_and_its_default_answer_changes_nothing(gui_run):
+    step = _step(gui_run[0], "nomosaic_no")
+    q = step["question"]
+    assert q is not None, "the 'depixelate anyway?' box never appeared"
+    assert q["text"] == "No mosaic found in the selection: depixelate anyway?"
+    assert q["detail"].startswith("No mosaic found in the selection (") and "--force" not in q["detail"]
+    assert q["default_is_no"] and not q["run_button_enabled"]
+    assert step["state"] == "declined"
+    assert step["docker_message"].startswith("Nothing was changed.")
+    assert step["layers_after"] == step["layers_before"]
+
+
+def test_no_mosaic_answered_yes_sends_it_again_forced_and_adds_the_run(gui_run):
+    res = gui_run[0]
+    step = _step(res, "nomosaic_yes")
+    assert step["question"] is not None and step["state"] == "done", step
+    assert step["group"] == "PULSE run 1 — no mosaic found"  # run 1: the undo step took the first run out
+    assert step["faces"] == ["PULSE face 1", "PULSE face 2", "PULSE face 3"]
+    # the daemon refused the unforced job, then ran the forced one (a new job id)
+    assert res["daemon_log"].count("NO_MOSAIC") >= 2, res["daemon_log"][-3000:]
+
+
+def test_docker_at_300_px_wraps_text_and_lists_each_face_with_error_seed_and_thumbnail(gui_run):
+    step = _step(gui_run[0], "layout")
+    assert step["docker_width"] == 300
+    # nothing sticks out sideways (the horizontal scroll bar is off: it would be cut)
+    assert step["content_min_width"] <= step["viewport_width"], step
+    assert step["widest_child"] <= step["viewport_width"], step
+    # the final message is shown whole, wrapped
+    assert step["message_needs"] <= step["message_height"], step
+    assert "no mosaic found" in step["message_text"] and "imagined" in step["message_text"]
+    assert step["faces_visible"] and len(step["faces"]) == 3
+    for i, text in enumerate(step["faces"], 1):
+        name, detail = text.split("\n")
+        assert name == f"PULSE face {i}" and re.fullmatch(r"error \S+ · seed \d+", detail), text
+    assert max(step["face_line_widths"]) <= step["face_text_room"], step  # names and errors not elided
+    assert step["faces_have_icons"] == [True] * 3
+    assert step["faces_checked"] == [True, False, False]
+    assert step["toggle_shows"] and step["toggle_hides"]

@@ -185,6 +185,13 @@ def test_request_reads_active_layer_in_protocol_order_and_layers_land_above_it(m
     text = logic.done_message(pasted, outcome)
     assert "PULSE run 1 — 4 px blocks: found 4 px blocks, 2×3 cells" in text and "add a transparency mask" in text
     assert logic.candidates_text(pasted, outcome).splitlines()[0] == "PULSE face 1: error 1.3e-3, seed 100"
+    # the docker's face list: name over error and seed, with a small picture of the candidate itself
+    assert logic.face_label("PULSE face 1", outcome.layers[0]) == "PULSE face 1\nerror 1.3e-3 · seed 100"
+    tw, th, thumb = outcome.layers[0].thumb
+    assert (tw, th) == (16, 12) and len(thumb) == 16 * 12 * 4
+    cand = bytes(fake_result(req, 1).candidates[0].image.data)
+    px = cand[:4] if model == "RGBA" else bytes([cand[0]] * 3 + [cand[1]])
+    assert thumb[:4] == px
 
 
 def test_a_second_run_is_its_own_group_above_the_first_with_distinct_names():
@@ -304,6 +311,40 @@ def test_messages_for_client_and_daemon_errors():
     assert "BAD_REGION" in msg and "region too small" in msg
     assert logic.user_message(logic.NoSelection("select it")) == "select it"
     assert "Unexpected error (KeyError" in logic.user_message(KeyError("x"))
+
+
+@pytest.mark.parametrize("dtype, size", [("u8", 1), ("u16", 2), ("f32", 4)])
+def test_thumbnails_are_small_8_bit_rgba_whatever_the_depth(dtype, size):
+    w, h = 200, 100
+    if dtype == "u8":
+        data = bytes([10, 20, 30, 255]) * (w * h)
+    elif dtype == "u16":
+        data = struct.pack("<4H", 10 * 257, 20 * 257, 30 * 257, 65535) * (w * h)
+    else:
+        data = struct.pack("<4f", 10 / 255, 20 / 255, 30 / 255, 1.5) * (w * h)  # out of range: clamped
+    tw, th, thumb = logic.thumbnail_rgba8(data, w, h, 4, dtype)
+    assert (tw, th) == (48, 24) and thumb == bytes([10, 20, 30, 255]) * (48 * 24)
+    assert logic.thumbnail_rgba8(bytes([7, 200]) * 4, 2, 2, 2, "u8") == (2, 2, bytes([7, 7, 7, 200]) * 4)
+
+
+def test_no_mosaic_asks_once_and_yes_sends_the_same_region_forced():
+    from protocol.errors import JobFailed
+
+    doc = make_doc()
+    req = logic.build_request(doc, logic.Settings(candidates=2, steps=5))
+    refusal = JobFailed("no mosaic found in the selection (no grid of flat blocks in it: it looks like an "
+                        "unpixelated picture); select the pixelated area, or pass --force / choose 'depixelate "
+                        "anyway' to paint a face over it", "NO_MOSAIC")
+    question, detail = logic.force_question(refusal, req)
+    assert question == "No mosaic found in the selection: depixelate anyway?" and "--force" not in detail
+    assert logic.force_question(JobFailed("too small", "BAD_REGION"), req) is None
+    forced = logic.forced_request(req)
+    assert forced.params == {**req.params, "force": True} and "force" not in req.params
+    assert forced.pixels is req.pixels and forced.rect == req.rect and forced.anchor_id == req.anchor_id
+    assert logic.force_question(refusal, forced) is None  # a forced job is never asked about again
+    assert logic.declined_message(detail) == ("Nothing was changed. No mosaic found in the selection (no grid of "
+                                              "flat blocks in it: it looks like an unpixelated picture): select the "
+                                              "pixelated area and try again.")
 
 
 @pytest.mark.slow

@@ -145,13 +145,16 @@ class CancelFlag:
         return self.set
 
 
-def solve(settings, region, fmt, pixels, mask, lead=""):
+def solve(settings, region, fmt, pixels, mask, lead="", ask=None):
     """Send the region to the daemon; progress into GIMP's progress bar. Returns the protocol Result.
 
-    `lead` goes before the progress text (which layer is read, when it is not the active one).
+    `lead` goes before the progress text (which layer is read, when it is not the active one). `ask`
+    (question, detail) -> bool is asked when the daemon finds no mosaic; None (a script): that refusal
+    is the run's error. On Yes the same region goes again, forced, as a new job.
     """
     from protocol.client import PulseClient  # imports zmq: ImportError is explained to the user
     from protocol.messages import ImageBlob
+    from protocol.no_mosaic import submit_or_ask
 
     image = ImageBlob(region.width, region.height, fmt.channels, fmt.dtype, pixels)
     mask_blob = None if mask is None else ImageBlob(region.width, region.height, 1, "u8", mask)
@@ -165,12 +168,54 @@ def solve(settings, region, fmt, pixels, mask, lead=""):
         Gimp.progress_update(logic.progress_fraction(p.step, p.total))
 
     Gimp.progress_init(f"{prefix}PULSE: sending {region.width}×{region.height} pixels to the daemon…")
+    cancel = CancelFlag().install()
     with PulseClient(settings.endpoint or None, client_name=logic.CLIENT_NAME,
                      client_version=logic.PLUGIN_VERSION) as client:
-        result = client.run_job(image, mask_blob, settings.params(), on_progress=on_progress,
-                                on_state=on_state, should_cancel=CancelFlag().install())
+        def submit(params):
+            return client.run_job(image, mask_blob, params, on_progress=on_progress, on_state=on_state,
+                                  should_cancel=cancel)
+
+        result = submit_or_ask(submit, settings.params(), ask)
     Gimp.progress_update(1.0)
     return result
+
+
+_ui_ready = []
+
+
+def _init_ui():
+    """GimpUi once per plug-in run: the settings dialog and the question may both need it."""
+    gi.require_version("GimpUi", "3.0")
+    from gi.repository import GimpUi
+
+    if not _ui_ready:
+        GimpUi.init(logic.PROC_NAME)
+        _ui_ready.append(True)
+    return GimpUi
+
+
+def ask_yes_no(question, detail):
+    """A modal yes/no question whose default (Return, Escape, closing it) is No."""
+    GimpUi = _init_ui()
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import Gtk
+
+    dialog = Gtk.MessageDialog(modal=True, message_type=Gtk.MessageType.QUESTION,
+                               buttons=Gtk.ButtonsType.YES_NO, text=question)
+    dialog.set_title(logic.QUESTION_TITLE)
+    dialog.format_secondary_text(detail)
+    dialog.set_default_response(Gtk.ResponseType.NO)
+    no_button = dialog.get_widget_for_response(Gtk.ResponseType.NO)
+    if no_button is not None:
+        no_button.grab_focus()  # Return answers No unless the user picks Yes
+    set_transient = getattr(GimpUi, "window_set_transient", None)
+    if set_transient is not None:
+        set_transient(dialog)  # above GIMP's image window, not lost behind it
+    answer = dialog.run() == Gtk.ResponseType.YES
+    dialog.destroy()
+    while Gtk.events_pending():  # the dialog leaves the screen before the job blocks this process again
+        Gtk.main_iteration()
+    return answer
 
 
 def _mask_for(layer, plan):
@@ -234,10 +279,7 @@ def paste(image, source, plan, fmt):
 
 def _dialog(procedure, config):
     """The settings dialog: what it does in one line, the everyday fields, the daemon's address folded away."""
-    gi.require_version("GimpUi", "3.0")
-    from gi.repository import GimpUi
-
-    GimpUi.init(logic.PROC_NAME)
+    GimpUi = _init_ui()
     dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config)
     intro = dialog.get_label("pulse-intro", logic.DESCRIPTION, False, False)
     intro.set_line_wrap(True)
@@ -265,18 +307,20 @@ def run(procedure, run_mode, image, drawables, config, data):
         return _fail(procedure, "Select exactly one layer to depixelate.", Gimp.PDBStatusType.CALLING_ERROR)
     if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(procedure, config):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-    settings = logic.settings_from(config.get_property)
+    settings = logic.settings_from(config.get_property, interactive=run_mode != Gimp.RunMode.NONINTERACTIVE)
+    ask = ask_yes_no if logic.asks_before_forcing(run_mode.value_nick) else None
     try:
         source, note = source_layer(image, drawables[0])
         region, fmt, pixels, mask = read_region(image, source)
-        result = solve(settings, region, fmt, pixels, mask, lead=note)
+        result = solve(settings, region, fmt, pixels, mask, lead=note, ask=ask)
         plan = logic.plan_paste(result, region, fmt, all_layer_names(image), mask)
         paste(image, source, plan, fmt)
         Gimp.message(logic.done_message(plan, note))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a message; the image stays untouched
         if not isinstance(exc, (logic.UserError, ImportError)) and getattr(exc, "code", None) is None:
             traceback.print_exc(file=sys.stderr)  # a bug, not a user problem: keep the trace for reports
-        cancelled = getattr(exc, "code", None) == "CANCELLED"
+        # The user's own No to "depixelate anyway?" ends the run like Cancel: nothing to report as an error.
+        cancelled = getattr(exc, "code", None) in ("CANCELLED", "NO_MOSAIC_DECLINED")
         return _fail(procedure, logic.user_message(exc, _endpoint_tried(settings)),
                      Gimp.PDBStatusType.CANCEL if cancelled else Gimp.PDBStatusType.EXECUTION_ERROR)
     finally:
@@ -312,6 +356,8 @@ class PulseDepixelate(Gimp.PlugIn):
                                        GObject.ParamFlags.READWRITE)
         name_, label, blurb, default = logic.ENDPOINT_ARG
         procedure.add_string_argument(name_, label, blurb, default, GObject.ParamFlags.READWRITE)
+        name_, label, blurb, default = logic.FORCE_ARG
+        procedure.add_boolean_argument(name_, label, blurb, default, GObject.ParamFlags.READWRITE)
         return procedure
 
 

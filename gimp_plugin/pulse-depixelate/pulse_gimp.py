@@ -47,6 +47,11 @@ INT_ARGS: tuple[IntArg, ...] = (
     IntArg("block-size", "Mosaic _block size", "Side of one mosaic cell in pixels (0 = detect it)", 0, 512, 0),
 )
 ENDPOINT_ARG = ("endpoint", "Daemon _address", "Where the PULSE daemon listens (empty = the default one)", "")
+# Scripts only (the dialog asks instead): paint faces even where the daemon finds no mosaic.
+FORCE_ARG = ("force", "Depixelate an_yway", "Paint faces even where no mosaic is found in the selection "
+             "(interactive runs ask instead)", False)
+HOW_TO_FORCE = f"call {PROC_NAME} with force TRUE"
+QUESTION_TITLE = "No mosaic found — Depixelate Face (PULSE)"
 DESCRIPTION = ("Imagines faces that pixelate back to the selected mosaic, as new layers you can blend; "
                "they are invented, not the person's real face.")
 ADVANCED_LABEL = "Advanced"
@@ -152,25 +157,43 @@ class Settings:
     seed: int = -1
     block_size: int = 0
     endpoint: str = ""
+    force: bool = False
 
     def params(self) -> dict[str, Any]:
-        """The SUBMIT parameters (protocol spec: mode, candidates, steps, seed -1 random, block 0 auto)."""
-        return {
+        """The SUBMIT parameters (protocol spec: mode, candidates, steps, seed -1 random, block 0 auto;
+        `force` only when set, so a daemon that predates it sees the same job as before)."""
+        params: dict[str, Any] = {
             "mode": "depixelate",
             "candidates": int(self.candidates),
             "steps": int(self.steps),
             "seed": int(self.seed),
             "block": int(self.block_size),
         }
+        if self.force:
+            params["force"] = True
+        return params
 
 
-def settings_from(get: Callable[[str], Any]) -> Settings:
-    """Read the procedure config (`config.get_property`) into Settings, clamping to the declared ranges."""
+def settings_from(get: Callable[[str], Any], interactive: bool = False) -> Settings:
+    """Read the procedure config (`config.get_property`) into Settings, clamping to the declared ranges.
+
+    `force` counts for scripts only: the dialog does not show it, so a value left in GIMP's saved settings by
+    an earlier script must not silently paint over a region the user would have been asked about.
+    """
     values = {}
     for arg in INT_ARGS:
         values[arg.name.replace("-", "_")] = min(max(int(get(arg.name)), arg.minimum), arg.maximum)
     endpoint = get(ENDPOINT_ARG[0]) or ""
-    return Settings(endpoint=str(endpoint).strip(), **values)
+    force = False if interactive else bool(get(FORCE_ARG[0]))
+    return Settings(endpoint=str(endpoint).strip(), force=force, **values)
+
+
+def asks_before_forcing(run_mode: str) -> bool:
+    """Whether a no-mosaic refusal is a question (a person started the run) or an error (a script).
+
+    `run_mode` is the Gimp.RunMode's nick: "interactive", "noninteractive" or "with-last-vals" (Filters ▸
+    Repeat, also a person at the GUI)."""
+    return run_mode != "noninteractive"
 
 
 def progress_fraction(step: int, total: int) -> float:
@@ -236,6 +259,7 @@ class LayerPlan:
     data: bytes = field(repr=False)
     mask: bytes = field(repr=False, default=b"")  # one byte of coverage per pixel (MASK_FORMAT)
     error: float = float("nan")  # the candidate's downscale error
+    seed: int = 0
     comment: str = ""
     parasite: bytes = b""
 
@@ -300,6 +324,7 @@ def plan_paste(result: Any, region: Region, fmt: PixelFormat, existing_names: Se
                 data=data,
                 mask=mask,
                 error=float(cand.downscale_error),
+                seed=int(cand.seed),
                 comment=meta["comment"],
                 parasite=json.dumps(meta, sort_keys=True, default=str).encode("utf-8"),
             )
@@ -318,16 +343,18 @@ def plan_paste(result: Any, region: Region, fmt: PixelFormat, existing_names: Se
 
 
 def done_message(plan: PastePlan, source_note: str = "") -> str:
-    """What the user reads when the layers are in: what was found, what was made, how to blend it."""
+    """What the user reads when the layers are in: what was found, each face's layer, error and seed (one line
+    each: GIMP's message box wraps long lines mid-name), how to blend them, and that they are invented."""
     from protocol.layers import format_error
 
-    faces = ", ".join(f"{p.name} (error {format_error(p.error)}{', shown' if p.visible else ''})"
+    faces = "\n".join(f"  {p.name}: error {format_error(p.error)}, seed {p.seed}{' (shown)' if p.visible else ''}"
                       for p in plan.layers)
     note = f"{source_note}.\n" if source_note else ""
     found = "no mosaic found" if plan.summary == "no mosaic found" else f"found {plan.summary}"
     count = f"{len(plan.layers)} face" + ("s" if len(plan.layers) != 1 else "")
-    return (f"{note}PULSE run {plan.run}: {found}; imagined {count}: {faces}. Paint a face's "
-            "layer mask to blend it. These faces are invented by a model, not the person's real face.")
+    return (f"{note}PULSE run {plan.run}: {found}; imagined {count} in “{plan.group_name}”:\n{faces}\n"
+            "Toggle a face's eye to compare; paint its layer mask to blend it. These faces are invented by a "
+            "model, not the person's real face.")
 
 
 # ----------------------------------------------------------------------------------------- messages
@@ -362,6 +389,12 @@ def user_message(exc: BaseException, endpoint: str = "") -> str:
         )
     if code == "CANCELLED":
         return "Depixelation cancelled."
+    if code == "NO_MOSAIC_DECLINED":
+        return str(exc)
+    if code == "NO_MOSAIC":
+        from protocol.no_mosaic import refusal
+
+        return f"PULSE did not depixelate this region: {refusal(exc, HOW_TO_FORCE)}"
     if code is not None:
         return f"PULSE could not depixelate this region ({code}): {text}"
     return f"Depixelate Face (PULSE) failed: {type(exc).__name__}: {text}"

@@ -15,15 +15,19 @@ from typing import Any, Optional
 
 from krita import DockWidget, Krita, Selection
 from PyQt5.QtCore import QSize, QThread, QTimer, Qt, pyqtSignal
-from PyQt5.QtGui import QPixmap
+from PyQt5.QtGui import QIcon, QImage, QPixmap
 from PyQt5.QtWidgets import (QApplication, QComboBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QLineEdit,
-                             QProgressBar, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
+                             QListWidget, QListWidgetItem, QMessageBox, QProgressBar, QPushButton, QScrollArea,
+                             QSpinBox, QVBoxLayout, QWidget)
 
 from . import client_path, logic
 
 TITLE = "PULSE Depixelate"
 PROBE_INTERVAL_MS = 5000
 PREVIEW_SIZE = 96
+FACE_ICON = 48  # the face list's thumbnails (logic.THUMB_SIDE)
+FACE_ROWS = 4  # rows the face list shows before it scrolls
+QUESTION_NAME = "pulse_no_mosaic_question"  # objectName of the "depixelate anyway?" box
 
 
 class JobThread(QThread):
@@ -35,6 +39,7 @@ class JobThread(QThread):
     succeeded = pyqtSignal(object)  # logic.Outcome
     failed = pyqtSignal(str)
     cancelled = pyqtSignal()
+    no_mosaic = pyqtSignal(str, str)  # question, detail: the daemon found no mosaic; ask before forcing
 
     def __init__(self, request: logic.Request, parent: Any = None) -> None:
         super().__init__(parent)
@@ -56,6 +61,10 @@ class JobThread(QThread):
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message in the docker
             if type(exc).__name__ == "JobCancelled":
                 self.cancelled.emit()
+                return
+            asked = logic.force_question(exc, self.request)
+            if asked is not None:
+                self.no_mosaic.emit(*asked)
                 return
             if not isinstance(exc, (logic.PluginError, ImportError)) and not type(exc).__module__.startswith("protocol"):
                 traceback.print_exc()
@@ -112,7 +121,7 @@ class _ContentSizedScrollArea(QScrollArea):
 class PulseDocker(DockWidget):
     """One per Krita window; the `pulse_depixelate` action drives the active window's one."""
 
-    jobFinished = pyqtSignal(str, str)  # state ("done" | "failed" | "cancelled" | "refused"), message
+    jobFinished = pyqtSignal(str, str)  # "done" | "failed" | "cancelled" | "refused" | "declined", message
 
     def __init__(self) -> None:
         super().__init__()
@@ -154,6 +163,8 @@ class PulseDocker(DockWidget):
         box.addLayout(status_row)
 
         form = QFormLayout()
+        # A narrow docker puts a label above its field instead of squeezing both into one row.
+        form.setRowWrapPolicy(QFormLayout.WrapLongRows)
         self.candidates = QSpinBox(minimum=1, maximum=16, value=3)
         self.candidates.setToolTip("How many faces to imagine; each becomes a layer, the best one visible")
         self.steps = QSpinBox(minimum=1, maximum=10000, value=100)
@@ -205,6 +216,18 @@ class PulseDocker(DockWidget):
         # Room for a few wrapped lines: a scroll area does not grow for a word-wrapped label by itself.
         self.message.setMinimumHeight(5 * self.message.fontMetrics().lineSpacing())
         box.addWidget(self.message)
+        # The last run's faces: a thumbnail, the layer name over its error and seed; the tick is the
+        # layer's visibility, so faces can be compared without hunting for them in the layer stack.
+        self.faces = QListWidget()
+        self.faces.setObjectName("pulse_faces")
+        self.faces.setIconSize(QSize(FACE_ICON, FACE_ICON))
+        self.faces.setWordWrap(True)
+        self.faces.setTextElideMode(Qt.ElideMiddle)
+        self.faces.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.faces.setToolTip("Tick a face to show its layer, untick to hide it")
+        self.faces.itemChanged.connect(self._face_toggled)
+        self.faces.setVisible(False)
+        box.addWidget(self.faces)
         box.addStretch(1)
         scroll = _ContentSizedScrollArea(self)  # a short docker scrolls instead of clipping the message
         scroll.setWidgetResizable(True)
@@ -345,6 +368,10 @@ class PulseDocker(DockWidget):
             self.jobFinished.emit("refused", str(exc))
             return False
         self._save_settings(settings)
+        self._start(request)
+        return True
+
+    def _start(self, request: logic.Request) -> None:
         self._job = JobThread(request, self)
         self._job.progress.connect(self._on_progress)
         self._job.preview.connect(self._on_preview)
@@ -352,15 +379,38 @@ class PulseDocker(DockWidget):
         self._job.succeeded.connect(self._on_success)
         self._job.failed.connect(self._on_failure)
         self._job.cancelled.connect(self._on_cancelled)
+        self._job.no_mosaic.connect(self._on_no_mosaic)
         self._job.finished.connect(self._reap)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)  # busy until the first PROGRESS (queue, model loading)
         self.preview.setVisible(False)
         r = request.rect
-        self._say(f"Sending {r.w}×{r.h} pixels at ({r.x}, {r.y}) to the daemon…")
+        forced = " (anyway: no mosaic)" if request.params.get("force") else ""
+        self._say(f"Sending {r.w}×{r.h} pixels at ({r.x}, {r.y}) to the daemon{forced}…")
         self._job.start()
-        return True
+
+    def _on_no_mosaic(self, question: str, detail: str) -> None:
+        """The daemon found no mosaic: ask (default No); Yes sends the same region again, forced, as a new job.
+
+        The refused job's thread is done; the docker stays busy (Depixelate disabled) until the answer."""
+        request = self._job.request
+        self._retired.append(self._job)
+        self._job = None
+        self.cancel_button.setEnabled(False)
+        box = QMessageBox(QMessageBox.Question, TITLE, question, QMessageBox.Yes | QMessageBox.No, self)
+        box.setObjectName(QUESTION_NAME)
+        box.setInformativeText(detail)
+        box.setDefaultButton(QMessageBox.No)
+        box.setEscapeButton(QMessageBox.No)
+        if box.exec() == QMessageBox.Yes:
+            self._start(logic.forced_request(request))
+            return
+        text = logic.declined_message(detail)
+        self._say(text)
+        self._reset_progress()
+        self._job = None
+        self._end_job("declined", text)
 
     def cancel(self) -> None:
         if self._job is not None:
@@ -407,6 +457,7 @@ class PulseDocker(DockWidget):
         self.progress.setFormat("done")
         self._say(logic.done_message(pasted, outcome))
         self.message.setToolTip(logic.candidates_text(pasted, outcome))
+        self._show_faces(doc, pasted, outcome)
         self._end_job("done", pasted.faces[0].name())
 
     def _on_failure(self, text: str) -> None:
@@ -420,6 +471,40 @@ class PulseDocker(DockWidget):
         self._say("Cancelled; the image is unchanged.")
         self._reset_progress()
         self._end_job("cancelled", "")
+
+    def _show_faces(self, doc: Any, pasted: logic.Pasted, outcome: logic.Outcome) -> None:
+        """Fill the face list with this run's layers (best first), ticked as they are visible."""
+        self._faces_doc = doc
+        self.faces.blockSignals(True)  # filling it is not the user toggling layers
+        self.faces.clear()
+        for node, plan in zip(pasted.faces, outcome.layers):
+            item = QListWidgetItem(logic.face_label(node.name(), plan))
+            w, h, rgba = plan.thumb
+            if w and h:
+                image = QImage(rgba, w, h, 4 * w, QImage.Format_RGBA8888).copy()  # copy: own the bytes
+                item.setIcon(QIcon(QPixmap.fromImage(image)))
+            item.setFlags(Qt.ItemIsEnabled | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if plan.visible else Qt.Unchecked)
+            item.setData(Qt.UserRole, node.uniqueId())
+            item.setToolTip(plan.comment)
+            self.faces.addItem(item)
+        self.faces.blockSignals(False)
+        rows = sum(self.faces.sizeHintForRow(i) for i in range(min(self.faces.count(), FACE_ROWS)))
+        self.faces.setFixedHeight(rows + 2 * self.faces.frameWidth() + 2)
+        self.faces.setVisible(self.faces.count() > 0)
+
+    def _face_toggled(self, item: QListWidgetItem) -> None:
+        """The tick is the layer's visibility; a layer deleted (or undone) since is greyed out instead."""
+        doc = getattr(self, "_faces_doc", None)
+        node = logic.find_node(doc.rootNode(), item.data(Qt.UserRole)) if doc is not None else None
+        if node is None:
+            self.faces.blockSignals(True)
+            item.setFlags(Qt.NoItemFlags)
+            item.setToolTip("This layer is no longer in the image.")
+            self.faces.blockSignals(False)
+            return
+        node.setVisible(item.checkState() == Qt.Checked)
+        doc.refreshProjection()
 
     def _reset_progress(self) -> None:
         self.progress.setRange(0, 100)

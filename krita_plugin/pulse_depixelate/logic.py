@@ -15,6 +15,7 @@ F16 has no protocol dtype and travels as f32.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import sys
@@ -316,6 +317,7 @@ class LayerPlan:
     visible: bool
     seed: int
     error: float
+    thumb: tuple[int, int, bytes] = (0, 0, b"")  # width, height, RGBA 8-bit: the docker's list icon
 
 
 @dataclass
@@ -340,14 +342,53 @@ def plan_layers(request: Request, result: Any) -> Outcome:
         got = (img.width, img.height, img.channels, img.dtype)
         if got != want:
             raise PluginError(f"The daemon returned a {got} image for a {want} request.")
+        wire = bytes(img.data)
         layers.append(LayerPlan(rank=i + 1, comment=names.layer_comment(cand, result.model),
-                                pixels=wire_to_krita(bytes(img.data), request.fmt), visible=(i == 0),
-                                seed=int(cand.seed), error=float(cand.downscale_error)))
+                                pixels=wire_to_krita(wire, request.fmt), visible=(i == 0),
+                                seed=int(cand.seed), error=float(cand.downscale_error),
+                                thumb=thumbnail_rgba8(wire, img.width, img.height, img.channels, img.dtype)))
     analysis = dict(getattr(result, "analysis", {}) or {})
     r = request.rect
     mask = names.blend_mask(r.w, r.h, names.mosaic_rect(analysis, r.w, r.h), names.band_width(analysis),
                             request.mask)
     return Outcome(layers=layers, model=str(result.model), analysis=analysis, mask=mask)
+
+
+THUMB_SIDE = 48
+
+
+def _sample_u8(data: bytes, offset: int, dtype: str) -> int:
+    if dtype == "u8":
+        return data[offset]
+    if dtype == "u16":
+        return data[offset + 1]  # little-endian: the high byte is the 8-bit value (within rounding)
+    value = struct.unpack_from("<f", data, offset)[0]
+    return 0 if not value > 0 else 255 if value >= 1 else int(value * 255 + 0.5)
+
+
+def thumbnail_rgba8(data: bytes, width: int, height: int, channels: int, dtype: str,
+                    side: int = THUMB_SIDE) -> tuple[int, int, bytes]:
+    """A small RGBA 8-bit picture of a wire image (R G B A / G A), nearest-neighbour, at most `side` px.
+
+    Pure Python over at most side² pixels, so any region size costs the same; the candidates are on the
+    sRGB curve on the wire (linear layers are converted before solving), which is what a screen shows."""
+    if width <= 0 or height <= 0:
+        return 0, 0, b""
+    scale = max(width, height) / side if max(width, height) > side else 1.0
+    tw, th = max(1, round(width / scale)), max(1, round(height / scale))
+    size = {"u8": 1, "u16": 2}.get(dtype, 4)
+    out = bytearray()
+    for ty in range(th):
+        y = min(height - 1, int((ty + 0.5) * scale))
+        for tx in range(tw):
+            x = min(width - 1, int((tx + 0.5) * scale))
+            base = (y * width + x) * channels * size
+            values = [_sample_u8(data, base + c * size, dtype) for c in range(channels)]
+            grey = channels <= 2
+            rgb = values[:1] * 3 if grey else values[:3]
+            alpha = values[-1] if channels in (2, 4) else 255
+            out += bytes(rgb + [alpha])
+    return tw, th, bytes(out)
 
 
 def find_node(root: Any, unique_id: Any) -> Any:
@@ -481,17 +522,24 @@ def candidates_text(pasted: Pasted, outcome: Outcome) -> str:
                      for node, plan in zip(pasted.faces, outcome.layers))
 
 
-def done_message(pasted: Pasted, outcome: Outcome) -> str:
-    """What was found and made, how to blend it, and that the faces are invented."""
+def face_label(name: str, plan: LayerPlan) -> str:
+    """One line of the docker's face list: the layer's name over its error and seed (two short lines, so a
+    300 px docker shows both whole)."""
     from protocol.layers import format_error
 
-    found = "no mosaic found" if pasted.summary == "no mosaic found" else f"found {pasted.summary}"
+    return f"{name}\nerror {format_error(plan.error)} · seed {plan.seed}"
+
+
+def done_message(pasted: Pasted, outcome: Outcome) -> str:
+    """What was found and made, how to compare and blend, and that the faces are invented."""
+    # The group's name already says "no mosaic found"; a found mosaic gets its cell count too.
+    found = "" if pasted.summary == "no mosaic found" else f": found {pasted.summary}"
     n = len(pasted.faces)
     blend = ("Paint a face's transparency mask to blend it." if pasted.masked else
              "To blend a face, add a transparency mask to it (this Krita's scripting API cannot).")
-    return (f"{pasted.group_name}: {found}; {n} face{'s' if n != 1 else ''} added, the best shown "
-            f"({pasted.faces[0].name()}, error {format_error(outcome.layers[0].error)}). {blend} These faces "
-            "are imagined by the model, not recovered: never use them to identify anyone.")
+    return (f"{pasted.group_name}{found}. {n} face{'s' if n != 1 else ''} added, the best shown; tick a face "
+            f"below to show it. {blend} These faces are imagined by the model, not recovered: never use them "
+            "to identify anyone.")
 
 
 ANNOTATION = PLUGIN_ID  # document annotation (saved in .kra) with each PULSE layer's provenance note
@@ -543,6 +591,29 @@ def user_message(exc: BaseException) -> str:
     if type(exc).__module__.startswith("protocol"):
         return f"Daemon error ({code}): {message}"
     return f"Unexpected error ({name}: {exc}); see Krita's log for details."
+
+
+def force_question(exc: BaseException, request: Request) -> Optional[tuple[str, str]]:
+    """(question, detail) when the daemon refused the request for want of a mosaic and may be asked to paint
+    anyway; None for every other failure (and for a request that was already forced)."""
+    ensure_client_path()
+    from protocol import no_mosaic
+
+    return no_mosaic.question(exc) if no_mosaic.asks_to_force(exc, request.params) else None
+
+
+def forced_request(request: Request) -> Request:
+    """The same region and settings with `force: true`: what Yes to "depixelate anyway?" sends, as a new job."""
+    ensure_client_path()
+    from protocol import no_mosaic
+
+    return dataclasses.replace(request, params=no_mosaic.forced(request.params))
+
+
+def declined_message(question_detail: str) -> str:
+    """The docker's line after No: the daemon's finding (the detail's first line) and that nothing changed."""
+    finding = question_detail.split("\n", 1)[0].rstrip(".")
+    return f"Nothing was changed. {finding}: select the pixelated area and try again."
 
 
 def run_job(request: Request, *, on_progress: Optional[Callable[[Any], None]] = None,

@@ -6,7 +6,10 @@ tests/test_krita_gui.py. Config: JSON file named by $PULSE_KRITA_TEST. Scenario,
   2. `pulse_depixelate` action with no selection     -> "refused", message in the docker, no new layer;
   3. action against a dead endpoint (if configured)    -> "failed" with a "not running" message, UI responsive;
   4. action against the live daemon, with a selection -> "done": layers, pixels, progress, previews recorded;
-  5. a long job cancelled after its first PROGRESS     -> "cancelled", no new layer (if configured).
+  5. a long job cancelled after its first PROGRESS     -> "cancelled", no new layer (if configured);
+  6. a selection without a mosaic, twice: the "depixelate anyway?" box answered with its default (No)
+     -> "declined", no new layer; then Yes -> "done", the run's group (if configured);
+  7. the docker floated at 300 px wide: what fits, what is cut, a screenshot (docker-300.png).
 The result goes to cfg["out"] as JSON (tracebacks included), then os._exit: QApplication.exit() can crash
 Krita 5.1 on the way out, and a hook that never finishes is caught by the test's own timeout.
 """
@@ -111,7 +114,8 @@ class Driver:
 
         self.docker.apply_settings(Settings(**s))
         self.queue = (["start"] if self.cfg.get("start_endpoint") else []) + ["nosel"] + (["dead"] if self.cfg.get("dead_endpoint") else []) + ["live"] + \
-            (["cancel"] if self.cfg.get("cancel_steps") else []) + (["undo"] if self.cfg.get("undo") else [])
+            (["cancel"] if self.cfg.get("cancel_steps") else []) + (["undo"] if self.cfg.get("undo") else []) + \
+            (["nomosaic_no", "nomosaic_yes", "layout"] if self.cfg.get("plain_rect") else [])
         QTimer.singleShot(500, self.guard(self.next))
 
     def next(self):
@@ -126,10 +130,13 @@ class Driver:
         if self.pending == "undo":
             self.do_undo()
             return
+        if self.pending == "layout":
+            self.do_layout()
+            return
         if self.pending == "nosel":
             self.doc.setSelection(None) if self.doc.selection() is not None else None
         else:
-            x, y, w, h = self.cfg["rect"]
+            x, y, w, h = self.cfg["plain_rect" if self.pending.startswith("nomosaic") else "rect"]
             sel = Selection()
             sel.select(x, y, w, h, 255)
             self.doc.setSelection(sel)
@@ -148,9 +155,78 @@ class Driver:
         self.gaps, self._tick_last, self.progress_seen, self.preview_seen = [], None, set(), False
         self.ticker.start()
         self.job_t0 = time.monotonic()
+        if self.pending.startswith("nomosaic"):
+            self.question = None
+            QTimer.singleShot(50, self.guard(self.answer_question))
         self.app.action("pulse_depixelate").trigger()
         if self.pending == "cancel":
             QTimer.singleShot(50, self.guard(self.cancel_when_running))
+
+    def answer_question(self):
+        """The "depixelate anyway?" box (modal: this timer runs inside its event loop): note what it says,
+        then answer with its default button (nomosaic_no) or Yes (nomosaic_yes)."""
+        from PyQt5.QtWidgets import QApplication, QMessageBox
+
+        if self.pending is None or not self.pending.startswith("nomosaic"):
+            return
+        box = QApplication.activeModalWidget()
+        if box is None or box.objectName() != "pulse_no_mosaic_question":
+            QTimer.singleShot(50, self.guard(self.answer_question))
+            return
+        self.question = {"text": box.text(), "detail": box.informativeText(), "title": box.windowTitle(),
+                         "default_is_no": box.defaultButton() is box.button(QMessageBox.No),
+                         "run_button_enabled": self.docker.run_button.isEnabled()}
+        if self.cfg.get("screenshots"):
+            box.grab().save(str(Path(self.cfg["out"]).parent / f"question-{self.pending}.png"))
+        (box.defaultButton() if self.pending == "nomosaic_no" else box.button(QMessageBox.Yes)).click()
+
+    def do_layout(self):
+        """The docker floated and 300 px wide, after a run: does everything fit, is any text cut?"""
+        from PyQt5.QtWidgets import QApplication
+
+        d = self.docker
+        d.setFloating(True)
+        d.resize(300, 900)
+        QApplication.processEvents()
+        QTimer.singleShot(500, self.guard(self.measure_layout))
+
+    def measure_layout(self):
+        from PyQt5.QtCore import Qt
+
+        d = self.docker
+        scroll = d.widget()
+        inner = scroll.widget()
+        viewport = scroll.viewport().width()
+        msg = d.message
+        faces = d.faces
+        items = [faces.item(i) for i in range(faces.count())]
+        fm = faces.fontMetrics()
+        text_room = faces.viewport().width() - faces.iconSize().width() - 16
+        info = {"docker_width": d.width(), "viewport_width": viewport,
+                "content_min_width": inner.minimumSizeHint().width(),
+                "widest_child": max((w.geometry().right() + 1 for w in inner.findChildren(type(inner))
+                                     if w.isVisible() and w.parent() is inner), default=0),
+                "message_text": msg.text(), "message_height": msg.height(),
+                "message_needs": msg.heightForWidth(msg.width()),
+                "faces": [it.text() for it in items],
+                "faces_checked": [it.checkState() == Qt.Checked for it in items],
+                "faces_have_icons": [not it.icon().isNull() for it in items],
+                "face_line_widths": [max(fm.horizontalAdvance(line) for line in it.text().splitlines())
+                                     for it in items], "face_text_room": text_room,
+                "faces_visible": faces.isVisible(), "faces_height": faces.height()}
+        # toggling the second face's tick shows its layer; toggling it back hides it
+        if len(items) > 1:
+            node = self.docker.last_layers[1]
+            items[1].setCheckState(Qt.Checked)
+            info["toggle_shows"] = bool(node.visible())
+            items[1].setCheckState(Qt.Unchecked)
+            info["toggle_hides"] = not node.visible()
+        out = Path(self.cfg["out"]).parent
+        scroll.widget().grab().save(str(out / "docker-300-content.png"))
+        d.grab().save(str(out / "docker-300.png"))
+        self.step("layout", **info)
+        self.pending = None
+        QTimer.singleShot(100, self.guard(self.next))
 
     def do_start(self):
         """Start button: launches `pulse-server run --endpoint E` detached; the status turns to connected."""
@@ -226,6 +302,10 @@ class Driver:
                 "layers_before": self.layers_before, "layers_after": self.layers(),
                 "progress_seen": sorted(self.progress_seen)[-3:], "progress_count": len(self.progress_seen),
                 "preview_seen": self.preview_seen, "status": self.docker.status_label.text()}
+        if name and name.startswith("nomosaic"):
+            info["question"] = self.question
+            info["group"] = self.docker.last_group.name() if state == "done" else None
+            info["faces"] = [n.name() for n in self.docker.last_layers] if state == "done" else []
         if name == "live" and state == "done":
             out = Path(self.cfg["out"]).parent
             x, y, w, h = self.cfg["rect"]
