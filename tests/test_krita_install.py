@@ -215,9 +215,11 @@ def test_daemon_started_from_an_appimage_gets_no_appimage_library_env(tmp_path, 
     for key in ("APPDIR", "APPIMAGE"):
         monkeypatch.delenv(key)
     monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/cuda/lib64")
+    monkeypatch.setenv("VIRTUAL_ENV", str(tmp_path / "venv"))  # Krita started from a terminal with a venv active
     plain = cp.daemon_env()
     assert plain["LD_LIBRARY_PATH"] == "/opt/cuda/lib64" and plain["PYTHONDONTWRITEBYTECODE"] == "1"
     assert "PYTHONHOME" not in plain and "PYTHONPATH" not in plain and plain["PATH"] == krita_env["PATH"]
+    assert "VIRTUAL_ENV" not in plain
 
 
 def test_flatpak_krita_gets_the_override(tmp_path, capsys, monkeypatch):

@@ -70,8 +70,9 @@ def server_command(endpoint: Optional[str] = None) -> Optional[list[str]]:
     return cmd
 
 
-# Always wrong for the daemon's own interpreter (an AppImage's or a bundled Python's settings).
-_PYTHON_VARS = ("PYTHONHOME", "PYTHONPATH", "PYTHONEXECUTABLE", "PYTHONNOUSERSITE")
+# Always wrong for the daemon's own interpreter (an AppImage's or a bundled Python's settings, or the venv of
+# the terminal Krita was started from: the recorded command names its own interpreter).
+_PYTHON_VARS = ("PYTHONHOME", "PYTHONPATH", "PYTHONEXECUTABLE", "PYTHONNOUSERSITE", "VIRTUAL_ENV")
 # What an AppImage's runtime and Krita's AppRun set for the bundled libraries: passed on, the system daemon's
 # numpy/torch would load the AppImage's older libstdc++/libgomp, and Qt paths or APPDIR would point into it.
 _APPIMAGE_VARS = ("LD_LIBRARY_PATH", "QT_PLUGIN_PATH", "QML2_IMPORT_PATH", "QT_QPA_PLATFORM_PLUGIN_PATH",
