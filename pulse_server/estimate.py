@@ -26,6 +26,7 @@ split (`mosaic_search.phase_steps`), which the worker imports before it creates 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -286,7 +287,7 @@ class Estimates:
     def clock(self, model: ModelId | None, shape: JobShape, started: float) -> JobClock:
         cal = self.get(model) if model is not None else None
         with self._lock:  # a copy: observe() changes the scales under a running job's clock otherwise
-            snapshot = Calibration.from_json(cal.to_json()) if cal is not None else None
+            snapshot = copy.deepcopy(cal)
         return JobClock(snapshot, shape, started)
 
     def observe(self, model: ModelId, shape: JobShape, search_s: float, steps_run: int | None, total_s: float) -> None:
