@@ -429,10 +429,15 @@ class PulseClient:
     def run_job(self, image: ImageBlob, mask: ImageBlob | None, params: dict, *,
                 on_progress: Callable[[Progress], None] | None = None, should_cancel: Callable[[], bool] | None = None,
                 on_preview: Callable[[bytes], None] | None = None, job_id: str | None = None,
-                on_state: Callable[[str], None] | None = None, preview_interval: float = 0.5) -> Result:
-        """Submit and wait: RESULT, or JobFailed / JobCancelled (should_cancel() True sends CANCEL)."""
+                on_state: Callable[[str], None] | None = None, preview_interval: float = 0.5,
+                on_accepted: Callable[[Accepted], None] | None = None) -> Result:
+        """Submit and wait: RESULT, or JobFailed / JobCancelled (should_cancel() True sends CANCEL).
+
+        `on_accepted` gets the daemon's ACCEPTED (queue position, `estimate_s`, `wait_s`) before the job runs."""
         accepted = self.submit(image, mask, params, job_id=job_id, preview_interval=preview_interval if on_preview else 0.0)
         job_id = accepted.job_id
+        if on_accepted is not None:
+            on_accepted(accepted)
         if on_state is not None:
             on_state(accepted.state)
         cancel_sent = False

@@ -164,6 +164,11 @@ class Accepted(Message):
     job_id: str
     position: int  # 0 = running now
     state: str = "queued"
+    # Seconds the job itself should take once it runs, for its whole step budget (an upper bound: the search
+    # may stop early), and until it starts (the jobs ahead of it, what remains of the running one). 0 = unknown
+    # (a model not measured on this device yet, a --cluster daemon); wait_s 0 with a known estimate_s: it starts now.
+    estimate_s: float = 0.0
+    wait_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,7 @@ class Progress(Message):
     total: int
     losses: dict[str, float] = field(default_factory=dict)
     best_error: float = float("inf")
+    eta_s: float = 0.0  # seconds left, from this job's own pace so far; 0 = unknown
 
 
 @dataclass(frozen=True)

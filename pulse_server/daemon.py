@@ -425,7 +425,8 @@ class Daemon:
             return
         job = s.jobs.get(jid)
         if job is not None:  # idempotent: a re-sent SUBMIT (after a reconnect) just reports where it is
-            self._send(s, Accepted(jid, self.queue.positions().get(job, 0), job.state))
+            self._send(s, Accepted(jid, self.queue.positions().get(job, 0), job.state, round(job.estimate_s, 1),
+                                   round(self._wait_s(job), 1)))
             return
         done = self.results.get((s.sid, jid))
         if done is not None:
@@ -453,11 +454,28 @@ class Daemon:
             self._send(s, Failed(jid, exc.code, exc.message, True))
             return
         s.jobs[jid] = job
-        ahead = position - 1 + self.worker.running()  # queue position 1 still waits for the running jobs
-        log.info("job %s from %s: %s %dx%dx%d %s, %d candidates x %d steps, %d job(s) ahead of it", jid, s.client,
-                 params.mode, msg.image.width, msg.image.height, msg.image.channels, msg.image.dtype, params.candidates,
-                 params.steps, ahead)
-        self._send(s, Accepted(jid, position, "queued"))
+        job.estimate_s = self.worker.estimate(params, msg.image.width * msg.image.height)
+        wait = self._wait_s(job)
+        ahead = position - 1 + self.worker.running()  # queue position 1 still waits for a running job
+        log.info("job %s from %s: %s %dx%dx%d %s, %d candidates x %d steps, %d job(s) ahead of it; estimate %.1f s, "
+                 "starts in %.1f s (0: unknown)", jid, s.client, params.mode, msg.image.width, msg.image.height,
+                 msg.image.channels, msg.image.dtype, params.candidates, params.steps, ahead, job.estimate_s, wait)
+        self._send(s, Accepted(jid, position, "queued", round(job.estimate_s, 1), round(wait, 1)))
+
+    def _wait_s(self, job: Job) -> float:
+        """Seconds until `job` starts: the estimates of the queued jobs served before it and what remains of the
+        jobs running now; 0 if it runs already or any of those is unknown."""
+        positions = self.queue.positions()
+        mine = positions.get(job)
+        if mine is None:
+            return 0.0
+        now = time.monotonic()
+        parts = [j.estimate_s if j.estimate_s > 0 else None for j, p in positions.items() if p < mine]
+        parts += [_remaining(j, now) for sess in self.sessions.values() for j in sess.jobs.values()
+                  if j not in positions and not j.done]  # taken by the worker (loading or running)
+        if any(p is None for p in parts):
+            return 0.0
+        return sum(parts)
 
     def _on_cancel(self, s: Session, msg: Cancel) -> None:
         job = s.jobs.get(msg.job_id)
@@ -529,10 +547,13 @@ class Daemon:
                 continue
             if kind == "state":
                 job.state = payload
+                if payload == "running":
+                    job.started = time.monotonic()
                 if s is not None:
                     self._send(s, JobState(job.job_id, payload, 0))
             elif kind == "progress":
                 job.step, job.total = payload.step, payload.total
+                job.eta_s, job.eta_at = payload.eta_s, time.monotonic()
                 if s is not None:
                     s.progress[job.job_id] = encode(payload, self.limits)
             elif kind == "preview" and s is not None:
@@ -766,6 +787,18 @@ def _throttled_level(recent: deque[float], most: int = 10, window: float = 10.0)
         recent.popleft()
     recent.append(now)
     return logging.WARNING if len(recent) <= most else logging.DEBUG
+
+
+def _remaining(job: Job, now: float) -> float | None:
+    """Seconds a job the worker has taken still needs: its latest time left, else its estimate less the time it has
+    run; None when neither is known. A job still loading its model counts its whole estimate (the load not known)."""
+    if job.eta_s > 0:
+        return max(0.0, job.eta_s - (now - job.eta_at))
+    if job.estimate_s <= 0:
+        return None
+    if job.started is None:
+        return job.estimate_s
+    return max(0.0, job.estimate_s - (now - job.started))
 
 
 def _input_bytes(job: Job) -> int:

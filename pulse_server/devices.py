@@ -91,3 +91,35 @@ def _why_not(kind: str, torch: Any) -> str:
     if kind == "xpu":
         return f"torch {torch.__version__} sees no Intel GPU"
     return ""
+
+
+def device_label(device: "Any") -> str:
+    """What a speed measurement is valid for: the accelerator's product name, or the CPU's model and the number
+    of threads torch uses on it ("cuda: NVIDIA H200", "cpu: AMD EPYC 7763 64-Core Processor, 2 threads")."""
+    import torch
+
+    device = torch.device(device)
+    kind = device.type
+    try:
+        if kind == "cuda":
+            return f"cuda: {torch.cuda.get_device_name(device.index or 0)}"
+        if kind == "xpu":
+            return f"xpu: {torch.xpu.get_device_name(device.index or 0)}"
+    except Exception:  # noqa: BLE001 - a name is only a cache key; the device itself works
+        pass
+    if kind == "cpu":
+        return f"cpu: {_cpu_name()}, {torch.get_num_threads()} threads"
+    return kind
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

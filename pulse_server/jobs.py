@@ -101,6 +101,12 @@ class Job:
     finished: float | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = "cancelled"
+    # Time estimates (loop thread): seconds the job takes once running (0 = unknown), when it started running,
+    # and the worker's latest time left with when it arrived.
+    estimate_s: float = 0.0
+    started: float | None = None
+    eta_s: float = 0.0
+    eta_at: float = 0.0
     # Set by the loop when the job ends: the encoded RESULT/FAILED frames, kept for FETCH.
     final_frames: list | None = None
     final_bytes: int = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from .jobs import Job, JobQueue
+from .jobs import Job, JobParams, JobQueue
 
 if TYPE_CHECKING:
     from .daemon import DaemonConfig
@@ -37,6 +37,10 @@ class WorkerPool(Protocol):
 
     def running(self) -> int:
         """Jobs being solved right now."""
+
+    def estimate(self, params: "JobParams", pixels: int) -> float:
+        """Seconds a job with `params` on a region of `pixels` takes once it runs; 0 = unknown. Called from the
+        daemon's loop: must answer at once."""
 
     def pool_info(self) -> dict[str, Any] | None:
         """STATUS's `cluster` map, or None for the local worker."""

@@ -31,7 +31,8 @@ def depixelate(prior: Any, region: np.ndarray, mask: np.ndarray | None, params: 
     patches = finish(prep, solved)
     name = model or getattr(prior, "name", None) or getattr(prior, "family", "") or type(prior).__name__
     return DepixResult(patches=patches, candidates=list(solved.candidates), mosaic=prep.mosaic, model=str(name),
-                       method=params.method, stage=solved.stage)
+                       method=params.method, stage=solved.stage, search_seconds=solved.seconds,
+                       steps_run=solved.steps_run)
 
 
 def solve(prior: Any, lowres: np.ndarray, config: Any = None, progress: Callable[[Any], None] | None = None,

@@ -13,6 +13,10 @@ transport tests: the result is the submitted region, unchanged.
 
 `JobExecutor` is everything above but the thread: a cluster actor (`pulse_server.cluster.actor`) wraps the
 same executor, so a job runs through the same code on the daemon's own device and on a pool of actors.
+
+Estimates (`estimate.py`): a model's first load on a device is followed by a short measurement of its speed
+(`calibrate.py`, still in the job's "loading" state), cached per model and device; `estimate()` answers the
+daemon's SUBMIT from it, PROGRESS carries the running job's time left, and each finished job corrects the figures.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from protocol.messages import Candidate, Failed, ImageBlob, JpegBlob, Preview, P
 
 from . import runner
 from .errors import Cancelled, PulseError
-from .jobs import Job, JobQueue
+from .estimate import Estimates, JobClock, JobShape, ModelId, model_id_for, model_id_of
+from .jobs import Job, JobParams, JobQueue
 
 log = logging.getLogger("pulse.worker")
 
@@ -59,6 +64,9 @@ class JobExecutor:
         self._models_lock = threading.Lock()  # the loop thread reads `models` for WELCOME/STATUS
         self.current: Job | None = None
         self._stopping = threading.Event()
+        # Set in prepare(), once torch and the solver are imported: until then nothing is known (estimate() 0).
+        self.estimates: Estimates | None = None
+        self._uncalibrated: set[ModelId] = set()  # calibrations that failed: not retried on every job
 
     # ---- public, called from the loop thread ----------------------------------------------------
 
@@ -91,14 +99,26 @@ class JobExecutor:
             job.cancel("the daemon is stopping")
 
     def prepare(self) -> None:
-        """Resolve the device and, with `preload`, load the model; failures are reported on the first job."""
+        """Resolve the device and, with `preload`, load the model (and measure it); failures are reported on the
+        first job."""
         if not self.noop:
             self._resolve_device()
+            self._open_estimates()
             if self.preload:
                 try:
                     self._load()
+                    self._calibrate(None)
                 except Exception as exc:  # noqa: BLE001 - retried (and reported) on the first job
                     log.error("preloading the model failed: %s", exc)
+
+    def estimate(self, params: JobParams, pixels: int) -> float:
+        """Seconds `params` will take once it runs (its whole step budget); 0 = unknown. Loop thread: no torch."""
+        estimates = self.estimates
+        if estimates is None or self.noop:
+            return 0.0
+        model = self._model_id(params.model)
+        shape = JobShape.of(params, pixels, self._precision_of(params))
+        return estimates.estimate(model, shape) if model is not None else 0.0
 
     def run_job(self, job: Job) -> None:
         """Run `job` to its one "final" event (RESULT or FAILED); never raises."""
@@ -119,23 +139,57 @@ class JobExecutor:
         except Exception as exc:  # noqa: BLE001 - reported on the first job instead
             log.error("cannot use device %s: %s", self.requested_device, exc)
 
+    def _open_estimates(self) -> None:
+        try:
+            import torch
+
+            from .devices import device_label
+            from .solver import mosaic_search  # noqa: F401 - estimates read its phase split; imported off the loop
+
+            self.estimates = Estimates(device_label(self.device), torch.__version__)
+        except Exception as exc:  # noqa: BLE001 - jobs run without estimates
+            log.warning("no time estimates on %s: %s", self.device, exc)
+
+    def _model_id(self, model: str | None) -> ModelId | None:
+        """The checkpoint a job naming `model` runs: the loaded one's, else the file it would load (no torch)."""
+        key = self._key(model)
+        with self._models_lock:
+            entry = self.models.get(key)
+        if entry is not None:
+            return model_id_of(entry[1])
+        if not key and self.prior is not None and self.info is not None and not self.models:
+            return model_id_of(self.info)  # a model handed in directly is the daemon's own
+        return model_id_for(self.weights if not key else key, self.device)
+
     def _run_job(self, job: Job) -> None:
         t0 = time.monotonic()
         try:
             if job.cancel_event.is_set():  # cancelled while queued, after take(): same report as mid-run
                 raise Cancelled(job.cancel_reason)
-            if not self.noop and not self._select(job.params.model):
-                self.emit("state", job, "loading")
-                self._load(job.params.model)
+            if not self.noop:
+                loading = not self._select(job.params.model)
+                if loading:
+                    self.emit("state", job, "loading")
+                    self._load(job.params.model)
+                self._calibrate(job, loading)
             # Loading takes seconds: the client may have cancelled or vanished meanwhile (its session
             # dropped, the region's frames released). Stop here rather than run on a freed region.
             if job.cancel_event.is_set():
                 raise Cancelled(job.cancel_reason)
+            image = job.image  # the loop thread may release it at any moment
+            shape = JobShape.of(job.params, image.width * image.height if image is not None else 0,
+                                self._precision_of(job.params))
             self.emit("state", job, "running")
-            result = self._noop(job) if self.noop else self._execute(job)
+            started = time.monotonic()
+            if self.noop:
+                result = self._noop(job)
+            else:
+                result, search_s, steps_run = self._execute(job, self._clock(shape, started))
             if job.cancel_event.is_set():
                 raise Cancelled(job.cancel_reason)
             self.emit("final", job, result)
+            if not self.noop:
+                self._observe(shape, search_s, steps_run, time.monotonic() - started)
             log.info("job %s done in %.2f s, after %.2f s waiting to start", job.job_id, time.monotonic() - t0,
                      t0 - job.created)
         except Cancelled:
@@ -156,6 +210,45 @@ class JobExecutor:
             else:
                 log.error("job %s crashed:\n%s", job.job_id, traceback.format_exc())
                 self.emit("final", job, Failed(job.job_id, "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"))
+
+    # ---- estimates --------------------------------------------------------------------------------
+
+    def _calibrate(self, job: Job | None, loading: bool = True) -> None:
+        """Measure the current model on this device unless its figures are cached (calibrate.py). A job waits in
+        its "loading" state meanwhile and may cancel it; a failed measurement only leaves estimates unknown."""
+        model = model_id_of(self.info) if self.info is not None else None
+        if self.estimates is None or model is None or model in self._uncalibrated or self.estimates.get(model):
+            return
+        from .calibrate import calibrate
+
+        if job is not None and not loading:  # its model was loaded without a measurement (one that failed)
+            self.emit("state", job, "loading")
+        cancel = job.cancel_event.is_set if job is not None else self._stopping.is_set
+        try:
+            cal = calibrate(self.prior, cancel)
+        except Cancelled:
+            if job is None:
+                return
+            raise Cancelled(job.cancel_reason) from None
+        except Exception as exc:  # noqa: BLE001 - the job itself may still run (an OOM here is not its fault)
+            self._uncalibrated.add(model)
+            _free_device_memory()
+            log.warning("measuring %s on %s failed, no time estimates for it: %s", self.info.name, self.device, exc)
+            return
+        self.estimates.put(model, cal)
+        log.info("measured %s on %s in %.1f s: %.1f ms per step for 1 face, %.1f ms for 4", self.info.name,
+                 self.estimates.device, cal.seconds, cal.latent[0] * 1e3, cal.latent[1] * 1e3)
+
+    def _clock(self, shape: JobShape, started: float) -> JobClock:
+        model = model_id_of(self.info) if self.info is not None else None
+        if self.estimates is None:
+            return JobClock(None, shape, started)
+        return self.estimates.clock(model, shape, started)
+
+    def _observe(self, shape: JobShape, search_s: float, steps_run: int | None, total_s: float) -> None:
+        model = model_id_of(self.info) if self.info is not None else None
+        if self.estimates is not None and model is not None:
+            self.estimates.observe(model, shape, search_s, steps_run, total_s)
 
     # ---- model ------------------------------------------------------------------------------------
 
@@ -206,16 +299,20 @@ class JobExecutor:
     # ---- jobs -------------------------------------------------------------------------------------
 
     def _precision(self, job: Job) -> str:
-        return self.precision if job.params.precision == "default" else job.params.precision
+        return self._precision_of(job.params)
 
-    def _callbacks(self, job: Job) -> tuple[Callable[[Any], None], Callable[[], bool]]:
+    def _precision_of(self, params: JobParams) -> str:
+        return self.precision if params.precision == "default" else params.precision
+
+    def _callbacks(self, job: Job, clock: JobClock) -> tuple[Callable[[Any], None], Callable[[], bool]]:
         last_preview = [0.0]
 
         def progress(p: Any) -> None:
             losses = {str(k): float(v) for k, v in dict(getattr(p, "losses", {}) or {}).items()}
-            self.emit("progress", job, Progress(job.job_id, int(p.step), int(p.total), losses, float(p.best_error)))
-            preview = getattr(p, "preview", None)
             now = time.monotonic()
+            eta = round(clock.eta(int(p.step), int(p.total), now), 2)
+            self.emit("progress", job, Progress(job.job_id, int(p.step), int(p.total), losses, float(p.best_error), eta))
+            preview = getattr(p, "preview", None)
             if preview is not None and job.preview_interval > 0 and now - last_preview[0] >= job.preview_interval:
                 last_preview[0] = now
                 jpeg = _jpeg(preview)
@@ -224,11 +321,13 @@ class JobExecutor:
 
         return progress, job.cancel_event.is_set
 
-    def _execute(self, job: Job) -> Result:
+    def _execute(self, job: Job, clock: JobClock) -> tuple[Result, float, int | None]:
+        """-> (RESULT, seconds of the search alone, steps it ran or None for all) — the last two correct the
+        estimates."""
         import numpy as np
 
         params = job.params
-        progress, cancel = self._callbacks(job)
+        progress, cancel = self._callbacks(job, clock)
         image, mask_blob = job.image, job.mask  # the loop thread may release them at any moment
         if image is None:  # released: the job was cancelled (cancel is set before inputs are released)
             raise Cancelled(job.cancel_reason)
@@ -241,7 +340,8 @@ class JobExecutor:
                                  precision=self._precision(job), preview_every=_preview_every(job))
             res = runner.solve(self.prior, lowres, config, progress=progress, cancel=cancel)
             cands = [_candidate(np.asarray(c.image, dtype=np.float32), c) for c in res.candidates]
-            return Result(job.job_id, cands, self.info.name, {"factor": int(res.factor), "resolution": int(res.resolution)})
+            analysis = {"factor": int(res.factor), "resolution": int(res.resolution)}
+            return Result(job.job_id, cands, self.info.name, analysis), float(res.seconds), None  # no early stop
         from .pipeline import DepixParams
 
         mask = None if mask_blob is None else np.array(mask_blob.to_numpy()[:, :, 0])
@@ -250,7 +350,7 @@ class JobExecutor:
                          preview_every=_preview_every(job))
         res = runner.depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name)
         cands = [_candidate(patch, c) for patch, c in zip(res.patches, res.candidates)]
-        return Result(job.job_id, cands, str(res.model), depixelate_analysis(res))
+        return Result(job.job_id, cands, str(res.model), depixelate_analysis(res)), res.search_seconds, res.steps_run
 
     def _noop(self, job: Job) -> Result:
         """Echo the region back: measures transport, queueing and cancellation without a model."""

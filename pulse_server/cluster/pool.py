@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from protocol.messages import Failed
 
 from ..errors import PulseError
-from ..jobs import Job, JobQueue
+from ..jobs import Job, JobParams, JobQueue
 from .actor import JobSpec, portable_blob
 from .link import BridgeConfig, parse_cluster
 
@@ -135,6 +135,9 @@ class RayPool:
     def running(self) -> int:
         with self._cond:
             return len(self.attempts)
+
+    def estimate(self, params: JobParams, pixels: int) -> float:
+        return 0.0  # unknown: the actors measure their own devices, and which one a job gets is decided later
 
     def model_summaries(self) -> list[dict[str, Any]]:
         from ..models.registry import REGISTRY

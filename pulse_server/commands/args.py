@@ -148,3 +148,24 @@ def check_image_output(path: Path, sample: Any, write: Any) -> None:
         write(io.BytesIO(), sample[:1, :1], fmt)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PulseError(f"cannot write the output {path} as {fmt}: {exc} (use .png)", code="BAD_OUTPUT") from None
+
+
+# ------------------------------------------------------------------------------------------- estimates
+
+
+def cached_estimate_line(prior: Any, info: Any, mode: str, candidates: int, steps: int, method: str, precision: str,
+                         pixels: int) -> str:
+    """An in-process run's "pulse: estimate: about 40 s" line, from the speed the daemon measured for this model
+    on this device (cached); "" when none was measured. Never measures anything itself: that costs a second or
+    two the user did not ask for."""
+    import torch
+
+    from protocol.estimate_text import describe_estimate
+
+    from ..devices import device_label
+    from ..estimate import JobShape, cached_estimate
+    from .daemon_job import estimate_words
+
+    shape = JobShape(mode, candidates, steps, method, precision, pixels)
+    seconds = cached_estimate(info, device_label(prior.device), torch.__version__, shape)
+    return estimate_words(describe_estimate(seconds, 0.0, prior.device.type, info.name), mode)

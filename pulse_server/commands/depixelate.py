@@ -194,6 +194,9 @@ def _in_process(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     prior, info = load_prior(args.weights, device=resolve_device(args.device))
     params = DepixParams(candidates=args.candidates, steps=args.steps, seed=args.seed, block=args.block, eps=args.eps,
                          precision=args.precision, method=args.method, force=args.force)
+    if not args.quiet:
+        _say(bar, args_.cached_estimate_line(prior, info, "depixelate", args.candidates, args.steps, args.method,
+                                             args.precision, region.shape[0] * region.shape[1]))
 
     def progress(p: Any) -> None:
         if bar is not None:
@@ -237,7 +240,8 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     endpoint = args.endpoint or os.environ.get("PULSE_ENDPOINT") or None
     with PulseClient(endpoint, client_name="pulse-cli", client_version=_version()) as client:
         client.connect()
-        res = run_daemon_job(client, ImageBlob.from_numpy(region), None, params, on_progress=progress)
+        res = run_daemon_job(client, ImageBlob.from_numpy(region), None, params, on_progress=progress,
+                             on_estimate=None if args.quiet else lambda line: _say(bar, line))
     patches = []
     for c in res.candidates:
         patch = np.array(c.image.to_numpy())
@@ -254,6 +258,16 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
                 "confidence": float(a.get("confidence", 0.0)), "detected": bool(a.get("detected", False)),
                 "method": str(a.get("method", "")), "theta": [list(t) for t in a.get("theta", [])]}
     return patches, cands, analysis, res.model
+
+
+def _say(bar: Any, line: str) -> None:
+    """A line on stderr above the progress bar (tqdm redraws it below), or nothing for ""."""
+    if not line:
+        return
+    if bar is not None:
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
 
 
 def _version() -> str:

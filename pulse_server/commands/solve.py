@@ -181,6 +181,10 @@ def _solve_here(args: argparse.Namespace, lowres: Any) -> tuple[list[dict], dict
     prior, info = load_prior(args.weights, resolve_device(args.device))
     cfg = SolveConfig(candidates=args.candidates, steps=args.steps, eps=args.eps, seed=args.seed,
                       precision=args.precision)
+    line = args_.cached_estimate_line(prior, info, "solve", args.candidates, args.steps, "ilo", args.precision,
+                                      lowres.shape[0] * lowres.shape[1])
+    if line and not args.quiet:
+        print(line, file=sys.stderr)
     bar = _Bar(args.quiet)
     try:
         result = solve(prior, lowres, cfg, progress=bar)
@@ -213,7 +217,8 @@ def _solve_via_daemon(args: argparse.Namespace, lowres: Any) -> tuple[list[dict]
     bar = _Bar(args.quiet)
     with PulseClient(args.endpoint, client_name="pulse-cli") as client:
         try:
-            result = run_daemon_job(client, blob, None, params, on_progress=bar)
+            result = run_daemon_job(client, blob, None, params, on_progress=bar,
+                                    on_estimate=None if args.quiet else lambda line: print(line, file=sys.stderr))
         finally:
             bar.close()
     rows = [{"image": blob_to_rgb(c.image), "seed": c.seed, "downscale_mse": c.downscale_error,

@@ -72,6 +72,8 @@ class DepixResult:
     model: str
     method: str = METHODS[0]
     stage: int | None = field(default=None)
+    search_seconds: float = 0.0  # the solver's share of the job (estimate.py learns from it)
+    steps_run: int | None = None  # solver steps run, fewer than the budget after an early stop
 
 
 def analyze_mosaic(region: np.ndarray, mask: np.ndarray | None = None, block: int | None = None) -> MosaicInfo:
