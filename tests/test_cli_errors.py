@@ -3,6 +3,7 @@ model is loaded. Each test runs the real program in a subprocess and compares th
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,10 @@ NO_MODEL = "/nonexistent/model.pt"
 
 
 def pulse(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    # A cache of its own: a speed measurement another test left in the shared one adds an estimate line.
+    env = {**os.environ, "PULSE_CACHE_DIR": str(cwd / "cache")}
     return subprocess.run([sys.executable, "-m", "pulse_server.cli", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
 
 
 @pytest.fixture
