@@ -31,7 +31,7 @@ from protocol.codec import DEFAULT_LIMITS, MAGIC, Limits, copy_frames, decode, e
 from protocol.errors import ProtocolError
 from protocol.messages import (
     CLIENT_TYPES, DTYPE_SIZES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello,
-    JobState, Message, Ok, Ping, Pong, Preview, Progress, Result, Shutdown, Status, StatusReply, Submit, Welcome,
+    JobState, Message, Ok, Ping, Pong, Result, Shutdown, Status, StatusReply, Submit, Welcome,
 )
 
 from . import __version__, paths
