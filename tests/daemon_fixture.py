@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +195,24 @@ def _kill_leftovers() -> None:
     for proc in list(_LIVE):
         if proc.poll() is None:
             proc.kill()
+
+
+def start_long_job_client(endpoint: str, token: str) -> subprocess.Popen:
+    """A client process that submits a solve job of 100,000 steps and prints RUNNING on its first progress:
+    the tests kill it to see what the daemon does with the job of a client that vanished."""
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from protocol.client import PulseClient
+        from protocol.messages import ImageBlob, Progress
+        with PulseClient({endpoint!r}, token={token!r}, client_name="doomed") as c:
+            jid = c.submit(ImageBlob.from_numpy(np.zeros((8, 8, 3), np.float32)), None,
+                           {{"mode": "solve", "candidates": 1, "steps": 100000}}).job_id
+            for ev in c.events(jid):
+                if isinstance(ev, Progress):
+                    print("RUNNING", flush=True)
+    """)
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=str(REPO),
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def run_worker_until(worker, queue, jobs: Sequence, done, timeout: float = 120.0) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 
@@ -21,7 +19,7 @@ import pytest
 pytest.importorskip("ray", reason="the cluster tests need Ray: pip install -e '.[cluster]'")
 
 from protocol.messages import ImageBlob, Progress  # noqa: E402
-from daemon_fixture import REPO, server_command, start_daemon, isolated_env, free_tcp_port  # noqa: E402
+from daemon_fixture import REPO, free_tcp_port, isolated_env, server_command, start_daemon, start_long_job_client  # noqa: E402
 from ray_fixture import RayHead  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -156,19 +154,7 @@ def test_cancel_reaches_the_running_actor_within_a_second(pool):
 
 
 def test_vanished_client_has_its_job_cancelled_on_the_pool(pool):
-    script = textwrap.dedent(f"""
-        import numpy as np
-        from protocol.client import PulseClient
-        from protocol.messages import ImageBlob, Progress
-        with PulseClient({pool.endpoint!r}, token={pool.token!r}, client_name="doomed") as c:
-            jid = c.submit(ImageBlob.from_numpy(np.zeros((8, 8, 3), np.float32)), None,
-                           {{"mode": "solve", "candidates": 1, "steps": 100000}}).job_id
-            for ev in c.events(jid):
-                if isinstance(ev, Progress):
-                    print("RUNNING", flush=True)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=str(REPO),
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = start_long_job_client(pool.endpoint, pool.token)
     try:
         assert proc.stdout.readline().strip() == "RUNNING"
         assert pool_status(pool)["running"] == 1

@@ -7,11 +7,7 @@ queue limits, FETCH and idempotent SUBMIT after a reconnect, previews.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 import uuid
@@ -25,7 +21,7 @@ from protocol.client import PulseClient
 from protocol.codec import MAGIC, decode, encode
 from protocol.errors import JobCancelled, JobFailed, ProtocolError
 from protocol.messages import Error, Hello, ImageBlob, Progress, Result, Submit, Welcome
-from daemon_fixture import REPO, start_daemon
+from daemon_fixture import start_daemon, start_long_job_client
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -162,19 +158,7 @@ def test_cancel_running_and_queued_jobs(daemon):
 
 
 def test_killed_client_has_its_job_cancelled(daemon):
-    script = textwrap.dedent(f"""
-        import sys, numpy as np
-        from protocol.client import PulseClient
-        from protocol.messages import ImageBlob, Progress
-        with PulseClient({daemon.endpoint!r}, token={daemon.token!r}, client_name="doomed") as c:
-            jid = c.submit(ImageBlob.from_numpy(np.zeros((8, 8, 3), np.float32)), None,
-                           {{"mode": "solve", "candidates": 1, "steps": 100000}}).job_id
-            for ev in c.events(jid):
-                if isinstance(ev, Progress):
-                    print("RUNNING", flush=True)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=str(REPO),
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = start_long_job_client(daemon.endpoint, daemon.token)
     try:
         assert proc.stdout.readline().strip() == "RUNNING"
         with daemon.client() as c:
