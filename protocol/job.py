@@ -1,0 +1,179 @@
+"""The job contract: every parameter of a job declared once — name, type, default, range, meaning.
+
+The dialogs build their widgets from it (through WELCOME's `params`, which carries the daemon's effective
+ranges), the client checks a request before sending it, the daemon checks it again on arrival, and the
+solver reads the same typed object. No other module declares a default or a limit for these.
+
+On the wire a job's settings are the SUBMIT `params` map (`JobSettings.to_wire()`); the sentinel values keep
+it plain msgpack: seed -1 = a new random seed, block 0 = detect it, model "" = the daemon's own model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ProtocolError
+
+MODES = ("depixelate", "solve")
+METHODS = ("ilo", "pulse")  # depixelate's search: latent + bounded feature refinement, or latent only
+PRECISIONS = ("default", "fp32")
+
+# The largest region the pipeline takes, per side: a face selection; bigger is a mistake (or another tool's job).
+# Checked before a job is queued, so an oversized selection never waits in the queue holding its bytes.
+MAX_REGION_SIDE = 4096
+# Mosaic cells larger than this hold too little of a face to be worth solving (the detector's range too).
+MAX_BLOCK = 64
+# The most pixels a model name may take on the wire (names only, never paths: a client must not make the daemon
+# open files of its choosing).
+MAX_MODEL_NAME = 64
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter's declaration. `low`/`high` bound numbers (inclusive); `choices` bound strings."""
+
+    name: str
+    kind: type
+    default: Any
+    label: str  # the dialogs' label: plain words, with the mnemonic-free text
+    help: str  # one sentence for the tooltip / the CLI's --help
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    advanced: bool = False  # shown under the dialogs' advanced section
+
+    def check(self, value: Any, *, low: float | None = None, high: float | None = None,
+              choices: tuple[str, ...] | None = None) -> Any:
+        """`value` if valid (ints accepted for floats), else ParamError naming the parameter and its range."""
+        low = self.low if low is None else low
+        high = self.high if high is None else high
+        choices = self.choices if choices is None else choices
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) is not (self.kind is bool) or not isinstance(value, self.kind):
+            raise ParamError(self.name, f"expected {self.kind.__name__}, got {type(value).__name__}")
+        if choices is not None and value not in choices:
+            raise ParamError(self.name, f"must be one of {', '.join(choices)}, not {str(value)[:32]!r}")
+        if isinstance(value, str) and len(value) > MAX_MODEL_NAME:
+            raise ParamError(self.name, f"longer than {MAX_MODEL_NAME} characters")
+        if low is not None and high is not None and not low <= value <= high:
+            raise ParamError(self.name, f"must be {self.range_text(low, high)}, not {value}")
+        return value
+
+    def range_text(self, low: float | None = None, high: float | None = None) -> str:
+        low = self.low if low is None else low
+        high = self.high if high is None else high
+        return f"between {low:g} and {high:g}"
+
+    def to_wire(self, **override: Any) -> dict[str, Any]:
+        """The declaration as WELCOME carries it (`override`: the daemon's effective low/high/choices/default)."""
+        d = {"type": self.kind.__name__, "default": self.default, "label": self.label, "help": self.help,
+             "advanced": self.advanced}
+        if self.low is not None:
+            d.update(min=self.low, max=self.high)
+        if self.choices is not None:
+            d["choices"] = list(self.choices)
+        d.update({("min" if k == "low" else "max" if k == "high" else k): v for k, v in override.items()})
+        return d
+
+
+class ParamError(ProtocolError):
+    """A job parameter is out of its declared type or range."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"params.{name}: {problem}", "BAD_PARAMS")
+        self.param = name
+
+
+def _p(default: Any, label: str, help: str, **kw: Any) -> Any:
+    """A dataclass field whose metadata holds its Param (the name and kind are filled in from the field)."""
+    return field(default=default, metadata={"param": dict(default=default, label=label, help=help, **kw)})
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """A job's settings, typed, from the dialog to the solver."""
+
+    mode: str = _p("depixelate", "Mode", "depixelate: find and solve the mosaic in a region; solve: the image is "
+                   "already the low-resolution face", choices=MODES, advanced=True)
+    candidates: int = _p(3, "Faces to generate", "How many faces to imagine: one layer each, the best one shown",
+                         low=1, high=16)
+    steps: int = _p(100, "Search steps", "Steps of the search per face: more fit the mosaic closer, and take longer",
+                    low=1, high=5000)
+    seed: int = _p(-1, "Random seed", "The same seed gives the same faces again (-1 = a new seed each run)",
+                   low=-1, high=2**31 - 1)
+    block: int = _p(0, "Mosaic block size", "Side of one mosaic cell in pixels (0 = detect it)", low=0, high=MAX_BLOCK)
+    eps: float = _p(2e-3, "Match tolerance", "How closely a face must match the mosaic (mean squared error of the "
+                    "downscaled face, 0–1 scale)", low=1e-6, high=0.5, advanced=True)
+    precision: str = _p("default", "Precision", "default: the device's fast path; fp32: full precision everywhere",
+                        choices=PRECISIONS, advanced=True)
+    method: str = _p(METHODS[0], "Search method", "ilo: latent search then a bounded refinement of the generator's "
+                     "features; pulse: latent search only", choices=METHODS, advanced=True)
+    model: str = _p("", "Face model", "A model the daemon lists (empty = the daemon's own)")
+    force: bool = _p(False, "Depixelate anyway", "Solve even where no mosaic is found", advanced=True)
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any], spec: Mapping[str, Param] | None = None) -> "JobSettings":
+        """Validate a SUBMIT `params` map (missing or None keys take their default; unknown keys are ignored so an
+        older daemon accepts a newer client's extras) against `spec` (default: the declared PARAMS)."""
+        if not isinstance(raw, Mapping):
+            raise ParamError("*", f"expected a map, got {type(raw).__name__}")
+        spec = PARAMS if spec is None else spec
+        values = {}
+        for name, p in spec.items():
+            value = raw.get(name)
+            values[name] = p.default if value is None else p.check(value)
+        return cls(**values)
+
+    def checked(self, spec: Mapping[str, Param] | None = None) -> "JobSettings":
+        """Self if every field is within `spec` (a dialog's values before sending), else ParamError."""
+        return type(self).from_wire(self.to_wire(), spec)
+
+
+def _declare() -> dict[str, Param]:
+    out = {}
+    for f in dataclasses.fields(JobSettings):
+        kind = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+        out[f.name] = Param(name=f.name, kind=kind, **f.metadata["param"])
+    return out
+
+
+PARAMS: dict[str, Param] = _declare()
+
+
+def spec_from_wire(raw: Mapping[str, Any] | None) -> dict[str, Param]:
+    """WELCOME's `params` → Params with the daemon's effective ranges (declared ones where it says nothing)."""
+    spec = dict(PARAMS)
+    for name, d in (raw or {}).items():
+        p = spec.get(name)
+        if p is None or not isinstance(d, Mapping):
+            continue  # a parameter this client does not know: it cannot show it, the daemon's default applies
+        spec[name] = dataclasses.replace(
+            p,
+            default=d.get("default", p.default),
+            low=d.get("min", p.low), high=d.get("max", p.high),
+            choices=tuple(d["choices"]) if d.get("choices") is not None else p.choices,
+        )
+    return spec
+
+
+def spec_to_wire(spec: Mapping[str, Param]) -> dict[str, dict[str, Any]]:
+    return {name: p.to_wire() for name, p in spec.items()}
+
+
+def narrowed(**ranges: Any) -> dict[str, Param]:
+    """PARAMS with some ranges narrowed by a daemon's configuration, e.g. narrowed(steps=(1, 1000), model=names).
+    A tuple gives (low, high); a list gives the allowed choices."""
+    spec = dict(PARAMS)
+    for name, r in ranges.items():
+        p = spec[name]
+        if isinstance(r, tuple):
+            spec[name] = dataclasses.replace(p, low=max(p.low, r[0]), high=min(p.high, r[1]))
+        else:
+            spec[name] = dataclasses.replace(p, choices=tuple(r))
+    return spec
