@@ -428,10 +428,13 @@ class PulseClient:
                 on_progress: Callable[[Progress], None] | None = None, should_cancel: Callable[[], bool] | None = None,
                 on_preview: Callable[[bytes], None] | None = None, job_id: str | None = None,
                 on_state: Callable[[str], None] | None = None, preview_interval: float = 0.5,
-                on_accepted: Callable[[Accepted], None] | None = None) -> Result:
+                on_accepted: Callable[[Accepted], None] | None = None,
+                on_job_state: Callable[[JobState], None] | None = None) -> Result:
         """Submit and wait: RESULT, or JobFailed / JobCancelled (should_cancel() True sends CANCEL).
 
-        `on_accepted` gets the daemon's ACCEPTED (queue position, `estimate_s`, `wait_s`) before the job runs."""
+        `on_accepted` gets the daemon's ACCEPTED (queue position, `estimate_s`, `wait_s`) before the job runs.
+        `on_state` gets each state's name; `on_job_state` each whole JOB_STATE, with its `message` and, once a
+        depixelate job's mosaic is analysed, its `analysis` (block, cells, confidence, detected)."""
         accepted = self.submit(image, mask, params, job_id=job_id, preview_interval=preview_interval if on_preview else 0.0)
         job_id = accepted.job_id
         if on_accepted is not None:
@@ -449,8 +452,11 @@ class PulseClient:
                 on_progress(ev)
             elif isinstance(ev, Preview) and on_preview is not None:
                 on_preview(bytes(ev.image.data))
-            elif isinstance(ev, (JobState, Accepted)) and on_state is not None:
-                on_state(ev.state)
+            elif isinstance(ev, (JobState, Accepted)):
+                if on_state is not None:
+                    on_state(ev.state)
+                if isinstance(ev, JobState) and on_job_state is not None:
+                    on_job_state(ev)
             elif isinstance(ev, Result):
                 if cancel_sent:
                     raise JobCancelled("job cancelled", job_id)

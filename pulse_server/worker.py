@@ -348,7 +348,8 @@ class JobExecutor:
         dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=params.seed, block=params.block,
                          eps=params.eps, precision=self._precision(job), method=params.method, force=params.force,
                          preview_every=_preview_every(job))
-        res = runner.depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name)
+        res = runner.depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name,
+                                on_prepared=lambda prep: self.emit("analysis", job, mosaic_analysis(prep)))
         cands = [_candidate(patch, c) for patch, c in zip(res.patches, res.candidates)]
         return Result(job.job_id, cands, str(res.model), depixelate_analysis(res)), res.search_seconds, res.steps_run
 
@@ -401,6 +402,15 @@ def depixelate_analysis(res: Any) -> dict[str, Any]:
     return {"block": int(m.block), "phase": [int(v) for v in m.phase], "rect": [int(v) for v in m.rect],
             "confidence": float(m.confidence), "detected": bool(m.detected), "method": str(res.method),
             "theta": [[round(float(v), 5) for v in c.theta] for c in res.candidates]}
+
+
+def mosaic_analysis(prep: Any) -> dict[str, Any]:
+    """JOB_STATE's `analysis` once a depixelate job's region is analysed (before the search): block size, the
+    cells the faces must match as [cols, rows], the detection's confidence and whether a mosaic was found."""
+    m = prep.mosaic
+    rows, cols = prep.observation.grid
+    return {"block": int(m.block), "cells": [int(cols), int(rows)], "confidence": round(float(m.confidence), 4),
+            "detected": bool(m.detected)}
 
 
 def _summary(key: str, info: Any) -> dict[str, Any]:
