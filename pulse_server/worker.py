@@ -8,8 +8,8 @@ the daemon loop). Per job it calls the runner (`runner.depixelate` or `runner.so
 with `cancel=job.cancel_event.is_set`, so a cancel lands within one solver step. A failing job (bad
 region, GPU out of memory, a bug) becomes one FAILED; the worker and the warm model carry on.
 
-`weights="noop:"` (or `noop:<seconds per step>`) is a model-free echo used by bench/transport.py and
-transport tests: the result is the submitted region, unchanged.
+`weights="noop"` (`models.noop`: also `noop:<seconds per step>`) is a model-free echo used by
+bench/transport.py and transport tests: the result is the submitted region, unchanged.
 
 `JobExecutor` is everything above but the thread: a cluster actor (`pulse_server.cluster.actor`) wraps the
 same executor, so a job runs through the same code on the daemon's own device and on a pool of actors.
@@ -35,6 +35,7 @@ from . import runner
 from .errors import Cancelled, PulseError
 from .estimate import Estimates, JobClock, JobShape, ModelId, model_id_for, model_id_of
 from .jobs import Job, JobParams, JobQueue
+from .models import noop
 
 log = logging.getLogger("pulse.worker")
 
@@ -53,7 +54,8 @@ class JobExecutor:
         self.requested_device = device
         self.precision = precision
         self.preload = preload
-        self.noop = weights is not None and str(weights).startswith("noop:")
+        self.noop_model = noop.parse(weights)  # the model-free echo backend, else None
+        self.noop = self.noop_model is not None
         self.device = "cpu" if self.noop else device  # resolved ("cuda:0"/"cpu") once torch is imported
         self.prior: Any = None  # the current job's model
         self.info: Any = None
@@ -73,8 +75,8 @@ class JobExecutor:
     def model_summaries(self) -> list[dict[str, Any]]:
         """WELCOME/STATUS `models`: the daemon's own model first, then the other loaded ones, then the
         registry's others (not loaded); `id` is what a job's `model` param names ("" = the daemon's own)."""
-        if self.noop:
-            return [{"name": "noop", "id": "", "family": "noop", "resolution": 0, "loaded": True}]
+        if self.noop_model is not None:
+            return [self.noop_model.summary()]
         from .models.registry import REGISTRY
 
         with self._models_lock:
@@ -355,7 +357,7 @@ class JobExecutor:
 
     def _noop(self, job: Job) -> Result:
         """Echo the region back: measures transport, queueing and cancellation without a model."""
-        delay = _noop_delay(self.weights)
+        delay = self.noop_model.step_delay
         total = job.params.steps if delay > 0 else 1
         for step in range(1, total + 1):
             if job.cancel_event.is_set():
@@ -367,7 +369,7 @@ class JobExecutor:
         if image is None:  # released by a dropped session
             raise Cancelled(job.cancel_reason)
         cands = [Candidate(image, i, 0.0, True, total) for i in range(job.params.candidates)]
-        return Result(job.job_id, cands, "noop", {})
+        return Result(job.job_id, cands, noop.NAME, {})
 
 
 class Worker(JobExecutor, threading.Thread):
@@ -420,13 +422,6 @@ def _summary(key: str, info: Any) -> dict[str, Any]:
 def _candidate(pixels: Any, c: Any) -> Candidate:
     """A solver CandidateResult's numbers with `pixels` (its image, or the pipeline's patch) as the wire image."""
     return Candidate(ImageBlob.from_numpy(pixels), int(c.seed), float(c.downscale_mse), bool(c.eps_reached), int(c.steps))
-
-
-def _noop_delay(weights: str) -> float:
-    try:
-        return max(0.0, float(weights.split(":", 1)[1] or 0))
-    except ValueError:
-        return 0.0
 
 
 def _preview_every(job: Job) -> int:
