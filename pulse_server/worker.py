@@ -32,6 +32,7 @@ from typing import Any, Callable
 from protocol.messages import Candidate, Failed, ImageBlob, JpegBlob, Preview, Progress, Result
 
 from . import runner
+from .devices import free_memory, is_out_of_memory
 from .errors import Cancelled, PulseError
 from .estimate import Estimates, JobClock, JobShape, ModelId, model_id_for, model_id_of
 from .jobs import Job, JobParams, JobQueue
@@ -204,8 +205,8 @@ class JobExecutor:
             log.warning("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
             self.emit("final", job, Failed(job.job_id, exc.code, exc.message, exc.retryable))
         except Exception as exc:  # noqa: BLE001 - one job's failure must not kill the worker
-            if _is_oom(exc):
-                _free_device_memory()
+            if is_out_of_memory(exc):
+                free_memory()
                 log.warning("job %s ran out of memory: %s", job.job_id, exc)
                 self.emit("final", job, Failed(job.job_id, "OUT_OF_MEMORY",
                           "the device ran out of memory: try fewer candidates, a smaller selection, or --device cpu", True))
@@ -234,7 +235,7 @@ class JobExecutor:
             raise Cancelled(job.cancel_reason) from None
         except Exception as exc:  # noqa: BLE001 - the job itself may still run (an OOM here is not its fault)
             self._uncalibrated.add(model)
-            _free_device_memory()
+            free_memory()
             log.warning("measuring %s on %s failed, no time estimates for it: %s", self.info.name, self.device, exc)
             return
         self.estimates.put(model, cal)
@@ -294,7 +295,7 @@ class JobExecutor:
             log.info("unloaded %s (keeping %d models warm)", ", ".join(info.name for _, (_, info) in evicted),
                      self.max_models)
             del evicted
-            _free_device_memory()
+            free_memory()
         log.info("model %s (%s, %d px) loaded on %s in %.1f s", self.info.name, self.info.family,
                  self.info.resolution, device, time.monotonic() - t0)
 
@@ -459,29 +460,3 @@ def _jpeg(preview: Any) -> JpegBlob | None:
     except Exception as exc:  # noqa: BLE001 - a preview is optional
         log.debug("preview encoding failed: %s", exc)
         return None
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    try:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):
-        pass
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _free_device_memory() -> None:
-    try:
-        import gc
-
-        import torch
-
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001
-        pass
