@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_parts import read, read_all
+from daemon_parts import read_all
 from protocol.codec import MAGIC
 from protocol.messages import (
     Accepted, Bye, Cancel, Error, Failed, Fetch, Hello, ImageBlob, JobState, Ok, Status, StatusReply, Submit, Welcome,

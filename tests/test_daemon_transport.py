@@ -8,15 +8,14 @@ import threading
 import time
 
 import pytest
-import zmq
 
-from daemon_parts import bound_transport, close, connect, read, read_all, receive_one
+from daemon_parts import bound_transport, close, connect, read_all, receive_one
 from protocol.codec import DEFAULT_LIMITS, Limits
 from protocol.messages import JobState, Ping, Progress
 from pulse_server.daemon import max_frame_bytes
 from pulse_server.daemon.endpoint import check_endpoint, remove_stale_socket
 from pulse_server.daemon.outbox import MAX_OUTBOX, Outbox
-from pulse_server.daemon.sessions import Session, SessionTable
+from pulse_server.daemon.sessions import SessionTable
 from pulse_server.errors import PulseError
 
 pytestmark = pytest.mark.timeout(60)
