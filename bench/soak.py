@@ -124,9 +124,10 @@ class Daemon:
         self.log = root / "daemon.log"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-c", "import sys; from pulse_server.cli import main_server; sys.exit(main_server())",
-                "run", "--endpoint", self.endpoint, "--weights", str(self.weights), "--heartbeat-ms", str(HEARTBEAT_MS),
-                "--no-log-file", "--preload"]
+        from protocol import launch
+
+        return launch.daemon_argv(launch.module_program(sys.executable), endpoint=self.endpoint, weights=self.weights,
+                                  extra=["--heartbeat-ms", str(HEARTBEAT_MS), "--no-log-file", "--preload"])
 
     def start(self) -> None:
         with open(self.log, "ab") as fh:

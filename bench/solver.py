@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -154,18 +153,10 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+def machine(device: torch.device) -> str:
+    from pulse_server.devices import device_label
+
+    return f"{device_label(device)}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def commit() -> str:
@@ -226,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     prior = build_prior(args.config, device)
     target = make_target(prior, factor, args.target_seed)
     print(f"# {args.config}: {res}² generator, target {res // factor}² (×{factor}), prior ready in "
-          f"{time.perf_counter() - t:.1f} s on {machine()}", flush=True)
+          f"{time.perf_counter() - t:.1f} s on {machine(device)}", flush=True)
 
     ceiling = None
     if args.flops:
@@ -255,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
 
     print()
-    print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit()}, {machine()}")
+    print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit()}, {machine(device)}")
     print(f"config {args.config}, steps {args.steps}, eps {args.eps:g}, seed {args.seed}")
     print(table(rows))
     by = {(r.mode, r.k): r for r in rows}
@@ -267,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"K={k}: default/baseline speed {d.steps_per_s / b.steps_per_s:.2f}×{tte}, "
                   f"error ratio {d.final_error / b.final_error:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": args.config, "device": machine(), "commit": commit(),
+        Path(args.json).write_text(json.dumps({"config": args.config, "device": machine(device), "commit": commit(),
                                                "rows": [asdict(r) for r in rows]}, indent=2))
     return 0
 

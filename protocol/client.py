@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import zmq
 
 from . import endpoint as ep
+from .auth import PLAIN_USERNAME, ZAP_DOMAIN, curve_client_keys, plain_password, token_fits  # noqa: F401 - re-exported
 from .codec import DEFAULT_LIMITS, Limits, copy_frames, decode, encode
 from .errors import DaemonNotRunning, JobCancelled, JobFailed, ProtocolError, VersionMismatch
 from .messages import (
@@ -33,10 +34,7 @@ from .messages import (
 )
 
 POLL_MS = 100  # granularity of should_cancel() checks and heartbeats
-# tcp peers authenticate during the ZMTP handshake (the daemon's ZAP handler): PLAIN on loopback with the
-# token as password, CURVE (remote daemons) with a client key pair derived from the token.
-PLAIN_USERNAME = b"pulse"
-ZAP_DOMAIN = b"pulse"
+# tcp peers authenticate during the ZMTP handshake (the daemon's ZAP handler, see auth.py).
 _AUTH_OK = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0)  # libzmq >= 4.3 (Debian 11+); 0: not reported
 _AUTH_FAILED = getattr(zmq, "EVENT_HANDSHAKE_FAILED_AUTH", 0)
 _PROTOCOL_FAILED = getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0)  # e.g. PLAIN client, CURVE daemon: final
@@ -132,7 +130,7 @@ class PulseClient:
         if not ep.is_tcp(self.endpoint):
             return False  # ipc: the socket file's permissions authenticate
         token = self._token_value() or ""
-        if len(token.encode("utf-8")) > 255:
+        if token and not token_fits(token):
             raise ProtocolError("the token is longer than 255 bytes (ZMQ PLAIN's limit)", "BAD_TOKEN")
         if self._server_key:
             public, secret = curve_client_keys(token) if token else zmq.curve_keypair()
@@ -141,7 +139,7 @@ class PulseClient:
             s.curve_secretkey = secret
         else:
             s.plain_username = PLAIN_USERNAME
-            s.plain_password = token.encode("utf-8") or b"-"  # libzmq refuses an empty password
+            s.plain_password = plain_password(token)
         return True
 
     def _open_socket(self, wait: float, verdict_by: float | None = None) -> bool:
@@ -430,10 +428,13 @@ class PulseClient:
                 on_progress: Callable[[Progress], None] | None = None, should_cancel: Callable[[], bool] | None = None,
                 on_preview: Callable[[bytes], None] | None = None, job_id: str | None = None,
                 on_state: Callable[[str], None] | None = None, preview_interval: float = 0.5,
-                on_accepted: Callable[[Accepted], None] | None = None) -> Result:
+                on_accepted: Callable[[Accepted], None] | None = None,
+                on_job_state: Callable[[JobState], None] | None = None) -> Result:
         """Submit and wait: RESULT, or JobFailed / JobCancelled (should_cancel() True sends CANCEL).
 
-        `on_accepted` gets the daemon's ACCEPTED (queue position, `estimate_s`, `wait_s`) before the job runs."""
+        `on_accepted` gets the daemon's ACCEPTED (queue position, `estimate_s`, `wait_s`) before the job runs.
+        `on_state` gets each state's name; `on_job_state` each whole JOB_STATE, with its `message` and, once a
+        depixelate job's mosaic is analysed, its `analysis` (block, cells, confidence, detected)."""
         accepted = self.submit(image, mask, params, job_id=job_id, preview_interval=preview_interval if on_preview else 0.0)
         job_id = accepted.job_id
         if on_accepted is not None:
@@ -451,8 +452,11 @@ class PulseClient:
                 on_progress(ev)
             elif isinstance(ev, Preview) and on_preview is not None:
                 on_preview(bytes(ev.image.data))
-            elif isinstance(ev, (JobState, Accepted)) and on_state is not None:
-                on_state(ev.state)
+            elif isinstance(ev, (JobState, Accepted)):
+                if on_state is not None:
+                    on_state(ev.state)
+                if isinstance(ev, JobState) and on_job_state is not None:
+                    on_job_state(ev)
             elif isinstance(ev, Result):
                 if cancel_sent:
                     raise JobCancelled("job cancelled", job_id)
@@ -490,17 +494,6 @@ class PulseClient:
     def shutdown(self) -> None:
         """Ask the daemon to stop gracefully (running job cancelled, socket and lock removed)."""
         self._request(Shutdown(), lambda m: isinstance(m, Ok) and m.request == "SHUTDOWN", "OK")
-
-
-def curve_client_keys(token: str) -> tuple[bytes, bytes]:
-    """The CURVE client key pair (z85 public, z85 secret) that `token` stands for: a remote daemon's ZAP
-    handler accepts only this public key, so with CURVE the token is checked at the handshake as well."""
-    import hashlib
-
-    from zmq.utils import z85
-
-    secret = z85.encode(hashlib.sha256(b"pulse-depixelate CURVE client key\0" + token.encode("utf-8")).digest())
-    return zmq.curve_public(secret), secret
 
 
 def _is_job_error(m: Message) -> bool:

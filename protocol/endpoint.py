@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .auth import TOKEN_ENCODING, token_from_file_text
+
 APP = "pulse-depixelate"  # not "pulse": that is PulseAudio's runtime/config folder name
 DEFAULT_TCP_PORT = 47474
 SOCKET_NAME = "daemon.sock"
@@ -114,6 +116,6 @@ def read_token(path: Path | None = None) -> str | None:
     if env:
         return env
     try:
-        return (path or token_path()).read_text(encoding="ascii").strip() or None
+        return token_from_file_text((path or token_path()).read_text(encoding=TOKEN_ENCODING))
     except (OSError, UnicodeDecodeError):
         return None

@@ -178,6 +178,9 @@ class JobState(Message):
     state: str
     position: int = 0
     message: str = ""
+    # A depixelate job's mosaic, sent once analysed (before the search): block, cells [cols, rows],
+    # confidence, detected. None in every other JOB_STATE.
+    analysis: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -90,11 +90,11 @@ def fetch_named_model(model: str, model_option: str = "--model PATH") -> None:
 
 
 def _start_daemon(endpoint: str, weights: str | None, device: str, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "import sys; from pulse_server.cli import main_server; sys.exit(main_server())",
-           "run", "--endpoint", endpoint, "--preload", "--device", device]
-    if weights:
-        cmd += ["--model", weights]
-    print(f"demo: starting the daemon ({' '.join(cmd[3:])}); log: {log}")
+    from protocol import launch
+
+    program = launch.module_program(sys.executable)
+    cmd = launch.daemon_argv(program, endpoint=endpoint, weights=weights, device=device, extra=["--preload"])
+    print(f"demo: starting the daemon ({' '.join(cmd[len(program):])}); log: {log}")
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor; ours is closed here
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 

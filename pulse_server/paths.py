@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
 import sys
 from pathlib import Path
 
+from protocol import auth
 from protocol import endpoint as ep
 
 from .errors import PulseError
@@ -76,13 +76,13 @@ def read_or_create_token(path: Path | None = None) -> str:
     except FileExistsError:
         if sys.platform != "win32" and os.stat(path).st_mode & 0o077:
             os.chmod(path, 0o600)
-        token = path.read_text(encoding="ascii").strip()
+        token = auth.token_from_file_text(path.read_text(encoding=auth.TOKEN_ENCODING))
         if token:
             return token
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(token + "\n")
+    token = auth.new_token()
+    with os.fdopen(fd, "w", encoding=auth.TOKEN_ENCODING) as fh:
+        fh.write(auth.token_file_text(token))
     return token
 
 

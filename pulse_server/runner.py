@@ -12,18 +12,21 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .pipeline import DepixParams, DepixResult, finish, prepare
+from .pipeline import DepixParams, DepixResult, Prepared, finish, prepare
 
 
 def depixelate(prior: Any, region: np.ndarray, mask: np.ndarray | None, params: DepixParams | None = None,
                progress: Callable[[Any], None] | None = None, cancel: Callable[[], bool] | None = None, *,
-               model: str | None = None) -> DepixResult:
+               model: str | None = None, on_prepared: Callable[[Prepared], None] | None = None) -> DepixResult:
     """K candidate patches for an editor region (+ selection mask), best first. PipelineError / SolverError
-    for input that cannot be depixelated; Cancelled when `cancel()` turns true."""
+    for input that cannot be depixelated; Cancelled when `cancel()` turns true. `on_prepared` sees what the
+    analysis found (the mosaic, its cells) before the search starts."""
     from .solver.mosaic_search import MosaicConfig, solve_mosaic
 
     params = params or DepixParams()
     prep = prepare(region, mask, params, cancel)
+    if on_prepared is not None:
+        on_prepared(prep)
     config = MosaicConfig(candidates=params.candidates, steps=params.steps, eps=params.eps, seed=params.seed,
                           method=params.method, precision=params.precision, margin=params.margin,
                           preview_every=params.preview_every)

@@ -8,8 +8,8 @@ the daemon loop). Per job it calls the runner (`runner.depixelate` or `runner.so
 with `cancel=job.cancel_event.is_set`, so a cancel lands within one solver step. A failing job (bad
 region, GPU out of memory, a bug) becomes one FAILED; the worker and the warm model carry on.
 
-`weights="noop:"` (or `noop:<seconds per step>`) is a model-free echo used by bench/transport.py and
-transport tests: the result is the submitted region, unchanged.
+`weights="noop"` (`models.noop`: also `noop:<seconds per step>`) is a model-free echo used by
+bench/transport.py and transport tests: the result is the submitted region, unchanged.
 
 `JobExecutor` is everything above but the thread: a cluster actor (`pulse_server.cluster.actor`) wraps the
 same executor, so a job runs through the same code on the daemon's own device and on a pool of actors.
@@ -32,9 +32,11 @@ from typing import Any, Callable
 from protocol.messages import Candidate, Failed, ImageBlob, JpegBlob, Preview, Progress, Result
 
 from . import runner
+from .devices import free_memory, is_out_of_memory
 from .errors import Cancelled, PulseError
 from .estimate import Estimates, JobClock, JobShape, ModelId, model_id_for, model_id_of
 from .jobs import Job, JobParams, JobQueue
+from .models import noop
 
 log = logging.getLogger("pulse.worker")
 
@@ -53,7 +55,8 @@ class JobExecutor:
         self.requested_device = device
         self.precision = precision
         self.preload = preload
-        self.noop = weights is not None and str(weights).startswith("noop:")
+        self.noop_model = noop.parse(weights)  # the model-free echo backend, else None
+        self.noop = self.noop_model is not None
         self.device = "cpu" if self.noop else device  # resolved ("cuda:0"/"cpu") once torch is imported
         self.prior: Any = None  # the current job's model
         self.info: Any = None
@@ -73,8 +76,8 @@ class JobExecutor:
     def model_summaries(self) -> list[dict[str, Any]]:
         """WELCOME/STATUS `models`: the daemon's own model first, then the other loaded ones, then the
         registry's others (not loaded); `id` is what a job's `model` param names ("" = the daemon's own)."""
-        if self.noop:
-            return [{"name": "noop", "id": "", "family": "noop", "resolution": 0, "loaded": True}]
+        if self.noop_model is not None:
+            return [self.noop_model.summary()]
         from .models.registry import REGISTRY
 
         with self._models_lock:
@@ -202,8 +205,8 @@ class JobExecutor:
             log.warning("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
             self.emit("final", job, Failed(job.job_id, exc.code, exc.message, exc.retryable))
         except Exception as exc:  # noqa: BLE001 - one job's failure must not kill the worker
-            if _is_oom(exc):
-                _free_device_memory()
+            if is_out_of_memory(exc):
+                free_memory()
                 log.warning("job %s ran out of memory: %s", job.job_id, exc)
                 self.emit("final", job, Failed(job.job_id, "OUT_OF_MEMORY",
                           "the device ran out of memory: try fewer candidates, a smaller selection, or --device cpu", True))
@@ -232,7 +235,7 @@ class JobExecutor:
             raise Cancelled(job.cancel_reason) from None
         except Exception as exc:  # noqa: BLE001 - the job itself may still run (an OOM here is not its fault)
             self._uncalibrated.add(model)
-            _free_device_memory()
+            free_memory()
             log.warning("measuring %s on %s failed, no time estimates for it: %s", self.info.name, self.device, exc)
             return
         self.estimates.put(model, cal)
@@ -292,7 +295,7 @@ class JobExecutor:
             log.info("unloaded %s (keeping %d models warm)", ", ".join(info.name for _, (_, info) in evicted),
                      self.max_models)
             del evicted
-            _free_device_memory()
+            free_memory()
         log.info("model %s (%s, %d px) loaded on %s in %.1f s", self.info.name, self.info.family,
                  self.info.resolution, device, time.monotonic() - t0)
 
@@ -348,13 +351,14 @@ class JobExecutor:
         dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=params.seed, block=params.block,
                          eps=params.eps, precision=self._precision(job), method=params.method, force=params.force,
                          preview_every=_preview_every(job))
-        res = runner.depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name)
+        res = runner.depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name,
+                                on_prepared=lambda prep: self.emit("analysis", job, mosaic_analysis(prep)))
         cands = [_candidate(patch, c) for patch, c in zip(res.patches, res.candidates)]
         return Result(job.job_id, cands, str(res.model), depixelate_analysis(res)), res.search_seconds, res.steps_run
 
     def _noop(self, job: Job) -> Result:
         """Echo the region back: measures transport, queueing and cancellation without a model."""
-        delay = _noop_delay(self.weights)
+        delay = self.noop_model.step_delay
         total = job.params.steps if delay > 0 else 1
         for step in range(1, total + 1):
             if job.cancel_event.is_set():
@@ -366,7 +370,7 @@ class JobExecutor:
         if image is None:  # released by a dropped session
             raise Cancelled(job.cancel_reason)
         cands = [Candidate(image, i, 0.0, True, total) for i in range(job.params.candidates)]
-        return Result(job.job_id, cands, "noop", {})
+        return Result(job.job_id, cands, noop.NAME, {})
 
 
 class Worker(JobExecutor, threading.Thread):
@@ -403,6 +407,15 @@ def depixelate_analysis(res: Any) -> dict[str, Any]:
             "theta": [[round(float(v), 5) for v in c.theta] for c in res.candidates]}
 
 
+def mosaic_analysis(prep: Any) -> dict[str, Any]:
+    """JOB_STATE's `analysis` once a depixelate job's region is analysed (before the search): block size, the
+    cells the faces must match as [cols, rows], the detection's confidence and whether a mosaic was found."""
+    m = prep.mosaic
+    rows, cols = prep.observation.grid
+    return {"block": int(m.block), "cells": [int(cols), int(rows)], "confidence": round(float(m.confidence), 4),
+            "detected": bool(m.detected)}
+
+
 def _summary(key: str, info: Any) -> dict[str, Any]:
     return {"name": info.name, "id": key, "family": info.family, "resolution": info.resolution, "loaded": True}
 
@@ -410,13 +423,6 @@ def _summary(key: str, info: Any) -> dict[str, Any]:
 def _candidate(pixels: Any, c: Any) -> Candidate:
     """A solver CandidateResult's numbers with `pixels` (its image, or the pipeline's patch) as the wire image."""
     return Candidate(ImageBlob.from_numpy(pixels), int(c.seed), float(c.downscale_mse), bool(c.eps_reached), int(c.steps))
-
-
-def _noop_delay(weights: str) -> float:
-    try:
-        return max(0.0, float(weights.split(":", 1)[1] or 0))
-    except ValueError:
-        return 0.0
 
 
 def _preview_every(job: Job) -> int:
@@ -454,29 +460,3 @@ def _jpeg(preview: Any) -> JpegBlob | None:
     except Exception as exc:  # noqa: BLE001 - a preview is optional
         log.debug("preview encoding failed: %s", exc)
         return None
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    try:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):
-        pass
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _free_device_memory() -> None:
-    try:
-        import gc
-
-        import torch
-
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001
-        pass

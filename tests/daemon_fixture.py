@@ -134,7 +134,9 @@ def free_tcp_port() -> int:
 
 def server_command(*args: str) -> list[str]:
     """`pulse-server ARGS...` with this interpreter (no reliance on the console script being installed)."""
-    return [sys.executable, "-c", "import sys; from pulse_server.cli import main_server; sys.exit(main_server())", *args]
+    from protocol.launch import module_program
+
+    return [*module_program(sys.executable), *args]
 
 
 def start_daemon(tmp_path: Path, *, weights: str | Path | None, endpoint: str = "tcp", env: dict[str, str] | None = None,

@@ -113,10 +113,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..errors import ModelError
 
+    from ..models import noop
     from ..models.registry import REGISTRY
 
-    # Fail now, not on the first job: a model that is neither a registry name nor a file.
-    if args.weights and not args.weights.startswith("noop:") and args.weights not in REGISTRY \
+    # Fail now, not on the first job: a model that is neither a registry name nor a file (nor the noop backend).
+    if args.weights and noop.parse(args.weights) is None and args.weights not in REGISTRY \
             and not Path(args.weights).expanduser().is_file():
         raise ModelError(f"--model {args.weights}: no such file, and not a model name ({', '.join(REGISTRY)})",
                          code="NO_WEIGHTS")

@@ -162,15 +162,10 @@ def detect_python(flatpak: bool = False) -> PythonTarget:
 
 
 def _server_command() -> list[str]:
-    """How the docker's Start button runs `pulse-server` from this very installation."""
-    scripts = Path(sys.executable).parent
-    for name in ("pulse-server", "pulse-server.exe"):
-        if (scripts / name).is_file():
-            return [str(scripts / name)]
-    found = shutil.which("pulse-server")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "import sys; from pulse_server.cli import main_server; sys.exit(main_server())"]
+    """How the docker's Start button runs `pulse-server` from this very installation (the plug-in adds `run`)."""
+    from protocol.launch import server_program
+
+    return list(server_program())
 
 
 def _actions_dir(pykrita: Path) -> Optional[Path]:

@@ -5,6 +5,7 @@ environment has pulse installed), not whatever `python3` is first on the login P
 either the `pulse-server` script that pip put next to `sys.executable` (when its shebang names that
 interpreter's folder), or `<sys.executable> -m pulse_server.service` (same as `pulse-server`). On Windows
 it is always `pythonw.exe -m pulse_server.service`: the `pulse-server.exe` launcher would open a console.
+That choice and the `run` flags are `protocol.launch`'s, shared with everything else that starts the daemon.
 
 Everything here takes the target platform and interpreter as arguments so the macOS and Windows writers
 run (and are tested) on Linux; folders come from HOME / XDG_CONFIG_HOME / APPDATA at call time.
@@ -19,14 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from protocol import launch
 from protocol.endpoint import APP
 
 from ..errors import PulseError
 
 APP_NAME = APP  # platformdirs app name (user log dir), shared with the daemon
-SERVICE_NAME = "pulse-server"  # file stem of every entry: pulse-server.service / .desktop / .cmd
+SERVICE_NAME = launch.SCRIPT  # file stem of every entry: pulse-server.service / .desktop / .cmd
 LAUNCHD_LABEL = "org.pulse-depixelate.pulse-server"
-ENTRY_MODULE = "pulse_server.service"  # `python -m pulse_server.service ARGS` == `pulse-server ARGS`
+ENTRY_MODULE = launch.ENTRY_MODULE  # `python -m pulse_server.service ARGS` == `pulse-server ARGS`
 DESCRIPTION = "pulse face depixelation solver daemon"
 PROBE_TIMEOUT_S = 60.0  # the probe imports the CLI with a cold disk cache at worst
 
@@ -48,14 +50,7 @@ class DaemonOptions:
     device: str | None = None
 
     def run_args(self) -> list[str]:
-        args = ["run"]
-        if self.endpoint:
-            args += ["--endpoint", self.endpoint]
-        if self.weights:
-            args += ["--weights", self.weights]
-        if self.device:
-            args += ["--device", self.device]
-        return args
+        return launch.run_args(endpoint=self.endpoint, weights=self.weights, device=self.device)
 
 
 def is_windows(platform: str) -> bool:
@@ -90,52 +85,16 @@ class LaunchCommand:
 
 def server_command(python: str | os.PathLike[str] | None = None, platform: str | None = None) -> tuple[str, ...]:
     """The argv prefix equivalent to `pulse-server` for this interpreter (without sub-command)."""
-    platform = platform or sys.platform
-    raw = os.fspath(python or sys.executable or "")
-    if not raw:
-        raise AutostartError("cannot tell which Python is running (sys.executable is empty)", code="BAD_INTERPRETER")
-    exe = os.path.abspath(raw)  # not resolved: a venv's python is a symlink to the base interpreter
-    if is_windows(platform):
-        return (_pythonw(exe), "-m", ENTRY_MODULE)
-    script = os.path.join(os.path.dirname(exe), SERVICE_NAME)
-    if _script_uses_folder_of(script, exe):
-        return (script,)
-    return (exe, "-m", ENTRY_MODULE)
+    try:
+        return launch.server_program(python, platform)
+    except ValueError as exc:
+        raise AutostartError(str(exc), code="BAD_INTERPRETER") from None
 
 
 def daemon_command(options: DaemonOptions, python: str | os.PathLike[str] | None = None,
                    platform: str | None = None) -> LaunchCommand:
     """What an entry runs at login: `<pulse-server> run [--endpoint E] [--weights W] [--device D]`."""
     return LaunchCommand(server_command(python, platform), tuple(options.run_args()))
-
-
-def _pythonw(python: str) -> str:
-    # python.exe and pythonw.exe sit side by side (also in a venv's Scripts folder).
-    folder, name = os.path.split(python)
-    stem = name[:-4] if name.lower().endswith(".exe") else name
-    if stem.lower() == "pythonw":
-        return python
-    candidates = [os.path.join(folder, stem + "w.exe"), os.path.join(folder, "pythonw.exe")]
-    return next((c for c in candidates if os.path.isfile(c)), candidates[-1])
-
-
-def _script_uses_folder_of(script: str, python: str) -> bool:
-    """True if `script` is an executable pip script whose shebang runs a Python in `python`'s folder.
-
-    pip writes `#!<bin>/python3` even when we run as `<bin>/python`; comparing folders (not resolved
-    files) keeps two venvs made from the same base interpreter apart.
-    """
-    if not (os.path.isfile(script) and os.access(script, os.X_OK)):
-        return False
-    try:
-        with open(script, "rb") as f:
-            first = f.readline(4096).decode("utf-8", "replace").strip()
-    except OSError:
-        return False
-    if not first.startswith("#!"):
-        return False
-    interpreter = first[2:].strip().split(" ")[0]
-    return os.path.dirname(interpreter) == os.path.dirname(python)
 
 
 def resolve_weights(weights: str | None, cwd: Path | None = None) -> str | None:
