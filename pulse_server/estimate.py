@@ -70,7 +70,7 @@ class JobShape:
 
     @classmethod
     def of(cls, params: Any, pixels: int, precision: str | None = None) -> "JobShape":
-        """From a `jobs.JobParams` (or anything with its fields), the region's pixel count and the precision the
+        """From a `protocol.job.JobSettings` (or anything with its fields), the region's pixel count and the precision the
         job runs at (its own unless "default", which means the daemon's)."""
         return cls(params.mode, params.candidates, params.steps, params.method, precision or params.precision,
                    int(pixels))

@@ -9,6 +9,10 @@ import os
 import sys
 import time
 
+from protocol.job import PARAMS
+
+from .args import param_type
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run the solver daemon in the foreground (logs to stderr and the user log dir)")
@@ -30,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="with --cluster and no GPU in it: CPUs per actor (default 1; one actor per N CPUs)")
     run.add_argument("--actors", type=int, default=0, metavar="N",
                      help="with --cluster: pool size (default: one actor per GPU, else per --actor-cpus CPUs)")
+    steps = PARAMS["steps"]
+    run.add_argument("--max-steps", type=param_type(steps), default=steps.high, metavar="N",
+                     help=f"the most search steps a job may ask for (default {steps.high}, the most there is); the "
+                          f"editors' dialogs offer no more")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     run.add_argument("--no-log-file", action="store_true", help="log to stderr only")
     # Tuning knobs for tests and benchmarks; not part of the user-facing interface.
@@ -131,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         endpoint=_resolve_endpoint(args.endpoint), weights=args.weights, device=args.device, precision=args.precision,
         heartbeat_ms=args.heartbeat_ms, allow_remote=args.allow_remote, limits=limits, max_queue=args.max_queue,
         max_per_session=args.max_per_client, result_ttl=args.result_ttl, preload=args.preload,
-        cluster=args.cluster, actor_cpus=args.actor_cpus, actors=args.actors,
+        cluster=args.cluster, actor_cpus=args.actor_cpus, actors=args.actors, max_steps=args.max_steps,
     )
     if args.max_queued_bytes:
         config = dataclasses.replace(config, max_queued_bytes=args.max_queued_bytes)
