@@ -29,6 +29,11 @@ def daemon_spec(max_steps: int | None = None) -> dict[str, Param]:
     return narrowed(steps=(steps.low, steps.high if max_steps is None else max_steps), model=["", *REGISTRY])
 
 
+def solver_seed(seed: int) -> int | None:
+    """The contract's seed -1 ("a new one each run") is the solver's None."""
+    return None if seed < 0 else seed
+
+
 @dataclass(eq=False)
 class Job:
     job_id: str

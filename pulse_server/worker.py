@@ -36,7 +36,7 @@ from . import runner
 from .devices import free_memory, is_out_of_memory
 from .errors import Cancelled, PulseError
 from .estimate import Estimates, JobClock, JobShape, ModelId, model_id_for, model_id_of
-from .jobs import Job, JobQueue
+from .jobs import Job, JobQueue, solver_seed
 from .models import noop
 
 log = logging.getLogger("pulse.worker")
@@ -340,8 +340,9 @@ class JobExecutor:
             from .solver import SolveConfig
 
             lowres = _to_rgb_float(region)
-            config = SolveConfig(candidates=params.candidates, steps=params.steps, eps=params.eps, seed=_seed(params),
-                                 precision=self._precision(job), preview_every=_preview_every(job))
+            config = SolveConfig(candidates=params.candidates, steps=params.steps, eps=params.eps,
+                                 seed=solver_seed(params.seed), precision=self._precision(job),
+                                 preview_every=_preview_every(job))
             res = runner.solve(self.prior, lowres, config, progress=progress, cancel=cancel)
             cands = [_candidate(np.asarray(c.image, dtype=np.float32), c) for c in res.candidates]
             analysis = {"factor": int(res.factor), "resolution": int(res.resolution)}
@@ -349,9 +350,9 @@ class JobExecutor:
         from .pipeline import DepixParams
 
         mask = None if mask_blob is None else np.array(mask_blob.to_numpy()[:, :, 0])
-        dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=_seed(params), block=params.block or None,
-                         eps=params.eps, precision=self._precision(job), method=params.method, force=params.force,
-                         preview_every=_preview_every(job))
+        dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=solver_seed(params.seed),
+                         block=params.block or None, eps=params.eps, precision=self._precision(job),
+                         method=params.method, force=params.force, preview_every=_preview_every(job))
         res = runner.depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name,
                                 on_prepared=lambda prep: self.emit("analysis", job, mosaic_analysis(prep)))
         cands = [_candidate(patch, c) for patch, c in zip(res.patches, res.candidates)]
@@ -424,11 +425,6 @@ def _summary(key: str, info: Any) -> dict[str, Any]:
 def _candidate(pixels: Any, c: Any) -> Candidate:
     """A solver CandidateResult's numbers with `pixels` (its image, or the pipeline's patch) as the wire image."""
     return Candidate(ImageBlob.from_numpy(pixels), int(c.seed), float(c.downscale_mse), bool(c.eps_reached), int(c.steps))
-
-
-def _seed(params: JobSettings) -> int | None:
-    """The contract's seed -1 ("a new one each run") is the solver's None."""
-    return None if params.seed < 0 else params.seed
 
 
 def _preview_every(job: Job) -> int:

@@ -63,7 +63,7 @@ def test_a_job_behind_a_running_one_is_told_how_long_it_waits(daemon):
     deadline = time.monotonic() + 120
     with daemon.client() as c:
         c.run_job(_low(), None, _solve(2))  # the model is loaded and measured
-        running = c.submit(_low(2), None, _solve(100_000))
+        running = c.submit(_low(2), None, _solve(5000))
         try:
             _until_running(c, running.job_id, deadline)
             queued = c.submit(_low(3), None, _solve(50))

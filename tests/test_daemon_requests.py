@@ -12,7 +12,7 @@ import pytest
 from daemon_parts import read_all
 from protocol.codec import MAGIC
 from protocol.messages import (
-    Accepted, Bye, Cancel, Error, Failed, Fetch, Hello, ImageBlob, JobState, Ok, Status, StatusReply, Submit, Welcome,
+    PROTOCOL_VERSION, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello, ImageBlob, JobState, Ok, Status, StatusReply, Submit, Welcome,
 )
 from pulse_server.daemon import Daemon, DaemonConfig
 
@@ -56,7 +56,7 @@ def test_nothing_but_hello_is_answered_before_the_handshake(daemon):
     (err,) = ask(d, peer, [MAGIC, b"\xc1"])
     assert isinstance(err, Error) and err.code == "MALFORMED"
     (err,) = ask(d, peer, Hello(protocol=99, min_protocol=99))
-    assert isinstance(err, Error) and err.code == "VERSION_MISMATCH" and err.supported == [1]
+    assert isinstance(err, Error) and err.code == "VERSION_MISMATCH" and err.supported == [PROTOCOL_VERSION]
 
 
 def test_submit_is_idempotent_and_cancel_ends_the_queued_job_for_fetch(daemon):

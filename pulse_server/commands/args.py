@@ -17,6 +17,7 @@ from typing import Any, Callable
 from protocol.job import PARAMS, JobSettings, Param, ParamError
 
 from ..errors import PulseError
+from ..jobs import solver_seed
 
 # ------------------------------------------------------------------------------------- argument types
 # argparse reports an ArgumentTypeError as "argument --steps: <message>"; anything else it would report as
@@ -74,11 +75,6 @@ def job_settings(args: argparse.Namespace, mode: str, **extra: Any) -> JobSettin
     checked against the contract again (ParamError: BAD_PARAMS)."""
     values = {name: getattr(args, name) for name in PARAMS if hasattr(args, name) and name != "model"}
     return JobSettings.from_wire({**values, **extra, "mode": mode})
-
-
-def solver_seed(seed: int) -> int | None:
-    """The contract's seed -1 ("a new one each run") is the solver's None."""
-    return None if seed < 0 else seed
 
 
 def positive_int(text: str) -> int:

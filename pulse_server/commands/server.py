@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from protocol.job import PARAMS
+from protocol.job import PARAMS, PRECISIONS
 
 from .args import param_type
 
@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "default: ffhq-1024 on a GPU, ffhq-256 without one (downloaded on first use)")
     run.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps|xpu",
                      help="auto (default): cuda > mps > xpu > cpu; a device that is not there stops the start")
-    run.add_argument("--precision", choices=("default", "fp32"), default="default")
+    run.add_argument("--precision", choices=PRECISIONS, default=PARAMS["precision"].default,
+                     help="the solver precision of jobs that do not ask for one")
     run.add_argument("--allow-remote", action="store_true",
                      help="allow binding a non-loopback tcp address (CURVE encryption and the token are then required)")
     run.add_argument("--preload", action="store_true", help="load the model at start instead of on the first job")
