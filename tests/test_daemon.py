@@ -211,7 +211,7 @@ def test_hostile_input_is_answered_or_dropped_and_daemon_survives(daemon):
             reply = _ask(s, frames)
             assert isinstance(reply, Error) and reply.code == code, (frames[:2], reply)
             if code == "VERSION_MISMATCH":
-                assert reply.supported == [1]
+                assert reply.supported == [PROTOCOL_VERSION]
         # Authenticated, then a header claiming 100000×100000 pixels: refused before any allocation.
         assert isinstance(_ask(s, encode(Hello(token=daemon.token, client="raw"))), Welcome)
         claim = {"type": "SUBMIT", "job_id": "huge", "image": 0, "params": {},

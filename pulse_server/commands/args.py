@@ -34,7 +34,9 @@ def param_type(p: Param) -> Callable[[str], Any]:
         try:
             value = p.kind(text) if p.kind is not bool else text
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {_KIND_WORDS[p.kind]}, got {text!r}") from None
+            auto = "auto or " if p.name == "block" else ""
+            raise argparse.ArgumentTypeError(f"expected {auto}{_KIND_WORDS[p.kind]} {p.range_text()}, "
+                                             f"got {text!r}") from None
         try:
             return p.check(value)
         except ParamError as exc:
@@ -44,7 +46,7 @@ def param_type(p: Param) -> Callable[[str], Any]:
     return parse
 
 
-_KIND_WORDS = {int: "a whole number", float: "a number (e.g. 2e-3)", str: "a name"}
+_KIND_WORDS = {int: "a whole number", float: "a number"}
 
 
 def add_param(parser: argparse.ArgumentParser, name: str, *flags: str, help: str | None = None,
