@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
+from protocol.job import MAX_REGION_SIDE, JobSettings
 from protocol.messages import Failed, ImageBlob, Submit
 from pulse_server.daemon import DaemonConfig
 from pulse_server.daemon.admission import admit, remaining, wait_s
-from protocol.job import MAX_REGION_SIDE, JobSettings
 from pulse_server.jobs import Job, JobQueue
 
 CONFIG = DaemonConfig(endpoint="ipc:///x", max_queued_bytes=1000)

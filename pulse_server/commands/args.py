@@ -11,13 +11,13 @@ import argparse
 import io
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from protocol.job import PARAMS, JobSettings, Param, ParamError
 
 from ..errors import PulseError
-from ..jobs import solver_seed
 
 # ------------------------------------------------------------------------------------- argument types
 # argparse reports an ArgumentTypeError as "argument --steps: <message>"; anything else it would report as

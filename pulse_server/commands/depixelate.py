@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..devices import CHOICES as DEVICES
+from ..jobs import solver_seed
 from ..pipeline.pipeline import MIN_CONFIDENCE
 from . import args as args_
 
@@ -184,13 +185,12 @@ def _placement(analysis: dict, i: int) -> dict:
 def _in_process(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, list[dict], dict, str]:
     from ..devices import resolve_device
     from ..models.loading import load_prior
+    from ..pipeline import DepixParams
     from ..runner import depixelate
     from ..worker import depixelate_analysis
 
-    from ..pipeline import DepixParams
-
     prior, info = load_prior(args.weights, device=resolve_device(args.device))
-    params = DepixParams(candidates=args.candidates, steps=args.steps, seed=args_.solver_seed(args.seed),
+    params = DepixParams(candidates=args.candidates, steps=args.steps, seed=solver_seed(args.seed),
                          block=args.block or None, eps=args.eps, precision=args.precision, method=args.method,
                          force=args.force)
     if not args.quiet:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..devices import CHOICES as DEVICES
+from ..jobs import solver_seed
 from . import args as args_
 
 
@@ -178,7 +179,7 @@ def _solve_here(args: argparse.Namespace, lowres: Any) -> tuple[list[dict], dict
     from ..solver import SolveConfig
 
     prior, info = load_prior(args.weights, resolve_device(args.device))
-    cfg = SolveConfig(candidates=args.candidates, steps=args.steps, eps=args.eps, seed=args_.solver_seed(args.seed),
+    cfg = SolveConfig(candidates=args.candidates, steps=args.steps, eps=args.eps, seed=solver_seed(args.seed),
                       precision=args.precision)
     line = args_.cached_estimate_line(prior, info, "solve", args.candidates, args.steps, "ilo", args.precision,
                                       lowres.shape[0] * lowres.shape[1])

@@ -10,7 +10,7 @@ remains of those running.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from protocol.job import MAX_REGION_SIDE, JobSettings, Param
 from protocol.messages import Failed, Submit
