@@ -15,8 +15,11 @@ class ErrorCode(str, Enum):
     """Every code the daemon, the worker, the pipeline, the solver, the client and the CLIs send or raise."""
 
     # str() and f-strings give the bare code on every Python the editors run (3.10 has no StrEnum).
-    __str__ = str.__str__
-    __format__ = str.__format__
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(self, spec)
 
     # generic
     ERROR = "ERROR"  # the base class's code: a subclass or the raiser names a precise one

@@ -35,7 +35,7 @@ class Param:
     """One parameter's declaration. `low`/`high` bound numbers (inclusive); `choices` bound strings."""
 
     name: str
-    kind: type
+    kind: type[Any]
     default: Any
     label: str  # the dialogs' label: plain words, with the mnemonic-free text
     help: str  # one sentence for the tooltip / the CLI's --help
@@ -68,6 +68,8 @@ class Param:
     def range_text(self, low: float | None = None, high: float | None = None) -> str:
         low = self.low if low is None else low
         high = self.high if high is None else high
+        if low is None or high is None:
+            return "any value"
         return f"between {_number(low)} and {_number(high)}"
 
     def to_wire(self, **override: Any) -> dict[str, Any]:
