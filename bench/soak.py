@@ -63,7 +63,7 @@ def _doomed(endpoint: str, index: int) -> None:
 
     mode, pixels, params = _inputs()[index]
     c = PulseClient(endpoint, client_name="soak-doomed", timeout=30)
-    jid = c.submit(ImageBlob.from_numpy(pixels), None, {**params, "steps": 100_000}).job_id
+    jid = c.submit(ImageBlob.from_numpy(pixels), None, {**params, "steps": 5000}).job_id
     for ev in c.events(jid):
         if isinstance(ev, Progress):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -268,7 +268,7 @@ def queue_phase(d: Daemon) -> dict:
 
     mode, pixels, params = _inputs()[0]
     with PulseClient(d.endpoint, client_name="soak-queue", timeout=30) as c:
-        ids = [c.submit(ImageBlob.from_numpy(pixels), None, {**params, "steps": 100_000}).job_id for _ in range(9)]
+        ids = [c.submit(ImageBlob.from_numpy(pixels), None, {**params, "steps": 5000}).job_id for _ in range(9)]
         try:
             c.submit(ImageBlob.from_numpy(pixels), None, params)
             refused = 0

@@ -8,8 +8,11 @@ restarted daemon.
 
     with PulseClient() as c:
         c.connect()
-        res = c.run_job(ImageBlob(...), None, {"mode": "depixelate", "candidates": 3},
+        res = c.run_job(ImageBlob(...), None, JobSettings(candidates=3),
                         on_progress=lambda p: print(p.step, p.total))
+
+A job's settings are checked against the daemon's contract (WELCOME `params`: job.spec_from_wire) before they
+are sent: a request the daemon would refuse raises ParamError (BAD_PARAMS) here, without a round trip.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import secrets
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import zmq
 
 from . import endpoint as ep
 from .auth import PLAIN_USERNAME, ZAP_DOMAIN, curve_client_keys, plain_password, token_fits  # noqa: F401 - re-exported
 from .codec import DEFAULT_LIMITS, Limits, copy_frames, decode, encode
-from .errors import DaemonNotRunning, JobCancelled, JobFailed, ProtocolError, VersionMismatch
+from .errors import DaemonNotRunning, ErrorCode, JobCancelled, JobFailed, ProtocolError, VersionMismatch
+from .job import MAX_REGION_SIDE, JobSettings, Param, spec_from_wire
 from .messages import (
     PROTOCOL_VERSION, MIN_PROTOCOL_VERSION, SERVER_TYPES, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello,
     ImageBlob, JobState, Message, Ok, Ping, Pong, Preview, Progress, Result, Shutdown, Status, StatusReply, Submit,
@@ -65,6 +69,7 @@ class PulseClient:
         self._submits: dict[str, Submit] = {}  # unfinished jobs, re-sent after a reconnect
         self._last_recv = 0.0
         self._last_send = 0.0
+        self._spec: tuple[Welcome | None, dict[str, Param]] | None = None
 
     # ---- context manager --------------------------------------------------------------------------
 
@@ -77,6 +82,13 @@ class PulseClient:
     @property
     def heartbeat(self) -> float:
         return (self.welcome.heartbeat_ms if self.welcome else 1000) / 1000.0
+
+    @property
+    def spec(self) -> dict[str, Param]:
+        """The job contract as the connected daemon applies it (its WELCOME `params`); the declared one before."""
+        if self._spec is None or self._spec[0] is not self.welcome:
+            self._spec = (self.welcome, spec_from_wire(self.welcome.params if self.welcome else None))
+        return self._spec[1]
 
     # ---- connection -------------------------------------------------------------------------------
 
@@ -93,7 +105,7 @@ class PulseClient:
         try:
             return self._hello(max(0.0, deadline - time.monotonic()))
         except ProtocolError as exc:
-            if exc.code != "TIMEOUT":
+            if exc.code != ErrorCode.TIMEOUT:
                 raise
             raise DaemonNotRunning(f"no answer from {self.endpoint} within {self.timeout:g} s — is `pulse-server run` "
                                    "running there (and, for a remote daemon, is PULSE_SERVER_KEY right)?") from None
@@ -113,7 +125,7 @@ class PulseClient:
         return ProtocolError(
             f"the daemon at {self.endpoint} refused this client's token ({self._token_source()}): use the token "
             f"the daemon uses — its file {ep.token_path()} (the daemon's user and runtime dir) or PULSE_TOKEN",
-            "BAD_TOKEN")
+            ErrorCode.BAD_TOKEN)
 
     def _cannot_talk(self) -> ProtocolError:
         if self._server_key:
@@ -123,7 +135,7 @@ class PulseClient:
             hint = ("a remote daemon (started with --allow-remote) speaks CURVE: set PULSE_SERVER_KEY to its public "
                     "key (its curve.public file, also in its log)")
         return ProtocolError(f"a daemon listens on {self.endpoint} but refused this client's handshake: {hint}",
-                             "HANDSHAKE_FAILED")
+                             ErrorCode.HANDSHAKE_FAILED)
 
     def _set_credentials(self, s: zmq.Socket) -> bool:
         """tcp: credentials checked by the daemon's ZAP handler at the handshake. True if they are."""
@@ -131,7 +143,7 @@ class PulseClient:
             return False  # ipc: the socket file's permissions authenticate
         token = self._token_value() or ""
         if token and not token_fits(token):
-            raise ProtocolError("the token is longer than 255 bytes (ZMQ PLAIN's limit)", "BAD_TOKEN")
+            raise ProtocolError("the token is longer than 255 bytes (ZMQ PLAIN's limit)", ErrorCode.BAD_TOKEN)
         if self._server_key:
             public, secret = curve_client_keys(token) if token else zmq.curve_keypair()
             s.curve_serverkey = self._server_key.encode("ascii")
@@ -227,8 +239,8 @@ class PulseClient:
                            max(0.0, deadline - time.monotonic()), "WELCOME")
         if isinstance(reply, Error):
             self._close_socket()
-            if reply.code == "VERSION_MISMATCH":
-                raise VersionMismatch(reply.message, reply.supported)
+            if reply.code == ErrorCode.VERSION_MISMATCH:
+                raise VersionMismatch(_version_advice(reply), reply.supported)
             raise ProtocolError(reply.message, reply.code, retryable=reply.retryable)
         self.welcome = reply
         return reply
@@ -274,7 +286,7 @@ class PulseClient:
             except zmq.Again:  # at the high-water mark, or no connection (yet)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise ProtocolError(f"cannot send to the daemon within {limit:g} s", "TIMEOUT", retryable=True) from None
+                    raise ProtocolError(f"cannot send to the daemon within {limit:g} s", ErrorCode.TIMEOUT, retryable=True) from None
                 self._sock.poll(max(1, min(POLL_MS, int(remaining * 1000))), zmq.POLLOUT)
         self._last_send = time.monotonic()
 
@@ -295,7 +307,7 @@ class PulseClient:
         try:
             msg = decode(frames, self.limits, allowed=SERVER_TYPES)
         except ProtocolError as exc:
-            if exc.code == "UNKNOWN_TYPE":  # a newer daemon's extra message: not for us
+            if exc.code == ErrorCode.UNKNOWN_TYPE:  # a newer daemon's extra message: not for us
                 return None
             raise
         if isinstance(msg, Ping):
@@ -307,7 +319,7 @@ class PulseClient:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ProtocolError(f"the daemon did not answer ({what}) within {timeout:g} s", "TIMEOUT", retryable=True)
+                raise ProtocolError(f"the daemon did not answer ({what}) within {timeout:g} s", ErrorCode.TIMEOUT, retryable=True)
             msg = self._recv(remaining)
             if msg is None or isinstance(msg, (Ping, Pong)):
                 continue
@@ -322,39 +334,52 @@ class PulseClient:
             self._send(msg)
             reply = self._wait(lambda m: accept(m) or (isinstance(m, Error) and not _is_job_error(m)), self.timeout, what)
             if isinstance(reply, Error):
-                if reply.code == "HANDSHAKE_REQUIRED" and attempt == 0:
+                if reply.code == ErrorCode.HANDSHAKE_REQUIRED and attempt == 0:
                     self._hello()
                     continue
                 raise ProtocolError(reply.message, reply.code, retryable=reply.retryable)
             return reply
-        raise ProtocolError("the daemon keeps forgetting this session", "HANDSHAKE_REQUIRED")
+        raise ProtocolError("the daemon keeps forgetting this session", ErrorCode.HANDSHAKE_REQUIRED)
 
     # ---- jobs -------------------------------------------------------------------------------------
 
-    def submit(self, image: ImageBlob, mask: ImageBlob | None = None, params: dict | None = None, *,
-               job_id: str | None = None, preview_interval: float = 0.0) -> Accepted:
-        """Queue a job; returns ACCEPTED (job id, queue position) or raises JobFailed (QUEUE_FULL, BAD_PARAMS...)."""
+    def submit(self, image: ImageBlob, mask: ImageBlob | None = None,
+               settings: JobSettings | Mapping[str, Any] | None = None, *, job_id: str | None = None,
+               preview_interval: float = 0.0) -> Accepted:
+        """Queue a job; returns ACCEPTED (job id, queue position) or raises JobFailed (QUEUE_FULL, NO_MOSAIC...).
+
+        `settings`: a JobSettings (a plain params map is still taken: missing keys take the daemon's defaults).
+        ParamError (BAD_PARAMS) or TOO_LARGE, before anything is sent, for what the daemon would refuse."""
         job_id = job_id or uuid.uuid4().hex
-        msg = Submit(job_id, image, mask, dict(params or {}), float(preview_interval))
         self._ensure()
+        params = self.checked(settings).to_wire()
         self._check_size(image)
-        reply = self._request(msg, lambda m: isinstance(m, (Accepted, Failed, Result)) and m.job_id == job_id, "ACCEPTED")
-        if isinstance(reply, Failed):
-            raise _job_error(reply)
+        msg = Submit(job_id, image, mask, params, float(preview_interval))
+        reply = self._request(msg, lambda m: isinstance(m, (Accepted, Failed, Result, Error)) and m.job_id == job_id,
+                              "ACCEPTED")
+        if isinstance(reply, (Failed, Error)):  # an ERROR naming the job (e.g. a bad job id) refuses it too
+            raise _job_error(_as_event(reply))
         self._submits[job_id] = msg
         if isinstance(reply, Result):  # an idempotent re-submit of a finished job: keep it for events()
             self._stash.appendleft(reply)
             return Accepted(job_id, 0, "done")
         return reply
 
+    def checked(self, settings: JobSettings | Mapping[str, Any] | None) -> JobSettings:
+        """`settings` checked against the connected daemon's contract (ParamError names the first bad one)."""
+        if isinstance(settings, JobSettings):
+            return settings.checked(self.spec)
+        return JobSettings.from_wire(settings or {}, self.spec)
+
     def _check_size(self, image: ImageBlob) -> None:
         """Refuse locally what the daemon would refuse (WELCOME limits), before sending up to a GiB."""
         lim = (self.welcome.limits if self.welcome else None) or {}
-        side, pixels, nbytes = lim.get("max_side"), lim.get("max_pixels"), lim.get("max_blob_bytes")
+        side = min(lim.get("max_side") or MAX_REGION_SIDE, lim.get("max_region_side") or MAX_REGION_SIDE)
+        pixels, nbytes = lim.get("max_pixels"), lim.get("max_blob_bytes")
         w, h = image.width, image.height
         if (side and max(w, h) > side) or (pixels and w * h > pixels) or (nbytes and image.expected_nbytes > nbytes):
             raise ProtocolError(f"the region is {w}x{h} pixels, more than the daemon accepts "
-                                f"({side} px per side, {pixels} pixels); select a smaller area", "TOO_LARGE")
+                                f"({side} px per side, {pixels} pixels); select a smaller area", ErrorCode.TOO_LARGE)
 
     def events(self, job_id: str, *, idle_timeout: float | None = None) -> Iterator[Message | None]:
         """This job's events until (and including) RESULT or FAILED; None every POLL_MS while nothing happens.
@@ -399,7 +424,7 @@ class PulseClient:
         if isinstance(msg, (Ping, Pong, Ok, Welcome, StatusReply)):
             return None
         if isinstance(msg, Error):
-            if msg.code == "HANDSHAKE_REQUIRED":
+            if msg.code == ErrorCode.HANDSHAKE_REQUIRED:
                 raise _Lost()
             if msg.job_id not in (None, job_id):
                 return None
@@ -421,10 +446,10 @@ class PulseClient:
         except DaemonNotRunning:
             time.sleep(min(0.5, self.timeout / 10))
         except ProtocolError as exc:
-            if exc.code != "TIMEOUT":
+            if exc.code != ErrorCode.TIMEOUT:
                 raise
 
-    def run_job(self, image: ImageBlob, mask: ImageBlob | None, params: dict, *,
+    def run_job(self, image: ImageBlob, mask: ImageBlob | None, settings: JobSettings | Mapping[str, Any] | None, *,
                 on_progress: Callable[[Progress], None] | None = None, should_cancel: Callable[[], bool] | None = None,
                 on_preview: Callable[[bytes], None] | None = None, job_id: str | None = None,
                 on_state: Callable[[str], None] | None = None, preview_interval: float = 0.5,
@@ -435,7 +460,8 @@ class PulseClient:
         `on_accepted` gets the daemon's ACCEPTED (queue position, `estimate_s`, `wait_s`) before the job runs.
         `on_state` gets each state's name; `on_job_state` each whole JOB_STATE, with its `message` and, once a
         depixelate job's mosaic is analysed, its `analysis` (block, cells, confidence, detected)."""
-        accepted = self.submit(image, mask, params, job_id=job_id, preview_interval=preview_interval if on_preview else 0.0)
+        accepted = self.submit(image, mask, settings, job_id=job_id,
+                               preview_interval=preview_interval if on_preview else 0.0)
         job_id = accepted.job_id
         if on_accepted is not None:
             on_accepted(accepted)
@@ -463,7 +489,7 @@ class PulseClient:
                 return ev
             elif isinstance(ev, Failed):
                 raise _job_error(ev)
-        raise ProtocolError("job ended without a result", "INTERNAL")  # pragma: no cover
+        raise ProtocolError("job ended without a result", ErrorCode.INTERNAL)  # pragma: no cover
 
     def cancel(self, job_id: str) -> None:
         """Cancel a queued or running job (idempotent; unknown or finished jobs are fine)."""
@@ -488,7 +514,7 @@ class PulseClient:
         if isinstance(reply, Failed):
             raise _job_error(reply)
         if isinstance(reply, JobState):
-            raise ProtocolError(f"job {job_id} is still {reply.state}", "NOT_READY", retryable=True)
+            raise ProtocolError(f"job {job_id} is still {reply.state}", ErrorCode.NOT_READY, retryable=True)
         return reply
 
     def shutdown(self) -> None:
@@ -506,7 +532,19 @@ def _as_event(m: Message) -> Message:
     return m
 
 
+def _version_advice(reply: Error) -> str:
+    """VERSION_MISMATCH in words: which side is older, and what to update."""
+    theirs = sorted(v for v in (reply.supported or []) if isinstance(v, int))
+    if theirs and max(theirs) < MIN_PROTOCOL_VERSION:
+        what = "the daemon is older than this plug-in: update pulse-server (and restart it)"
+    else:
+        what = "update the plug-in: `pulse-server install-plugin gimp` or `pulse-server install-plugin krita`"
+    spoken = "/".join(map(str, theirs)) or "?"
+    return (f"this client speaks protocol {PROTOCOL_VERSION}, the daemon speaks {spoken}; {what} "
+            f"(the daemon said: {reply.message})")
+
+
 def _job_error(f: Failed) -> JobFailed:
-    if f.code == "CANCELLED":
+    if f.code == ErrorCode.CANCELLED:
         return JobCancelled(f.message, f.job_id)
     return JobFailed(f.message, f.code, f.retryable, f.job_id)

@@ -2,8 +2,10 @@
 
 Decoding order (PROTOCOL.md §2): frame count, magic, header size cap, `msgpack.unpackb` with strict map
 keys and small container limits, header shape, every blob descriptor (`w·h·c·size == nbytes`, dimension
-and pixel caps, frame length) and only then the fields, checked against the dataclass annotations.
-Anything wrong raises `ProtocolError` (and nothing else): callers answer ERROR or drop the message.
+and pixel caps, frame length) and only then the fields, checked against the dataclass annotations; a SUBMIT's `params` are then checked
+against the job contract (job.PARAMS), on encode as on decode, so a bad request is refused before it is sent
+and before it is queued. Anything wrong raises `ProtocolError` (and nothing else; `ParamError` for params):
+callers answer ERROR (FAILED for a SUBMIT's params) or drop the message.
 Blob payloads are never copied: decoded `ImageBlob.data` is a memoryview of the received frame.
 """
 
@@ -17,9 +19,12 @@ from typing import Any, Iterable, Sequence, Union
 
 import msgpack
 
-from .errors import ProtocolError
-from .messages import DTYPE_SIZES, MESSAGE_TYPES, Candidate, ImageBlob, JpegBlob, Message
+from .errors import ErrorCode, ProtocolError
+from .job import JobSettings, ParamError
+from .messages import DTYPE_SIZES, MESSAGE_TYPES, Candidate, ImageBlob, JpegBlob, Message, Submit
 
+# The framing's magic, not the protocol version (that is negotiated in HELLO): a v1 client's HELLO must still
+# decode, so that it gets VERSION_MISMATCH and "update the plug-in" rather than BAD_MAGIC.
 MAGIC = b"PULSE/1"
 
 
@@ -28,7 +33,9 @@ class Limits:
     """Caps applied before anything is allocated; the daemon reports its own in WELCOME."""
 
     max_header_bytes: int = 64 * 1024
-    max_side: int = 16384  # width and height of any image
+    # Width and height of any image frame. The largest region a job may hold is job.MAX_REGION_SIDE, checked by
+    # the daemon before queueing; WELCOME advertises that one (as max_side and max_region_side).
+    max_side: int = 16384
     max_pixels: int = 8192 * 8192  # width × height of any image
     max_blob_bytes: int = 1 << 30  # one raw frame (also ZMQ_MAXMSGSIZE, plus slack)
     max_blobs: int = 64  # raw frames in one message (RESULT: one per candidate)
@@ -49,7 +56,10 @@ DEFAULT_LIMITS = Limits()
 
 
 def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | memoryview]:
-    """Message -> frames. Blob frames are memoryviews of the caller's buffers (send them with copy=False)."""
+    """Message -> frames. Blob frames are memoryviews of the caller's buffers (send them with copy=False).
+    ParamError for a SUBMIT whose params break the job contract (nothing is sent)."""
+    if isinstance(msg, Submit):
+        JobSettings.from_wire(msg.params)
     blobs: list[tuple[dict[str, Any], memoryview]] = []
     header = {"type": msg.TYPE}
     for f in dataclasses.fields(msg):
@@ -58,7 +68,7 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | memory
         header["blobs"] = [desc for desc, _ in blobs]
     packed = msgpack.packb(header, use_bin_type=True)
     if len(packed) > limits.max_header_bytes:
-        raise ProtocolError(f"{msg.TYPE} header is {len(packed)} bytes, over the {limits.max_header_bytes}-byte cap", "HEADER_TOO_LARGE")
+        raise ProtocolError(f"{msg.TYPE} header is {len(packed)} bytes, over the {limits.max_header_bytes}-byte cap", ErrorCode.HEADER_TOO_LARGE)
     return [MAGIC, packed, *(data for _, data in blobs)]
 
 
@@ -74,7 +84,7 @@ def _dump(value: Any, kind: str, blobs: list[tuple[dict[str, Any], memoryview]])
     if isinstance(value, ImageBlob):
         data = _bytes_view(value.data)
         if value.dtype not in DTYPE_SIZES or data.nbytes != value.expected_nbytes:
-            raise ProtocolError(f"{kind}: {value.width}x{value.height}x{value.channels} {value.dtype} needs {value.expected_nbytes if value.dtype in DTYPE_SIZES else '?'} bytes, has {data.nbytes}", "BAD_BLOB")
+            raise ProtocolError(f"{kind}: {value.width}x{value.height}x{value.channels} {value.dtype} needs {value.expected_nbytes if value.dtype in DTYPE_SIZES else '?'} bytes, has {data.nbytes}", ErrorCode.BAD_BLOB)
         desc = {"kind": kind, "w": value.width, "h": value.height, "c": value.channels, "dtype": value.dtype, "nbytes": data.nbytes}
         blobs.append((desc, data))
         return len(blobs) - 1
@@ -104,42 +114,32 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS, allowed: Iter
     except ProtocolError:
         raise
     except Exception as exc:  # noqa: BLE001 - the decoder's contract: only ProtocolError escapes
-        raise ProtocolError(f"malformed message: {type(exc).__name__}: {exc}", "MALFORMED") from exc
-
-
-def peek_type(frames: Sequence[Any]) -> str | None:
-    """Best-effort type of a (possibly invalid) message, for error replies; never raises."""
-    try:
-        header = _unpack_header(_views(frames), DEFAULT_LIMITS)
-        t = header.get("type")
-        return t if isinstance(t, str) else None
-    except Exception:  # noqa: BLE001
-        return None
+        raise ProtocolError(f"malformed message: {type(exc).__name__}: {exc}", ErrorCode.MALFORMED) from exc
 
 
 def _views(frames: Sequence[Any]) -> list[memoryview]:
     if not isinstance(frames, (list, tuple)):
-        raise ProtocolError("frames must be a list", "MALFORMED")
+        raise ProtocolError("frames must be a list", ErrorCode.MALFORMED)
     if len(frames) < 2:
-        raise ProtocolError(f"a message has at least 2 frames (magic, header), got {len(frames)}", "MALFORMED")
+        raise ProtocolError(f"a message has at least 2 frames (magic, header), got {len(frames)}", ErrorCode.MALFORMED)
     views = []
     for f in frames:
         buf = getattr(f, "buffer", f)  # zmq.Frame
         if not isinstance(buf, (bytes, bytearray, memoryview)):
-            raise ProtocolError(f"frame of type {type(f).__name__}", "MALFORMED")
+            raise ProtocolError(f"frame of type {type(f).__name__}", ErrorCode.MALFORMED)
         view = memoryview(buf)
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
         views.append(view)
     if views[0] != MAGIC:
-        raise ProtocolError("not a PULSE/1 message (bad magic frame)", "BAD_MAGIC")
+        raise ProtocolError("not a PULSE/1 message (bad magic frame)", ErrorCode.BAD_MAGIC)
     return views
 
 
 def _unpack_header(views: list[memoryview], limits: Limits) -> dict[str, Any]:
     raw = views[1]
     if raw.nbytes > limits.max_header_bytes:
-        raise ProtocolError(f"header is {raw.nbytes} bytes, over the {limits.max_header_bytes}-byte cap", "HEADER_TOO_LARGE")
+        raise ProtocolError(f"header is {raw.nbytes} bytes, over the {limits.max_header_bytes}-byte cap", ErrorCode.HEADER_TOO_LARGE)
     try:
         header = msgpack.unpackb(
             raw.tobytes(),
@@ -153,9 +153,9 @@ def _unpack_header(views: list[memoryview], limits: Limits) -> dict[str, Any]:
             max_ext_len=0,
         )
     except Exception as exc:  # noqa: BLE001 - ExtraData, FormatError, StackError, ValueError, ...
-        raise ProtocolError(f"header is not valid msgpack ({type(exc).__name__})", "MALFORMED") from exc
+        raise ProtocolError(f"header is not valid msgpack ({type(exc).__name__})", ErrorCode.MALFORMED) from exc
     if not isinstance(header, dict):
-        raise ProtocolError("header must be a msgpack map", "MALFORMED")
+        raise ProtocolError("header must be a msgpack map", ErrorCode.MALFORMED)
     return header
 
 
@@ -164,53 +164,60 @@ def _decode(frames: Sequence[Any], limits: Limits, allowed: Iterable[str] | None
     header = _unpack_header(views, limits)
     mtype = header.get("type")
     if not isinstance(mtype, str):
-        raise ProtocolError("header has no string 'type'", "MALFORMED")
+        raise ProtocolError("header has no string 'type'", ErrorCode.MALFORMED)
     cls = MESSAGE_TYPES.get(mtype)
     if cls is None:
-        raise ProtocolError(f"unknown message type {mtype[:64]!r}", "UNKNOWN_TYPE")
+        raise ProtocolError(f"unknown message type {mtype[:64]!r}", ErrorCode.UNKNOWN_TYPE)
     if allowed is not None and mtype not in allowed:
-        raise ProtocolError(f"{mtype} is not accepted here", "UNEXPECTED_TYPE")
+        raise ProtocolError(f"{mtype} is not accepted here", ErrorCode.UNEXPECTED_TYPE)
     blobs = _check_blobs(header.get("blobs", []), views[2:], limits)
     used: set[int] = set()
-    return _load_dataclass(cls, header, blobs, used, mtype)
+    msg = _load_dataclass(cls, header, blobs, used, mtype)
+    if isinstance(msg, Submit):
+        try:
+            JobSettings.from_wire(msg.params)
+        except ParamError as exc:
+            exc.job_id = msg.job_id  # the daemon answers this job FAILED, like any other refusal of it
+            raise
+    return msg
 
 
 def _check_blobs(descs: Any, frames: list[memoryview], limits: Limits) -> list[tuple[dict[str, Any], memoryview]]:
     """Every descriptor validated against the limits and its frame, before any field uses it."""
     if not isinstance(descs, list):
-        raise ProtocolError("'blobs' must be a list", "MALFORMED")
+        raise ProtocolError("'blobs' must be a list", ErrorCode.MALFORMED)
     if len(descs) > limits.max_blobs:
-        raise ProtocolError(f"{len(descs)} blobs, over the cap of {limits.max_blobs}", "TOO_MANY_BLOBS")
+        raise ProtocolError(f"{len(descs)} blobs, over the cap of {limits.max_blobs}", ErrorCode.TOO_MANY_BLOBS)
     if len(descs) != len(frames):
-        raise ProtocolError(f"header describes {len(descs)} blobs but {len(frames)} data frames follow", "BLOB_MISMATCH")
+        raise ProtocolError(f"header describes {len(descs)} blobs but {len(frames)} data frames follow", ErrorCode.BLOB_MISMATCH)
     out = []
     for i, (desc, frame) in enumerate(zip(descs, frames)):
         if not isinstance(desc, dict):
-            raise ProtocolError(f"blob {i}: descriptor must be a map", "MALFORMED")
+            raise ProtocolError(f"blob {i}: descriptor must be a map", ErrorCode.MALFORMED)
         w, h, c, n, dtype = (desc.get(k) for k in ("w", "h", "c", "nbytes", "dtype"))
         if not all(_is_int(v) for v in (w, h, c, n)) or not isinstance(dtype, str):
-            raise ProtocolError(f"blob {i}: w, h, c, nbytes must be integers and dtype a string", "BAD_BLOB")
+            raise ProtocolError(f"blob {i}: w, h, c, nbytes must be integers and dtype a string", ErrorCode.BAD_BLOB)
         if w < 1 or h < 1 or n < 0:
-            raise ProtocolError(f"blob {i}: empty or negative size {w}x{h}", "BAD_BLOB")
+            raise ProtocolError(f"blob {i}: empty or negative size {w}x{h}", ErrorCode.BAD_BLOB)
         if dtype == "jpeg":
             if w > limits.max_preview_side or h > limits.max_preview_side or n > limits.max_preview_bytes or c != 3:
-                raise ProtocolError(f"blob {i}: preview {w}x{h} ({n} bytes) over the preview caps", "TOO_LARGE")
+                raise ProtocolError(f"blob {i}: preview {w}x{h} ({n} bytes) over the preview caps", ErrorCode.TOO_LARGE)
         else:
             if dtype not in DTYPE_SIZES:
-                raise ProtocolError(f"blob {i}: unknown dtype {dtype[:16]!r} (u8, u16, f32)", "BAD_BLOB")
+                raise ProtocolError(f"blob {i}: unknown dtype {dtype[:16]!r} (u8, u16, f32)", ErrorCode.BAD_BLOB)
             if not 1 <= c <= 4:
-                raise ProtocolError(f"blob {i}: {c} channels (1..4)", "BAD_BLOB")
+                raise ProtocolError(f"blob {i}: {c} channels (1..4)", ErrorCode.BAD_BLOB)
             if w > limits.max_side or h > limits.max_side or w * h > limits.max_pixels:
                 raise ProtocolError(
-                    f"blob {i}: {w}x{h} is over the image caps ({limits.max_side} per side, {limits.max_pixels} pixels)", "TOO_LARGE"
+                    f"blob {i}: {w}x{h} is over the image caps ({limits.max_side} per side, {limits.max_pixels} pixels)", ErrorCode.TOO_LARGE
                 )
             expected = w * h * c * DTYPE_SIZES[dtype]
             if n != expected:
-                raise ProtocolError(f"blob {i}: {w}x{h}x{c} {dtype} is {expected} bytes, descriptor says {n}", "BAD_BLOB")
+                raise ProtocolError(f"blob {i}: {w}x{h}x{c} {dtype} is {expected} bytes, descriptor says {n}", ErrorCode.BAD_BLOB)
             if n > limits.max_blob_bytes:
-                raise ProtocolError(f"blob {i}: {n} bytes, over the {limits.max_blob_bytes}-byte cap", "TOO_LARGE")
+                raise ProtocolError(f"blob {i}: {n} bytes, over the {limits.max_blob_bytes}-byte cap", ErrorCode.TOO_LARGE)
         if frame.nbytes != n:
-            raise ProtocolError(f"blob {i}: descriptor says {n} bytes, frame has {frame.nbytes}", "BAD_BLOB")
+            raise ProtocolError(f"blob {i}: descriptor says {n} bytes, frame has {frame.nbytes}", ErrorCode.BAD_BLOB)
         out.append((desc, frame))
     return out
 
@@ -235,7 +242,7 @@ def _load_dataclass(cls: type, raw: dict[str, Any], blobs: list, used: set[int],
         if f.name in raw:
             kwargs[f.name] = _load(hints[f.name], raw[f.name], blobs, used, f"{where}.{f.name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ProtocolError(f"{where}: missing field {f.name!r}", "MISSING_FIELD")
+            raise ProtocolError(f"{where}: missing field {f.name!r}", ErrorCode.MISSING_FIELD)
     return cls(**kwargs)  # unknown fields in `raw` are ignored on purpose (forward compatibility)
 
 
@@ -249,45 +256,45 @@ def _load(hint: Any, value: Any, blobs: list, used: set[int], where: str) -> Any
         return _load(inner[0], value, blobs, used, where)
     if hint is ImageBlob or hint is JpegBlob:
         if not _is_int(value) or not 0 <= value < len(blobs) or value in used:
-            raise ProtocolError(f"{where}: not the index of an unused blob", "BAD_BLOB")
+            raise ProtocolError(f"{where}: not the index of an unused blob", ErrorCode.BAD_BLOB)
         used.add(value)
         desc, frame = blobs[value]
         is_jpeg = desc["dtype"] == "jpeg"
         if is_jpeg != (hint is JpegBlob):
-            raise ProtocolError(f"{where}: wrong blob kind {desc['dtype']}", "BAD_BLOB")
+            raise ProtocolError(f"{where}: wrong blob kind {desc['dtype']}", ErrorCode.BAD_BLOB)
         if is_jpeg:
             return JpegBlob(desc["w"], desc["h"], frame)
         return ImageBlob(desc["w"], desc["h"], desc["c"], desc["dtype"], frame)
     if hint is Candidate:
         if not isinstance(value, dict):
-            raise ProtocolError(f"{where}: expected a map", "BAD_FIELD")
+            raise ProtocolError(f"{where}: expected a map", ErrorCode.BAD_FIELD)
         return _load_dataclass(Candidate, value, blobs, used, where)
     if origin is list or hint is list:
         if not isinstance(value, list):
-            raise ProtocolError(f"{where}: expected a list", "BAD_FIELD")
+            raise ProtocolError(f"{where}: expected a list", ErrorCode.BAD_FIELD)
         (item,) = typing.get_args(hint) or (Any,)
         return value if item is Any else [_load(item, v, blobs, used, f"{where}[]") for v in value]
     if origin is dict or hint is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ProtocolError(f"{where}: expected a map with string keys", "BAD_FIELD")
+            raise ProtocolError(f"{where}: expected a map with string keys", ErrorCode.BAD_FIELD)
         args = typing.get_args(hint)
         return value if not args else {k: _load(args[1], v, blobs, used, where) for k, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
-            raise ProtocolError(f"{where}: expected a boolean", "BAD_FIELD")
+            raise ProtocolError(f"{where}: expected a boolean", ErrorCode.BAD_FIELD)
         return value
     if hint is int:
         if not _is_int(value):
-            raise ProtocolError(f"{where}: expected an integer", "BAD_FIELD")
+            raise ProtocolError(f"{where}: expected an integer", ErrorCode.BAD_FIELD)
         return value
     if hint is float:
         if not (isinstance(value, (int, float)) and not isinstance(value, bool)):
-            raise ProtocolError(f"{where}: expected a number", "BAD_FIELD")
+            raise ProtocolError(f"{where}: expected a number", ErrorCode.BAD_FIELD)
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ProtocolError(f"{where}: expected a string", "BAD_FIELD")
+            raise ProtocolError(f"{where}: expected a string", ErrorCode.BAD_FIELD)
         return value
     if hint is Any:
         return value
-    raise ProtocolError(f"{where}: no decoder for {hint!r}", "INTERNAL")
+    raise ProtocolError(f"{where}: no decoder for {hint!r}", ErrorCode.INTERNAL)

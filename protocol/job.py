@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import ProtocolError
+from .errors import ErrorCode, ProtocolError
 
 MODES = ("depixelate", "solve")
 METHODS = ("ilo", "pulse")  # depixelate's search: latent + bounded feature refinement, or latent only
@@ -25,8 +25,8 @@ PRECISIONS = ("default", "fp32")
 MAX_REGION_SIDE = 4096
 # Mosaic cells larger than this hold too little of a face to be worth solving (the detector's range too).
 MAX_BLOCK = 64
-# The most pixels a model name may take on the wire (names only, never paths: a client must not make the daemon
-# open files of its choosing).
+# The most characters a string parameter (a model name) may have on the wire. Model names only, never paths: the
+# daemon's spec narrows `model` to the names it knows, so a client cannot make it open files of its choosing.
 MAX_MODEL_NAME = 64
 
 
@@ -35,7 +35,7 @@ class Param:
     """One parameter's declaration. `low`/`high` bound numbers (inclusive); `choices` bound strings."""
 
     name: str
-    kind: type
+    kind: type[Any]
     default: Any
     label: str  # the dialogs' label: plain words, with the mnemonic-free text
     help: str  # one sentence for the tooltip / the CLI's --help
@@ -51,7 +51,10 @@ class Param:
         high = self.high if high is None else high
         choices = self.choices if choices is None else choices
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ParamError(self.name, f"must be {self.range_text(low, high)}") from None
         if isinstance(value, bool) is not (self.kind is bool) or not isinstance(value, self.kind):
             raise ParamError(self.name, f"expected {self.kind.__name__}, got {type(value).__name__}")
         if choices is not None and value not in choices:
@@ -65,7 +68,9 @@ class Param:
     def range_text(self, low: float | None = None, high: float | None = None) -> str:
         low = self.low if low is None else low
         high = self.high if high is None else high
-        return f"between {low:g} and {high:g}"
+        if low is None or high is None:
+            return "any value"
+        return f"between {_number(low)} and {_number(high)}"
 
     def to_wire(self, **override: Any) -> dict[str, Any]:
         """The declaration as WELCOME carries it (`override`: the daemon's effective low/high/choices/default)."""
@@ -80,11 +85,21 @@ class Param:
 
 
 class ParamError(ProtocolError):
-    """A job parameter is out of its declared type or range."""
+    """A job parameter is out of its declared type or range. `param` names it; `job_id` is the SUBMIT's, when the
+    codec refused a received one (the daemon answers that job FAILED BAD_PARAMS)."""
+
+    code = ErrorCode.BAD_PARAMS
 
     def __init__(self, name: str, problem: str) -> None:
-        super().__init__(f"params.{name}: {problem}", "BAD_PARAMS")
+        super().__init__(f"params.{name}: {problem}")
         self.param = name
+        self.problem = problem  # without the parameter's name: for a form field or a CLI option's message
+        self.job_id: str | None = None
+
+
+def _number(value: float) -> str:
+    """An int-valued bound as digits (2147483647, not 2.14748e+09), any other as %g."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else f"{value:g}"
 
 
 def _p(default: Any, label: str, help: str, **kw: Any) -> Any:
@@ -147,18 +162,31 @@ PARAMS: dict[str, Param] = _declare()
 
 
 def spec_from_wire(raw: Mapping[str, Any] | None) -> dict[str, Param]:
-    """WELCOME's `params` → Params with the daemon's effective ranges (declared ones where it says nothing)."""
+    """WELCOME's `params` → Params with the daemon's effective ranges (declared ones where it says nothing).
+
+    A daemon's range only narrows the declared one: this client's codec refuses anything outside the declared
+    range anyway, so a dialog must not offer it. Entries that are not well-formed are ignored (declared ones
+    apply), and so are parameters this client does not know: it cannot show them, the daemon's default applies."""
     spec = dict(PARAMS)
     for name, d in (raw or {}).items():
         p = spec.get(name)
         if p is None or not isinstance(d, Mapping):
-            continue  # a parameter this client does not know: it cannot show it, the daemon's default applies
-        spec[name] = dataclasses.replace(
-            p,
-            default=d.get("default", p.default),
-            low=d.get("min", p.low), high=d.get("max", p.high),
-            choices=tuple(d["choices"]) if d.get("choices") is not None else p.choices,
-        )
+            continue
+        low, high, choices = p.low, p.high, p.choices
+        if p.low is not None and _is_number(d.get("min")) and _is_number(d.get("max")):
+            low, high = max(p.low, d["min"]), min(p.high, d["max"])
+            if low > high:
+                low, high = p.low, p.high
+        offered = d.get("choices")
+        if isinstance(offered, (list, tuple)) and offered and all(isinstance(c, str) for c in offered):
+            choices = tuple(c for c in offered if p.choices is None or c in p.choices) or p.choices
+        narrowed_p = dataclasses.replace(p, low=low, high=high, choices=choices)
+        default = d.get("default", p.default)
+        try:
+            default = narrowed_p.check(default)
+        except ParamError:
+            default = p.default
+        spec[name] = dataclasses.replace(narrowed_p, default=default)
     return spec
 
 
@@ -168,12 +196,21 @@ def spec_to_wire(spec: Mapping[str, Param]) -> dict[str, dict[str, Any]]:
 
 def narrowed(**ranges: Any) -> dict[str, Param]:
     """PARAMS with some ranges narrowed by a daemon's configuration, e.g. narrowed(steps=(1, 1000), model=names).
-    A tuple gives (low, high); a list gives the allowed choices."""
+    A tuple gives (low, high), kept within the declared range; a list gives the allowed choices (within the
+    declared ones, where the parameter declares any)."""
     spec = dict(PARAMS)
     for name, r in ranges.items():
         p = spec[name]
         if isinstance(r, tuple):
-            spec[name] = dataclasses.replace(p, low=max(p.low, r[0]), high=min(p.high, r[1]))
+            low, high = max(p.low, r[0]), min(p.high, r[1])
+            # The default stays a value the daemon accepts: e.g. --max-steps 50 makes 50 steps the default.
+            spec[name] = dataclasses.replace(p, low=low, high=high, default=min(max(p.default, low), high))
         else:
-            spec[name] = dataclasses.replace(p, choices=tuple(r))
+            choices = tuple(c for c in r if p.choices is None or c in p.choices)
+            default = p.default if p.default in choices or not choices else choices[0]
+            spec[name] = dataclasses.replace(p, choices=choices, default=default)
     return spec
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,4 +1,4 @@
-"""Protocol v1 messages: one frozen dataclass per message type, plus the pixel containers.
+"""Protocol v2 messages: one frozen dataclass per message type, plus the pixel containers.
 
 A message is a msgpack map `{"type": TYPE, <fields>..., "blobs": [descriptors]}`; fields holding an
 `ImageBlob`/`JpegBlob` carry the index of a raw frame instead (see codec.py and PROTOCOL.md).
@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 1
-MIN_PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = [1]
+# v2: WELCOME carries the job contract (`params`: each job parameter's type, default and the daemon's effective
+# range, see job.py) and `limits.max_region_side`; SUBMIT `params` are checked against it on both ends. v1 clients
+# are refused at HELLO with VERSION_MISMATCH ("update the plug-in").
+PROTOCOL_VERSION = 2
+MIN_PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = [2]
 
 # Bytes per channel value of each raw dtype; pixels are little-endian, channels interleaved, row-major.
 DTYPE_SIZES = {"u8": 1, "u16": 2, "f32": 4}
@@ -101,8 +104,11 @@ class Welcome(Message):
     session: str
     heartbeat_ms: int
     device: str
-    limits: dict = field(default_factory=dict)
+    limits: dict = field(default_factory=dict)  # the codec's caps, max_side = max_region_side: the largest region
     models: list = field(default_factory=list)  # [{"name", "id", "family", "resolution", "loaded"}], own model first
+    # The job contract as this daemon applies it: name -> {type, default, min, max | choices, label, help, advanced}
+    # (job.spec_to_wire; read it with job.spec_from_wire). `model` choices: "" (the daemon's own) and the names it has.
+    params: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,9 @@ class Submit(Message):
     job_id: str
     image: ImageBlob
     mask: ImageBlob | None = None  # (H, W, 1) u8, 0 = not selected
-    params: dict = field(default_factory=dict)  # mode, candidates, steps, seed, block, eps, precision, model
+    # job.JobSettings.to_wire(): mode, candidates, steps, seed, block, eps, precision, method, model, force; missing
+    # keys take the daemon's defaults. The codec checks them against job.PARAMS on encode and decode.
+    params: dict = field(default_factory=dict)
     preview_interval: float = 0.0  # seconds between PREVIEWs; 0 = none
 
 
@@ -190,8 +198,13 @@ class Progress(Message):
     step: int
     total: int
     losses: dict[str, float] = field(default_factory=dict)
-    best_error: float = float("inf")
+    best_downscale_error: float = float("inf")  # the lowest downscale_error so far, any candidate, any step
     eta_s: float = 0.0  # seconds left, from this job's own pace so far; 0 = unknown
+
+    @property
+    def best_error(self) -> float:
+        """The protocol v1 name of `best_downscale_error` (the plug-ins read it until they move to the new name)."""
+        return self.best_downscale_error
 
 
 @dataclass(frozen=True)

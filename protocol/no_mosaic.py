@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
-NO_MOSAIC = "NO_MOSAIC"
+from .errors import ErrorCode, PulseError
+
+NO_MOSAIC = ErrorCode.NO_MOSAIC
 TITLE = "No mosaic found"
 QUESTION = "No mosaic found in the selection: depixelate anyway?"
 # Why the answer matters; the image itself is never painted over, the faces only arrive as new layers.
@@ -20,10 +22,10 @@ CONSEQUENCE = ("Depixelating anyway imagines faces over whatever the selection h
 R = TypeVar("R")
 
 
-class NotForced(Exception):
+class NotForced(PulseError):
     """The user answered No: nothing was sent again and nothing in the image changed."""
 
-    code = "NO_MOSAIC_DECLINED"
+    code = ErrorCode.NO_MOSAIC_DECLINED
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"Nothing was changed: {reason}.")

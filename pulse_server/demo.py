@@ -21,6 +21,7 @@ from protocol.client import PulseClient
 from protocol.endpoint import default_endpoint
 from protocol.errors import DaemonNotRunning, ProtocolError
 
+from .commands.args import add_param
 from .errors import ModelError, PulseError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="face model (default: the best this machine has, see above)")
     ap.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps|xpu (default auto)")
     ap.add_argument("--out", default=str(REPO / "out"), help="output folder (default: out/)")
-    ap.add_argument("--candidates", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=100)
+    add_param(ap, "candidates")
+    add_param(ap, "steps")
     ap.add_argument("--seed", type=int, default=0)
     # Run by `make demo`: hints name `make demo MODEL=PATH`, not this program's own --model.
     ap.add_argument("--from-make", action="store_true", help=argparse.SUPPRESS)

@@ -39,13 +39,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.job import MODES, PARAMS
+
 log = logging.getLogger("pulse.estimate")
 
 FORMAT = 1  # of the cache files; a change of the cost model's terms bumps it (old files are then ignored)
 EMA = 0.25  # weight of the latest job in the scales: a few jobs to converge, one outlier moves them a quarter
 RATIO_CLAMP = (0.1, 10.0)  # one job's measured/predicted ratio, bounded: a job paused by a debugger is not the norm
 BATCH_POINTS = (1, 4)  # the batches calibrate.py measures
-MODES = ("depixelate", "solve")
 
 
 @dataclass(frozen=True)
@@ -61,16 +62,16 @@ class ModelId:
 class JobShape:
     """What a job's cost depends on: its parameters and its region's size."""
 
-    mode: str = "depixelate"
-    candidates: int = 3
-    steps: int = 100
-    method: str = "ilo"
-    precision: str = "default"
+    mode: str = PARAMS["mode"].default
+    candidates: int = PARAMS["candidates"].default
+    steps: int = PARAMS["steps"].default
+    method: str = PARAMS["method"].default
+    precision: str = PARAMS["precision"].default
     pixels: int = 0  # width × height of the region (depixelate); the low-res face's (solve)
 
     @classmethod
     def of(cls, params: Any, pixels: int, precision: str | None = None) -> "JobShape":
-        """From a `jobs.JobParams` (or anything with its fields), the region's pixel count and the precision the
+        """From a `protocol.job.JobSettings` (or anything with its fields), the region's pixel count and the precision the
         job runs at (its own unless "default", which means the daemon's)."""
         return cls(params.mode, params.candidates, params.steps, params.method, precision or params.precision,
                    int(pixels))

@@ -1,4 +1,4 @@
-"""Jobs, their parameters, and the bounded queue that is fair between clients.
+"""Jobs, the daemon's view of the job contract, and the bounded queue that is fair between clients.
 
 The daemon loop creates jobs and cancels them; worker threads take them. Each job has its own cancel
 event (checked by the solver every step) — never one global interrupt flag, so cancelling one client's
@@ -12,85 +12,33 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any
 
+from protocol.job import PARAMS, JobSettings, Param, narrowed
 from protocol.messages import FINAL_STATES, ImageBlob
 
-from .errors import PulseError
-from .pipeline.pipeline import METHODS
-
-MODES = ("depixelate", "solve")
-PRECISIONS = ("default", "fp32")
+from .errors import ErrorCode, PulseError
 
 
-@dataclass(frozen=True)
-class JobParams:
-    mode: str = "depixelate"
-    candidates: int = 3
-    steps: int = 100
-    seed: int | None = None  # -1 on the wire = random
-    block: int | None = None  # 0 on the wire = auto-detect
-    eps: float = 2e-3
-    precision: str = "default"
-    method: str = METHODS[0]  # depixelate's search
-    model: str | None = None  # a registry name; None = the daemon's own model
-    force: bool = False  # depixelate even where no mosaic is found (else the job fails NO_MOSAIC)
+def daemon_spec(max_steps: int | None = None) -> dict[str, Param]:
+    """The job contract as this daemon applies it (WELCOME `params`, SUBMIT's second check): the declared ranges,
+    steps capped by --max-steps, and `model` one of the names it can load ("" = its own). Names only, never
+    paths: a client must not make the daemon open files of its choosing."""
+    from .models.registry import REGISTRY
 
-    @classmethod
-    def from_wire(cls, raw: dict[str, Any], *, max_steps: int = 100_000, max_candidates: int = 16) -> "JobParams":
-        """Validate SUBMIT params (unknown keys ignored); PulseError(BAD_PARAMS) names the bad one."""
+    steps = PARAMS["steps"]
+    return narrowed(steps=(steps.low, steps.high if max_steps is None else max_steps), model=["", *REGISTRY])
 
-        def get(name: str, types: tuple[type, ...], default: Any) -> Any:
-            value = raw.get(name, default)
-            if value is None:
-                return default
-            if isinstance(value, bool) or not isinstance(value, types):
-                raise PulseError(f"params.{name}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__}", "BAD_PARAMS")
-            return value
 
-        mode = get("mode", (str,), "depixelate")
-        if mode not in MODES:
-            raise PulseError(f"params.mode must be one of {', '.join(MODES)}, not {mode[:32]!r}", "BAD_PARAMS")
-        candidates = get("candidates", (int,), 3)
-        steps = get("steps", (int,), 100)
-        seed = get("seed", (int,), -1)
-        block = get("block", (int,), 0)
-        eps = float(get("eps", (int, float), 2e-3))
-        precision = get("precision", (str,), "default")
-        method = get("method", (str,), METHODS[0])
-        model = get("model", (str,), "")
-        force = raw.get("force", False)
-        if force is not None and not isinstance(force, bool):  # a truthy string must not paint over a face
-            raise PulseError(f"params.force: expected bool, got {type(force).__name__}", "BAD_PARAMS")
-        if not 1 <= candidates <= max_candidates:
-            raise PulseError(f"params.candidates must be 1..{max_candidates}", "BAD_PARAMS")
-        if not 1 <= steps <= max_steps:
-            raise PulseError(f"params.steps must be 1..{max_steps}", "BAD_PARAMS")
-        if not -1 <= seed < 2**63:
-            raise PulseError("params.seed must be -1 (random) or 0..2^63-1", "BAD_PARAMS")
-        if not 0 <= block <= 4096:
-            raise PulseError("params.block must be 0 (auto) or 1..4096", "BAD_PARAMS")
-        if not 0 < eps < 1:
-            raise PulseError("params.eps must be in (0, 1)", "BAD_PARAMS")
-        if precision not in PRECISIONS:
-            raise PulseError(f"params.precision must be one of {', '.join(PRECISIONS)}", "BAD_PARAMS")
-        if method not in METHODS:
-            raise PulseError(f"params.method must be one of {', '.join(METHODS)}, not {method[:32]!r}", "BAD_PARAMS")
-        from .models.registry import REGISTRY
-
-        # Names only, never paths: a client must not make the daemon open files of its choosing.
-        if model and model not in REGISTRY:
-            raise PulseError(f"params.model must be empty (the daemon's model) or one of {', '.join(REGISTRY)}, "
-                             f"not {model[:32]!r}", "BAD_PARAMS")
-        return cls(mode, candidates, steps, None if seed < 0 else seed, block or None, eps, precision, method,
-                   model or None, bool(force))
+def solver_seed(seed: int) -> int | None:
+    """The contract's seed -1 ("a new one each run") is the solver's None."""
+    return None if seed < 0 else seed
 
 
 @dataclass(eq=False)
 class Job:
     job_id: str
     session: str
-    params: JobParams
+    params: JobSettings  # checked against the daemon's spec; seed -1, block 0, model "" are resolved where used
     image: ImageBlob | None
     mask: ImageBlob | None
     preview_interval: float = 0.0
@@ -127,7 +75,7 @@ class Job:
 
 
 class QueueFull(PulseError):
-    code = "QUEUE_FULL"
+    code = ErrorCode.QUEUE_FULL
     retryable = True
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from .jobs import Job, JobParams, JobQueue
+from protocol.job import JobSettings
+
+from .jobs import Job, JobQueue
 
 if TYPE_CHECKING:
     from .daemon import DaemonConfig
@@ -38,7 +40,7 @@ class WorkerPool(Protocol):
     def running(self) -> int:
         """Jobs being solved right now."""
 
-    def estimate(self, params: "JobParams", pixels: int) -> float:
+    def estimate(self, params: JobSettings, pixels: int) -> float:
         """Seconds a job with `params` on a region of `pixels` takes once it runs; 0 = unknown. Called from the
         daemon's loop: must answer at once."""
 

@@ -29,13 +29,14 @@ import traceback
 from collections import OrderedDict
 from typing import Any, Callable
 
+from protocol.job import JobSettings
 from protocol.messages import Candidate, Failed, ImageBlob, JpegBlob, Preview, Progress, Result
 
 from . import runner
 from .devices import free_memory, is_out_of_memory
 from .errors import Cancelled, PulseError
 from .estimate import Estimates, JobClock, JobShape, ModelId, model_id_for, model_id_of
-from .jobs import Job, JobParams, JobQueue
+from .jobs import Job, JobQueue, solver_seed
 from .models import noop
 
 log = logging.getLogger("pulse.worker")
@@ -114,7 +115,7 @@ class JobExecutor:
                 except Exception as exc:  # noqa: BLE001 - retried (and reported) on the first job
                     log.error("preloading the model failed: %s", exc)
 
-    def estimate(self, params: JobParams, pixels: int) -> float:
+    def estimate(self, params: JobSettings, pixels: int) -> float:
         """Seconds `params` will take once it runs (its whole step budget); 0 = unknown. Loop thread: no torch."""
         estimates = self.estimates
         if estimates is None or self.noop:
@@ -304,7 +305,7 @@ class JobExecutor:
     def _precision(self, job: Job) -> str:
         return self._precision_of(job.params)
 
-    def _precision_of(self, params: JobParams) -> str:
+    def _precision_of(self, params: JobSettings) -> str:
         return self.precision if params.precision == "default" else params.precision
 
     def _callbacks(self, job: Job, clock: JobClock) -> tuple[Callable[[Any], None], Callable[[], bool]]:
@@ -339,8 +340,9 @@ class JobExecutor:
             from .solver import SolveConfig
 
             lowres = _to_rgb_float(region)
-            config = SolveConfig(candidates=params.candidates, steps=params.steps, eps=params.eps, seed=params.seed,
-                                 precision=self._precision(job), preview_every=_preview_every(job))
+            config = SolveConfig(candidates=params.candidates, steps=params.steps, eps=params.eps,
+                                 seed=solver_seed(params.seed), precision=self._precision(job),
+                                 preview_every=_preview_every(job))
             res = runner.solve(self.prior, lowres, config, progress=progress, cancel=cancel)
             cands = [_candidate(np.asarray(c.image, dtype=np.float32), c) for c in res.candidates]
             analysis = {"factor": int(res.factor), "resolution": int(res.resolution)}
@@ -348,9 +350,9 @@ class JobExecutor:
         from .pipeline import DepixParams
 
         mask = None if mask_blob is None else np.array(mask_blob.to_numpy()[:, :, 0])
-        dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=params.seed, block=params.block,
-                         eps=params.eps, precision=self._precision(job), method=params.method, force=params.force,
-                         preview_every=_preview_every(job))
+        dp = DepixParams(candidates=params.candidates, steps=params.steps, seed=solver_seed(params.seed),
+                         block=params.block or None, eps=params.eps, precision=self._precision(job),
+                         method=params.method, force=params.force, preview_every=_preview_every(job))
         res = runner.depixelate(self.prior, region, mask, dp, progress=progress, cancel=cancel, model=self.info.name,
                                 on_prepared=lambda prep: self.emit("analysis", job, mosaic_analysis(prep)))
         cands = [_candidate(patch, c) for patch, c in zip(res.patches, res.candidates)]

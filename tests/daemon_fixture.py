@@ -208,7 +208,7 @@ def start_long_job_client(endpoint: str, token: str) -> subprocess.Popen:
         from protocol.messages import ImageBlob, Progress
         with PulseClient({endpoint!r}, token={token!r}, client_name="doomed") as c:
             jid = c.submit(ImageBlob.from_numpy(np.zeros((8, 8, 3), np.float32)), None,
-                           {{"mode": "solve", "candidates": 1, "steps": 100000}}).job_id
+                           {{"mode": "solve", "candidates": 1, "steps": 5000}}).job_id
             for ev in c.events(jid):
                 if isinstance(ev, Progress):
                     print("RUNNING", flush=True)

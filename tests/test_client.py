@@ -13,7 +13,7 @@ import zmq
 from protocol.client import PulseClient
 from protocol.codec import MAGIC, decode, encode
 from protocol.errors import ProtocolError, VersionMismatch
-from protocol.messages import Error, Hello, Status, StatusReply, Welcome
+from protocol.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Error, Hello, Status, StatusReply, Welcome
 
 
 class Peer:
@@ -52,15 +52,19 @@ def _welcome() -> list:
     return encode(Welcome(1, "9.9", "s", 1000, "cpu"))
 
 
-def test_version_mismatch_names_the_daemons_versions(tmp_path):
-    peer = Peer(tmp_path, lambda m: [encode(Error("VERSION_MISMATCH", "daemon speaks 2..3", supported=[2, 3]))])
+@pytest.mark.parametrize("supported, advice", [([1], "update pulse-server"), ([3, 4], "update the plug-in")])
+def test_version_mismatch_names_the_versions_and_what_to_update(tmp_path, supported, advice):
+    peer = Peer(tmp_path, lambda m: [encode(Error("VERSION_MISMATCH", "daemon speaks them", supported=supported))])
     try:
         with pytest.raises(VersionMismatch) as err:
             with PulseClient(peer.endpoint, timeout=5) as c:
                 c.connect()
-        assert err.value.supported == [2, 3] and "2..3" in str(err.value)
+        text = str(err.value)
+        assert err.value.supported == supported and advice in text and "daemon speaks them" in text
+        assert f"speaks protocol {PROTOCOL_VERSION}, the daemon speaks {'/'.join(map(str, supported))}" in text
         hello = peer.seen[0]
-        assert isinstance(hello, Hello) and hello.protocol == 1 and hello.min_protocol == 1
+        assert isinstance(hello, Hello) and hello.protocol == PROTOCOL_VERSION
+        assert hello.min_protocol == MIN_PROTOCOL_VERSION
     finally:
         peer.close()
 

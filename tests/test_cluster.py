@@ -138,7 +138,7 @@ def test_twenty_jobs_from_four_clients_match_local_runs_bit_for_bit(pool, prior)
 def test_cancel_reaches_the_running_actor_within_a_second(pool):
     with pool.client() as c:
         c.connect()
-        jid = c.submit(ImageBlob.from_numpy(lowres(1)), None, {"mode": "solve", "candidates": 1, "steps": 100_000}).job_id
+        jid = c.submit(ImageBlob.from_numpy(lowres(1)), None, {"mode": "solve", "candidates": 1, "steps": 5000}).job_id
         for ev in c.events(jid):
             if isinstance(ev, Progress):
                 break
@@ -201,7 +201,7 @@ def test_unreachable_cluster_refuses_to_start_with_exit_2(tmp_path, shared_prior
 def test_stopped_head_fails_jobs_cleanly_and_the_daemon_reconnects(pool, head):
     with pool.client() as c:
         c.connect()
-        jid = c.submit(ImageBlob.from_numpy(lowres(2)), None, {"mode": "solve", "candidates": 1, "steps": 100_000}).job_id
+        jid = c.submit(ImageBlob.from_numpy(lowres(2)), None, {"mode": "solve", "candidates": 1, "steps": 5000}).job_id
         for ev in c.events(jid):
             if isinstance(ev, Progress):
                 break

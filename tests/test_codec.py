@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from protocol.codec import DEFAULT_LIMITS, MAGIC, Limits, decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import (
-    CLIENT_TYPES, Candidate, Error, Hello, ImageBlob, JpegBlob, Preview, Progress, Result, Submit, Welcome,
+    CLIENT_TYPES, MIN_PROTOCOL_VERSION, Candidate, Error, Hello, ImageBlob, JpegBlob, Preview, Progress, Result, Submit, Welcome,
 )
 
 
@@ -60,7 +60,7 @@ def test_result_with_candidates_and_preview_round_trip():
 
 def test_unknown_fields_are_ignored_and_defaults_apply():
     got = decode(_frames({"type": "HELLO", "protocol": 1, "client": "x", "future_field": {"a": [1, 2]}}))
-    assert isinstance(got, Hello) and got.client == "x" and got.token is None and got.min_protocol == 1
+    assert isinstance(got, Hello) and got.client == "x" and got.token is None and got.min_protocol == MIN_PROTOCOL_VERSION
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_protocol_package_imports_without_torch_numpy_or_platformdirs():
         "        if name.split('.')[0] in ('torch', 'numpy', 'platformdirs', 'pulse_server', 'PIL'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import protocol, protocol.client, protocol.codec, protocol.messages, protocol.endpoint, protocol.errors\n"
+        "import protocol, protocol.client, protocol.codec, protocol.messages, protocol.endpoint, protocol.errors, protocol.job\n"
         "from protocol.messages import ImageBlob, Submit\n"
         "from protocol.codec import encode, decode\n"
         "m = decode(encode(Submit('j', ImageBlob(2, 1, 3, 'u8', bytes(6)))))\n"

@@ -6,10 +6,11 @@ import dataclasses
 
 import pytest
 
+from protocol.job import MAX_REGION_SIDE, JobSettings
 from protocol.messages import Failed, ImageBlob, Submit
 from pulse_server.daemon import DaemonConfig
 from pulse_server.daemon.admission import admit, remaining, wait_s
-from pulse_server.jobs import Job, JobParams, JobQueue
+from pulse_server.jobs import Job, JobQueue
 
 CONFIG = DaemonConfig(endpoint="ipc:///x", max_queued_bytes=1000)
 
@@ -29,6 +30,7 @@ def test_a_valid_submit_becomes_a_job_of_its_session():
     (_submit(mask=ImageBlob(10, 10, 3, "u8", b"\0" * 300)), "BAD_MASK"),
     (_submit(mask=ImageBlob(5, 10, 1, "u8", b"\0" * 50)), "BAD_MASK"),
     (_submit(40, 40), "TOO_LARGE"),
+    (_submit(MAX_REGION_SIDE + 1, 1), "TOO_LARGE"),  # over the pipeline's limit: refused before it is queued
 ])
 def test_a_submit_that_cannot_run_is_refused_with_its_reason(submit, code):
     got = admit(submit, "sid", CONFIG, held_bytes=0)
@@ -42,11 +44,11 @@ def test_a_region_that_fits_only_later_is_refused_as_retryable():
 
 def test_the_wait_adds_the_jobs_ahead_and_what_remains_of_the_running_one():
     q = JobQueue()
-    ahead = Job("a", "s1", JobParams(), None, None, estimate_s=4.0)
-    mine = Job("b", "s2", JobParams(), None, None, estimate_s=9.0)
+    ahead = Job("a", "s1", JobSettings(), None, None, estimate_s=4.0)
+    mine = Job("b", "s2", JobSettings(), None, None, estimate_s=9.0)
     for j in (ahead, mine):
         q.put(j)
-    running = Job("r", "s3", JobParams(), None, None, state="running", estimate_s=10.0, started=100.0)
+    running = Job("r", "s3", JobSettings(), None, None, state="running", estimate_s=10.0, started=100.0)
     assert wait_s(mine, q.positions(), [ahead, mine, running], now=103.0) == pytest.approx(4.0 + 7.0)
     assert wait_s(running, q.positions(), [running], now=103.0) == 0.0  # not queued: it runs
     unknown = dataclasses.replace(ahead, estimate_s=0.0)
@@ -57,7 +59,7 @@ def test_the_wait_adds_the_jobs_ahead_and_what_remains_of_the_running_one():
 
 
 def test_remaining_prefers_the_workers_latest_time_left():
-    job = Job("r", "s", JobParams(), None, None, estimate_s=10.0, started=0.0, eta_s=3.0, eta_at=50.0)
+    job = Job("r", "s", JobSettings(), None, None, estimate_s=10.0, started=0.0, eta_s=3.0, eta_at=50.0)
     assert remaining(job, 51.0) == pytest.approx(2.0)
-    assert remaining(Job("r", "s", JobParams(), None, None), 1.0) is None
-    assert remaining(Job("r", "s", JobParams(), None, None, estimate_s=5.0), 1.0) == 5.0  # still loading
+    assert remaining(Job("r", "s", JobSettings(), None, None), 1.0) is None
+    assert remaining(Job("r", "s", JobSettings(), None, None, estimate_s=5.0), 1.0) == 5.0  # still loading

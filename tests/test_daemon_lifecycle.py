@@ -240,7 +240,7 @@ def test_a_killed_daemon_mid_job_gives_daemon_not_running(tmp_path):
     d = start_daemon(tmp_path, weights="noop:0.05", endpoint="tcp", args=["--heartbeat-ms", "300"])
     try:
         with d.client(timeout=2) as c:
-            jid = c.submit(ImageBlob.from_numpy(_rgba(4)), None, {"steps": 10_000}).job_id
+            jid = c.submit(ImageBlob.from_numpy(_rgba(4)), None, {"steps": 5000}).job_id
             t0 = time.monotonic()
             with pytest.raises(DaemonNotRunning):
                 for ev in c.events(jid):

@@ -12,7 +12,7 @@ import pytest
 from daemon_parts import read_all
 from protocol.codec import MAGIC
 from protocol.messages import (
-    Accepted, Bye, Cancel, Error, Failed, Fetch, Hello, ImageBlob, JobState, Ok, Status, StatusReply, Submit, Welcome,
+    PROTOCOL_VERSION, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello, ImageBlob, JobState, Ok, Status, StatusReply, Submit, Welcome,
 )
 from pulse_server.daemon import Daemon, DaemonConfig
 
@@ -56,7 +56,7 @@ def test_nothing_but_hello_is_answered_before_the_handshake(daemon):
     (err,) = ask(d, peer, [MAGIC, b"\xc1"])
     assert isinstance(err, Error) and err.code == "MALFORMED"
     (err,) = ask(d, peer, Hello(protocol=99, min_protocol=99))
-    assert isinstance(err, Error) and err.code == "VERSION_MISMATCH" and err.supported == [1]
+    assert isinstance(err, Error) and err.code == "VERSION_MISMATCH" and err.supported == [PROTOCOL_VERSION]
 
 
 def test_submit_is_idempotent_and_cancel_ends_the_queued_job_for_fetch(daemon):
@@ -81,11 +81,26 @@ def test_submit_is_idempotent_and_cancel_ends_the_queued_job_for_fetch(daemon):
     assert isinstance(resubmit, Failed) and resubmit.code == "CANCELLED" and len(d.queue) == 0
 
 
+def _with_params(msg: Submit, params: dict) -> list:
+    """`msg`'s frames with `params` put in past the encoder, which refuses what breaks the job contract."""
+    import msgpack
+
+    from protocol.codec import encode
+
+    frames = encode(msg)
+    header = msgpack.unpackb(frames[1])
+    header["params"] = params
+    return [frames[0], msgpack.packb(header), *frames[2:]]
+
+
 def test_a_refused_submit_says_why_and_queues_nothing(daemon):
     d, peer = daemon
     ask(d, peer, Hello(client="t"))
-    (bad,) = ask(d, peer, Submit("j", REGION, None, {"mode": "paint"}))
-    assert isinstance(bad, Failed) and bad.code == "BAD_PARAMS" and len(d.queue) == 0
+    (bad,) = ask(d, peer, _with_params(Submit("j", REGION), {"mode": "paint"}))  # refused by the decoder
+    assert isinstance(bad, Failed) and bad.job_id == "j" and bad.code == "BAD_PARAMS" and len(d.queue) == 0
+    (bad,) = ask(d, peer, Submit("k", REGION, None, {"model": "/etc/passwd"}))  # by the daemon's own spec
+    assert isinstance(bad, Failed) and bad.code == "BAD_PARAMS" and "params.model" in bad.message
+    assert len(d.queue) == 0
     (bad,) = ask(d, peer, Submit("x" * 200, REGION))
     assert isinstance(bad, Error) and bad.code == "BAD_FIELD"
     (gone,) = ask(d, peer, Fetch("nope"))

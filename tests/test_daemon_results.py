@@ -6,18 +6,19 @@ from __future__ import annotations
 import time
 
 from protocol.codec import DEFAULT_LIMITS, decode
+from protocol.job import JobSettings
 from protocol.messages import Failed, ImageBlob, Result
 from pulse_server.daemon.events import JobTracker
 from pulse_server.daemon.outbox import Outbox
 from pulse_server.daemon.results import ResultStore
 from pulse_server.daemon.sessions import SessionTable
-from pulse_server.jobs import Job, JobParams, JobQueue
+from pulse_server.jobs import Job, JobQueue
 
 from daemon_parts import bound_transport, close, connect, read, receive_one
 
 
 def _ended(sid: str, jid: str, nbytes: int, finished: float = 0.0) -> Job:
-    job = Job(jid, sid, JobParams(), None, None, state="done")
+    job = Job(jid, sid, JobSettings(), None, None, state="done")
     job.final_frames, job.final_bytes, job.finished = [b"\0" * nbytes], nbytes, finished
     return job
 
@@ -57,7 +58,7 @@ def test_a_jobs_end_is_sent_kept_and_its_inputs_released():
         store, queue = ResultStore(1 << 20, 60), JobQueue()
         tracker = JobTracker(queue, table, store, Outbox(t, DEFAULT_LIMITS, table.lost), DEFAULT_LIMITS, t.wake)
         image = ImageBlob(1, 1, 1, "u8", b"\7")
-        job = s.jobs["j"] = Job("j", "sid", JobParams(), image, None)
+        job = s.jobs["j"] = Job("j", "sid", JobSettings(), image, None)
         tracker.finish(job, Result("j", [], "m"))
         assert job.state == "done" and job.image is None and "j" not in s.jobs
         got = read(peer)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 
+from protocol.job import JobSettings
 from pulse_server.daemon import Daemon, DaemonConfig
 from pulse_server.daemon.sessions import DEAD_SLACK, SessionTable
-from pulse_server.jobs import Job, JobParams
+from pulse_server.jobs import Job
 
 
 def test_a_reconnecting_client_gets_its_session_back_under_its_new_identity():
@@ -29,7 +30,7 @@ def test_a_connection_that_says_hello_with_another_session_leaves_the_first():
 def test_a_lost_connection_keeps_the_session_and_its_jobs():
     table = SessionTable()
     s, _ = table.attach(b"conn", "sid", "x", 1.0)
-    job = s.jobs["j"] = Job("j", "sid", JobParams(), None, None)
+    job = s.jobs["j"] = Job("j", "sid", JobSettings(), None, None)
     table.lost(s)
     assert s.identity is None and table.of_identity(b"conn") is None
     assert table.session_of(job) is s
@@ -38,7 +39,7 @@ def test_a_lost_connection_keeps_the_session_and_its_jobs():
 def test_only_sessions_silent_past_the_missed_heartbeats_expire():
     table = SessionTable()
     quiet, _ = table.attach(b"a", "quiet", "x", 0.0)
-    quiet.jobs["j"] = Job("j", "quiet", JobParams(), None, None)
+    quiet.jobs["j"] = Job("j", "quiet", JobSettings(), None, None)
     idle, _ = table.attach(b"b", "idle", "x", 0.0)
     fresh, _ = table.attach(b"c", "fresh", "x", 2.5)
     now = 1.0 * 3 + DEAD_SLACK + 0.01
@@ -61,7 +62,7 @@ def test_heartbeat_expires_a_silent_session_and_cancels_its_job():
     d = Daemon(DaemonConfig(endpoint="ipc:///nonexistent/pulse-test.sock", weights="noop:", heartbeat_ms=100))
     s, _ = d.table.attach(b"a", "sid", "x", time.monotonic() - 10)
     d.table.lost(s)  # no socket in this test: the session's connection is gone too
-    job = Job("j", "sid", JobParams(), None, None)
+    job = Job("j", "sid", JobSettings(), None, None)
     d.queue.put(job)
     s.jobs["j"] = job
     d._heartbeat()

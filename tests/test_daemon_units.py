@@ -15,11 +15,12 @@ from protocol import endpoint as ep
 from protocol.messages import Failed, ImageBlob, Progress, Result
 from pulse_server import paths
 from pulse_server.errors import PulseError
-from pulse_server.jobs import Job, JobParams, JobQueue, QueueFull
+from protocol.job import JobSettings
+from pulse_server.jobs import Job, JobQueue, QueueFull, daemon_spec
 
 
 def _job(session: str, jid: str) -> Job:
-    return Job(jid, session, JobParams(), None, None)
+    return Job(jid, session, JobSettings(), None, None)
 
 
 def test_queue_is_fifo_per_client_and_round_robin_between_clients():
@@ -60,24 +61,33 @@ def test_queue_bounds_remove_and_close():
     ({"method": "magic"}, "method"), ({"method": 1}, "method"),
     ({"force": "yes"}, "force"), ({"force": 1}, "force"),
 ])
-def test_job_params_are_validated(raw, bad):
+def test_job_params_are_validated_against_the_daemons_spec(raw, bad):
     with pytest.raises(PulseError) as err:
-        JobParams.from_wire(raw)
+        JobSettings.from_wire(raw, daemon_spec())
     assert err.value.code == "BAD_PARAMS" and bad in err.value.message
 
 
 def test_job_params_defaults_and_wire_conventions():
-    p = JobParams.from_wire({"seed": -1, "block": 0, "future": 1})
-    assert (p.mode, p.candidates, p.steps, p.seed, p.block, p.eps, p.method) == (
-        "depixelate", 3, 100, None, None, 2e-3, "ilo")
-    p = JobParams.from_wire({"seed": 5, "block": 8, "eps": 0.01, "method": "pulse"})
+    p = JobSettings.from_wire({"seed": -1, "block": 0, "future": 1}, daemon_spec())
+    assert (p.mode, p.candidates, p.steps, p.seed, p.block, p.eps, p.method, p.model) == (
+        "depixelate", 3, 100, -1, 0, 2e-3, "ilo", "")
+    p = JobSettings.from_wire({"seed": 5, "block": 8, "eps": 0.01, "method": "pulse"}, daemon_spec())
     assert (p.seed, p.block, p.eps, p.method) == (5, 8, 0.01, "pulse")
 
 
+def test_a_daemons_max_steps_narrows_steps_and_its_default():
+    spec = daemon_spec(max_steps=50)
+    assert (spec["steps"].high, spec["steps"].default) == (50, 50)
+    assert JobSettings.from_wire({}, spec).steps == 50
+    with pytest.raises(PulseError) as err:
+        JobSettings.from_wire({"steps": 51}, spec)
+    assert err.value.code == "BAD_PARAMS" and "between 1 and 50" in err.value.message
+
+
 def test_force_is_off_unless_a_client_sends_true():
-    assert JobParams.from_wire({}).force is False
-    assert JobParams.from_wire({"force": None}).force is False
-    assert JobParams.from_wire({"force": True}).force is True
+    assert JobSettings.from_wire({}).force is False
+    assert JobSettings.from_wire({"force": None}).force is False
+    assert JobSettings.from_wire({"force": True}).force is True
 
 
 @pytest.fixture
@@ -179,7 +189,7 @@ def test_out_of_memory_fails_one_job_and_the_worker_carries_on(tiny_weights, tmp
     w = Worker(q, emit, weights=str(tiny_weights), device="cpu")
     w.prior, w.info = prior, info  # warm model, as after the first load
     lowres = ImageBlob.from_numpy(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32))
-    params = JobParams.from_wire({"mode": "solve", "candidates": 1, "steps": 1, "seed": 1})
+    params = JobSettings(mode="solve", candidates=1, steps=1, seed=1)
     run_worker_until(w, q, [Job(jid, "s", params, lowres, None) for jid in ("first", "second")], done)
     finals = {jid: p for kind, jid, p in events if kind == "final"}
     assert isinstance(finals["first"], Failed) and finals["first"].code == "OUT_OF_MEMORY" and finals["first"].retryable
@@ -199,7 +209,7 @@ def test_a_dropped_sessions_job_ending_late_does_not_speak_for_its_resubmitted_t
     from pulse_server.daemon import Daemon, DaemonConfig, Session
 
     d = Daemon(DaemonConfig(endpoint="ipc:///nonexistent/pulse-test.sock", weights="noop:"))
-    params = JobParams.from_wire({"mode": "solve", "steps": 1})
+    params = JobSettings(mode="solve", steps=1)
     old = Job("j", "sid", params, None, None, state="running")
     s = d.sessions["sid"] = Session("sid", None, "test", time.monotonic(), jobs={"j": old})
     d._drop_session(s, "client vanished (no heartbeat)")

@@ -208,7 +208,8 @@ def test_a_measurement_stops_when_the_job_is_cancelled(tiny_prior):
 def _run_worker(weights: Path, count: int) -> list[tuple[str, str, object]]:
     from daemon_fixture import run_worker_until
     from protocol.messages import ImageBlob
-    from pulse_server.jobs import Job, JobParams, JobQueue
+    from protocol.job import JobSettings
+    from pulse_server.jobs import Job, JobQueue
     from pulse_server.worker import Worker
 
     events: list[tuple[str, str, object]] = []
@@ -222,7 +223,7 @@ def _run_worker(weights: Path, count: int) -> list[tuple[str, str, object]]:
     q = JobQueue()
     w = Worker(q, emit, weights=str(weights), device="cpu")
     low = ImageBlob.from_numpy(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32))
-    jobs = [Job(f"job{i}", "s", JobParams(mode="solve", candidates=1, steps=40, seed=i), low, None) for i in range(count)]
+    jobs = [Job(f"job{i}", "s", JobSettings(mode="solve", candidates=1, steps=40, seed=i), low, None) for i in range(count)]
     run_worker_until(w, q, jobs, done)
     return events
 

@@ -11,7 +11,8 @@ import pytest
 from daemon_fixture import run_worker_until
 from protocol.messages import Failed, ImageBlob, Result
 from pulse_server.errors import PulseError
-from pulse_server.jobs import Job, JobParams, JobQueue
+from protocol.job import JobSettings
+from pulse_server.jobs import Job, JobQueue, daemon_spec
 from pulse_server.models import registry
 from pulse_server.worker import Worker
 
@@ -22,14 +23,15 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_job_model_param_is_optional_and_takes_registry_names_only() -> None:
-    assert JobParams.from_wire({}).model is None and JobParams.from_wire({"model": ""}).model is None
-    assert JobParams.from_wire({"model": "digiface-64"}).model == "digiface-64"
+    spec = daemon_spec()
+    assert JobSettings.from_wire({}, spec).model == "" and JobSettings.from_wire({"model": ""}, spec).model == ""
+    assert JobSettings.from_wire({"model": "digiface-64"}, spec).model == "digiface-64"
     for bad in ("/etc/passwd", "../shared/priors/celeba32-dcgan.pt", "ffhq-512"):
         with pytest.raises(PulseError) as e:
-            JobParams.from_wire({"model": bad})
+            JobSettings.from_wire({"model": bad}, spec)
         assert e.value.code == "BAD_PARAMS" and "params.model" in e.value.message
     with pytest.raises(PulseError):
-        JobParams.from_wire({"model": 3})
+        JobSettings.from_wire({"model": 3}, spec)
 
 
 def _run(worker: Worker, models: list[str | None]) -> list[tuple[str, str, object]]:
@@ -47,7 +49,7 @@ def _run(worker: Worker, models: list[str | None]) -> list[tuple[str, str, objec
     lowres = ImageBlob.from_numpy(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32))
     jobs = []
     for jid, model in zip(ids, models):
-        params = JobParams.from_wire({"mode": "solve", "candidates": 1, "steps": 1, "seed": 1, "model": model or ""})
+        params = JobSettings(mode="solve", candidates=1, steps=1, seed=1, model=model or "")
         jobs.append(Job(jid, "s", params, lowres, None))
     run_worker_until(worker, worker.queue, jobs, done)
     return events

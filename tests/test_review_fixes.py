@@ -99,7 +99,8 @@ def test_job_dropped_while_the_model_loads_ends_cancelled_not_internal(tiny_weig
     import numpy as np
 
     from protocol.messages import Failed, ImageBlob, Result
-    from pulse_server.jobs import Job, JobParams, JobQueue
+    from protocol.job import JobSettings
+    from pulse_server.jobs import Job, JobQueue
     from pulse_server.worker import Worker
 
     events: list = []
@@ -121,7 +122,7 @@ def test_job_dropped_while_the_model_loads_ends_cancelled_not_internal(tiny_weig
     q = JobQueue()
     w = Worker(q, emit, weights=str(tiny_weights), device="cpu")
     lowres = ImageBlob.from_numpy(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32))
-    params = JobParams.from_wire({"mode": "solve", "candidates": 1, "steps": 1, "seed": 1})
+    params = JobSettings(mode="solve", candidates=1, steps=1, seed=1)
     run_worker_until(w, q, [Job("dropped", "a", params, lowres, None), Job("next", "b", params, lowres, None)], done)
     assert isinstance(finals["dropped"], Failed), finals["dropped"]
     assert finals["dropped"].code == "CANCELLED" and "vanished" in finals["dropped"].message

@@ -67,7 +67,7 @@ def test_recovery_through_the_cli(tiny_weights: Path, tmp_path: Path, capsys) ->
     cands = report["candidates"]
     assert [Path(c["file"]).name for c in cands] == ["face.png", "face-2.png", "face-3.png", "face-4.png"]
     assert sorted(c["seed"] for c in cands) == [0, 1, 2, 3]
-    assert [c["downscale_mse"] for c in cands] == sorted(c["downscale_mse"] for c in cands)
+    assert [c["downscale_error"] for c in cands] == sorted(c["downscale_error"] for c in cands)
     assert any(c["eps_reached"] for c in cands) and all(1 <= c["steps"] <= 100 for c in cands)
     target = _load(low)
     for c in cands:
@@ -75,7 +75,7 @@ def test_recovery_through_the_cli(tiny_weights: Path, tmp_path: Path, capsys) ->
         assert img.shape == (32, 32, 3)
         mse = float(((downsample_reference(img, 8) - target) ** 2).mean())
         # PNG quantisation of input and output moves the error by ~1e-5 at most
-        assert mse == pytest.approx(c["downscale_mse"], abs=2e-5)
+        assert mse == pytest.approx(c["downscale_error"], abs=2e-5)
         if c["eps_reached"]:
             assert mse <= report["eps"] + 2e-5
     out = capsys.readouterr().out
@@ -150,14 +150,14 @@ def test_via_daemon(tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.Monk
         for c in r["candidates"]:
             img = _load(tmp_path / c["file"])
             mse = float(((downsample_reference(img, 8) - target) ** 2).mean())
-            assert mse == pytest.approx(c["downscale_mse"], abs=2e-5)
+            assert mse == pytest.approx(c["downscale_error"], abs=2e-5)
         # the daemon ran the same solver: the same seeds give the same errors as in-process
         here = pulse("solve", str(low), "-o", "h.png", "--weights", str(tiny_weights), "-k", "2", "--seed", "5",
                      "--steps", "30", "--report", "h.json", "-q")
         assert here == 0
         h = json.loads((tmp_path / "h.json").read_text())
         for a, b in zip(r["candidates"], h["candidates"]):
-            assert a["seed"] == b["seed"] and a["downscale_mse"] == pytest.approx(b["downscale_mse"], rel=1e-3, abs=1e-6)
+            assert a["seed"] == b["seed"] and a["downscale_error"] == pytest.approx(b["downscale_error"], rel=1e-3, abs=1e-6)
         # a daemon-side refusal (size not dividing 32) is one line and exit 2 as well
         _save(np.zeros((5, 5, 3)), tmp_path / "five.png")
         assert pulse("solve", "five.png", "-o", "f.png", "--via-daemon", "--endpoint", daemon.endpoint, "-q") == 2

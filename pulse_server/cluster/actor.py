@@ -18,9 +18,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.job import JobSettings
 from protocol.messages import ImageBlob, Result
 
-from ..jobs import Job, JobParams
+from ..jobs import Job
 from ..worker import JobExecutor
 
 
@@ -30,7 +31,7 @@ class JobSpec:
 
     ticket: str  # unique per attempt: a retried job gets a new ticket, a late event of the old one is ignored
     job_id: str
-    params: JobParams
+    params: JobSettings
     image: ImageBlob  # data as bytes (a received zmq frame's memoryview does not pickle)
     mask: ImageBlob | None
     preview_interval: float

@@ -27,10 +27,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from protocol.job import JobSettings
 from protocol.messages import Failed
 
 from ..errors import PulseError
-from ..jobs import Job, JobParams, JobQueue
+from ..jobs import Job, JobQueue
 from .actor import JobSpec, portable_blob
 from .link import BridgeConfig, parse_cluster
 
@@ -136,7 +137,7 @@ class RayPool:
         with self._cond:
             return len(self.attempts)
 
-    def estimate(self, params: JobParams, pixels: int) -> float:
+    def estimate(self, params: JobSettings, pixels: int) -> float:
         return 0.0  # unknown: the actors measure their own devices, and which one a job gets is decided later
 
     def model_summaries(self) -> list[dict[str, Any]]:

@@ -1,6 +1,8 @@
-"""What `pulse solve` and `pulse depixelate` share: argument types whose errors name the allowed values, the
-words their output uses (block, grid phase, confidence, downscale error, eps), and the checks on output files
-that run before any solving, so a typo in `-o` costs a second, not a whole solve.
+"""What `pulse solve` and `pulse depixelate` share: the job parameters' options, built from the job contract
+(protocol/job.py PARAMS: default, range and help declared there once, values checked by the same code the daemon
+runs), argument types whose errors name the allowed values, the words their output uses (block, grid phase,
+confidence, downscale error, eps), and the checks on output files that run before any solving, so a typo in `-o`
+costs a second, not a whole solve.
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ import argparse
 import io
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from protocol.job import PARAMS, JobSettings, Param, ParamError
 
 from ..errors import PulseError
 
@@ -19,41 +24,66 @@ from ..errors import PulseError
 # "invalid _positive value", naming a private function instead of what the option takes.
 
 
+def param_type(p: Param) -> Callable[[str], Any]:
+    """argparse `type=` for the job parameter `p`: the text parsed as its kind, then `p.check` (the contract's own
+    check), so a value is refused with the words the daemon uses. `block` also takes "auto" (= 0, detect)."""
+
+    def parse(text: str) -> Any:
+        if p.kind is int and p.name == "block" and text.strip().lower() == "auto":
+            text = "0"
+        try:
+            value = p.kind(text) if p.kind is not bool else text
+        except ValueError:
+            auto = "auto or " if p.name == "block" else ""
+            raise argparse.ArgumentTypeError(f"expected {auto}{_KIND_WORDS[p.kind]} {p.range_text()}, "
+                                             f"got {text!r}") from None
+        try:
+            return p.check(value)
+        except ParamError as exc:
+            raise argparse.ArgumentTypeError(exc.problem) from None
+
+    parse.__name__ = p.name  # argparse names the type in some messages
+    return parse
+
+
+_KIND_WORDS = {int: "a whole number", float: "a number"}
+
+
+def add_param(parser: argparse.ArgumentParser, name: str, *flags: str, help: str | None = None,
+              metavar: str | None = None) -> None:
+    """An option for the job parameter `name` (dest = the name): default, range, choices and help from PARAMS."""
+    p = PARAMS[name]
+    flags = flags or (f"--{name}",)
+    text = (help or p.help).replace("%", "%%")
+    if p.kind is bool:
+        parser.add_argument(*flags, dest=name, action="store_true", default=p.default, help=text)
+        return
+    if p.choices is not None:
+        text += f" (default {p.default})"
+    else:
+        text += f" (default {_shown(p, p.default)}; {p.range_text()})"
+    parser.add_argument(*flags, dest=name, type=param_type(p), default=p.default, choices=p.choices,
+                        metavar=metavar, help=text)
+
+
+def _shown(p: Param, value: Any) -> str:
+    if p.name == "block" and value == 0:
+        return "auto"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def job_settings(args: argparse.Namespace, mode: str, **extra: Any) -> JobSettings:
+    """The job's settings from the parsed options (any parameter the command has no option for: its default),
+    checked against the contract again (ParamError: BAD_PARAMS)."""
+    values = {name: getattr(args, name) for name in PARAMS if hasattr(args, name) and name != "model"}
+    return JobSettings.from_wire({**values, **extra, "mode": mode})
+
+
 def positive_int(text: str) -> int:
     value = _int(text, "a whole number of 1 or more")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
     return value
-
-
-def seed(text: str) -> int | None:
-    """-1 -> None (random, as in the editors' dialogs); else a seed of 0 or more."""
-    value = _int(text, "-1 (random) or a whole number of 0 or more")
-    if value == -1:
-        return None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"expected -1 (random) or a whole number of 0 or more, got {text!r}")
-    return value
-
-
-def eps(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < 1:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (e.g. 2e-3), got {text!r}")
-    return value
-
-
-def block(text: str) -> int | None:
-    """auto / 0 -> None (detect); else a block size of at least 1 pixel."""
-    if text.strip().lower() in ("auto", "0"):
-        return None
-    try:
-        return positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected auto or a block size in pixels (1 or more), got {text!r}") from None
 
 
 def box(text: str) -> tuple[int, int, int, int]:

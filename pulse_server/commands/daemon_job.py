@@ -13,6 +13,8 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from protocol.job import JobSettings
+
 
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived while a job ran; the CLI exits with 128 + `signum`."""
@@ -40,7 +42,7 @@ def _interruptible() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_daemon_job(client: Any, image: Any, mask: Any, params: dict, *,
+def run_daemon_job(client: Any, image: Any, mask: Any, settings: JobSettings, *,
                    on_progress: Callable[[Any], None] | None = None,
                    on_estimate: Callable[[str], None] | None = None) -> Any:
     """`client.run_job(...)`; on SIGINT/SIGTERM its CANCEL is sent (not waited for) and Interrupted raised.
@@ -50,13 +52,13 @@ def run_daemon_job(client: Any, image: Any, mask: Any, params: dict, *,
     def accepted(msg: Any) -> None:
         if on_estimate is None:
             return
-        line = estimate_line(client, msg, params.get("model") or "", params.get("mode") or "depixelate")
+        line = estimate_line(client, msg, settings.model, settings.mode)
         if line:
             on_estimate(line)
 
     with _interruptible():
         try:
-            return client.run_job(image, mask, params, on_progress=on_progress, job_id=job_id, on_accepted=accepted)
+            return client.run_job(image, mask, settings, on_progress=on_progress, job_id=job_id, on_accepted=accepted)
         except Interrupted:
             client.cancel_nowait(job_id)  # leaves during close()'s short linger, followed by BYE
             raise

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..devices import CHOICES as DEVICES
-from ..pipeline.pipeline import METHODS, MIN_CONFIDENCE, DepixParams
+from ..jobs import solver_seed
+from ..pipeline.pipeline import MIN_CONFIDENCE
 from . import args as args_
 
 
@@ -39,26 +40,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", "--weights", dest="weights", metavar="NAME|PATH", default=None,
                    help="face model: a registry name (ffhq-1024, ffhq-256, digiface-64) or a checkpoint file; "
                         "default: ffhq-1024 on a GPU, ffhq-256 without one (downloaded on first use)")
-    p.add_argument("--candidates", type=args_.positive_int, default=DepixParams.candidates, metavar="K",
-                   help=f"number of faces (default {DepixParams.candidates})")
-    p.add_argument("--seed", type=args_.seed, default=None, metavar="N",
-                   help="seed of candidate 1 (candidate i: N+i-1); default or -1: random")
-    p.add_argument("--block", type=args_.block, default=None, metavar="auto|N",
-                   help="mosaic block size in pixels (default auto: detected, with its grid phase)")
-    p.add_argument("--steps", type=args_.positive_int, default=DepixParams.steps, metavar="S",
-                   help=f"solver steps per candidate (default {DepixParams.steps})")
-    p.add_argument("--eps", type=args_.eps, default=DepixParams.eps, metavar="E",
-                   help=f"target downscale error: how closely each face, pixelated on the mosaic's grid, should "
-                        f"reproduce your mosaic before the final correction (default {DepixParams.eps:g}, about "
-                        f"{args_.rms_percent(DepixParams.eps):.1f} %% RMS; see terms below)")
-    p.add_argument("--force", action="store_true",
-                   help="paint a face even where no mosaic is found in the box (it replaces what is there)")
-    p.add_argument("--method", choices=METHODS, default=METHODS[0],
-                   help="search: ilo = latent + placement, then intermediate features (default); pulse = no features")
+    args_.add_param(p, "candidates", metavar="K", help="number of faces")
+    args_.add_param(p, "seed", metavar="N", help="seed of candidate 1 (candidate i: N+i-1); -1: a new random one")
+    args_.add_param(p, "block", metavar="auto|N",
+                    help="mosaic block size in pixels (auto or 0: detected, with its grid phase)")
+    args_.add_param(p, "steps", metavar="S", help="solver steps per candidate")
+    args_.add_param(p, "eps", metavar="E",
+                    help=f"target downscale error: how closely each face, pixelated on the mosaic's grid, should "
+                         f"reproduce your mosaic before the final correction (about "
+                         f"{args_.rms_percent(args_.PARAMS['eps'].default):.1f} % RMS at the default; see terms below)")
+    args_.add_param(p, "force", help="paint a face even where no mosaic is found in the box (it replaces what is there)")
+    args_.add_param(p, "method", help="search: ilo = latent + placement, then intermediate features; pulse = no features")
     p.add_argument("--report", type=Path, default=None, metavar="R.json", help="write a JSON report here")
     p.add_argument("--device", default="auto", metavar="|".join(DEVICES),
                    help="in-process device; auto (default): cuda > mps > xpu > cpu")
-    p.add_argument("--precision", choices=("default", "fp32"), default="default", help="solver precision")
+    args_.add_param(p, "precision", help="solver precision")
     p.add_argument("--endpoint", default=None, help="daemon endpoint for --via-daemon (default: per-user; env PULSE_ENDPOINT)")
     p.add_argument("--via-daemon", action="store_true", help="send the job to the running pulse-server")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -71,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     require_finite(image)  # refused here, in-process or --via-daemon, as the daemon would
     region = _region(image, args.box)
+    args.settings = args_.job_settings(args, "depixelate")
     args_.check_image_output(args.output, image, write_image)
     if args.report is not None:
         args_.check_output(args.report, "report")
@@ -188,12 +185,14 @@ def _placement(analysis: dict, i: int) -> dict:
 def _in_process(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, list[dict], dict, str]:
     from ..devices import resolve_device
     from ..models.loading import load_prior
+    from ..pipeline import DepixParams
     from ..runner import depixelate
     from ..worker import depixelate_analysis
 
     prior, info = load_prior(args.weights, device=resolve_device(args.device))
-    params = DepixParams(candidates=args.candidates, steps=args.steps, seed=args.seed, block=args.block, eps=args.eps,
-                         precision=args.precision, method=args.method, force=args.force)
+    params = DepixParams(candidates=args.candidates, steps=args.steps, seed=solver_seed(args.seed),
+                         block=args.block or None, eps=args.eps, precision=args.precision, method=args.method,
+                         force=args.force)
     if not args.quiet:
         _say(bar, args_.cached_estimate_line(prior, info, "depixelate", args.candidates, args.steps, args.method,
                                              args.precision, region.shape[0] * region.shape[1]))
@@ -202,7 +201,7 @@ def _in_process(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
         if bar is not None:
             bar.total = p.total
             bar.n = p.step
-            bar.set_postfix(err=f"{p.best_error:.2e}", refresh=False)
+            bar.set_postfix(best=f"{p.best_error:.2e}", refresh=False)
             bar.refresh()
 
     res = depixelate(prior, region, None, params, progress=progress, model=info.name)
@@ -223,13 +222,9 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     if args.weights is not None and args.weights not in REGISTRY:
         print("pulse: note: with --via-daemon --model takes a model name; the daemon does not open files for "
               "clients, so it uses its own model", file=sys.stderr)
-    params = {"mode": "depixelate", "candidates": args.candidates, "steps": args.steps,
-              "seed": -1 if args.seed is None else args.seed, "block": args.block or 0, "eps": args.eps,
-              "precision": args.precision, "method": args.method}
-    if args.force:  # only when asked: a daemon that predates the key ignores it either way
-        params["force"] = True
+    settings = args.settings
     if args.weights in REGISTRY:
-        params["model"] = args.weights
+        settings = args_.job_settings(args, "depixelate", model=args.weights)
 
     def progress(p: Any) -> None:
         if bar is not None:
@@ -240,7 +235,7 @@ def _via_daemon(args: argparse.Namespace, region: Any, bar: Any) -> tuple[list, 
     endpoint = args.endpoint or os.environ.get("PULSE_ENDPOINT") or None
     with PulseClient(endpoint, client_name="pulse-cli", client_version=_version()) as client:
         client.connect()
-        res = run_daemon_job(client, ImageBlob.from_numpy(region), None, params, on_progress=progress,
+        res = run_daemon_job(client, ImageBlob.from_numpy(region), None, settings, on_progress=progress,
                              on_estimate=None if args.quiet else lambda line: _say(bar, line))
     patches = []
     for c in res.candidates:

@@ -9,6 +9,10 @@ import os
 import sys
 import time
 
+from protocol.job import PARAMS, PRECISIONS
+
+from .args import param_type
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run the solver daemon in the foreground (logs to stderr and the user log dir)")
@@ -18,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "default: ffhq-1024 on a GPU, ffhq-256 without one (downloaded on first use)")
     run.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps|xpu",
                      help="auto (default): cuda > mps > xpu > cpu; a device that is not there stops the start")
-    run.add_argument("--precision", choices=("default", "fp32"), default="default")
+    run.add_argument("--precision", choices=PRECISIONS, default=PARAMS["precision"].default,
+                     help="the solver precision of jobs that do not ask for one")
     run.add_argument("--allow-remote", action="store_true",
                      help="allow binding a non-loopback tcp address (CURVE encryption and the token are then required)")
     run.add_argument("--preload", action="store_true", help="load the model at start instead of on the first job")
@@ -30,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="with --cluster and no GPU in it: CPUs per actor (default 1; one actor per N CPUs)")
     run.add_argument("--actors", type=int, default=0, metavar="N",
                      help="with --cluster: pool size (default: one actor per GPU, else per --actor-cpus CPUs)")
+    steps = PARAMS["steps"]
+    run.add_argument("--max-steps", type=param_type(steps), default=steps.high, metavar="N",
+                     help=f"the most search steps a job may ask for (default {steps.high}, the most there is); the "
+                          f"editors' dialogs offer no more")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     run.add_argument("--no-log-file", action="store_true", help="log to stderr only")
     # Tuning knobs for tests and benchmarks; not part of the user-facing interface.
@@ -131,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
         endpoint=_resolve_endpoint(args.endpoint), weights=args.weights, device=args.device, precision=args.precision,
         heartbeat_ms=args.heartbeat_ms, allow_remote=args.allow_remote, limits=limits, max_queue=args.max_queue,
         max_per_session=args.max_per_client, result_ttl=args.result_ttl, preload=args.preload,
-        cluster=args.cluster, actor_cpus=args.actor_cpus, actors=args.actors,
+        cluster=args.cluster, actor_cpus=args.actor_cpus, actors=args.actors, max_steps=args.max_steps,
     )
     if args.max_queued_bytes:
         config = dataclasses.replace(config, max_queued_bytes=args.max_queued_bytes)

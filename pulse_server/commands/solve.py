@@ -2,7 +2,7 @@
 
 The scale factor follows from the input size and the generator's resolution (a 4×4 input on a 32×32
 generator: ×8). Writes the best candidate to OUT.png and the others to OUT-2.png … OUT-K.png, best first;
-`--report` writes per-candidate file, seed, downscale_mse, eps_reached and steps as JSON.
+`--report` writes per-candidate file, seed, downscale_error, eps_reached and steps as JSON.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..devices import CHOICES as DEVICES
+from ..jobs import solver_seed
 from . import args as args_
 
 
@@ -29,18 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", "--weights", dest="weights", metavar="NAME|PATH", default=None,
                    help="face model: a registry name (ffhq-1024, ffhq-256, digiface-64) or a checkpoint file; "
                         "default: ffhq-1024 on a GPU, ffhq-256 without one (downloaded on first use)")
-    p.add_argument("--candidates", "-k", type=args_.positive_int, default=1, metavar="K",
-                   help="faces to produce (default 1)")
-    p.add_argument("--steps", type=args_.positive_int, default=100, metavar="S", help="optimizer steps (default 100)")
-    p.add_argument("--eps", type=args_.eps, default=2e-3, metavar="E",
-                   help="target downscale error: how closely each face, downscaled to LOWRES's size, should reproduce "
-                        "it (default 2e-3, about 4.5 %% RMS; see terms below)")
-    p.add_argument("--seed", type=args_.seed, default=None, metavar="N",
-                   help="seed of candidate 1 (candidate i: N+i-1); default or -1: random")
+    args_.add_param(p, "candidates", "--candidates", "-k", metavar="K", help="faces to produce")
+    args_.add_param(p, "steps", metavar="S", help="optimizer steps")
+    args_.add_param(p, "eps", metavar="E",
+                    help=f"target downscale error: how closely each face, downscaled to LOWRES's size, should reproduce "
+                         f"it (about {args_.rms_percent(args_.PARAMS['eps'].default):.1f} % RMS at the default; see "
+                         f"terms below)")
+    args_.add_param(p, "seed", metavar="N", help="seed of candidate 1 (candidate i: N+i-1); -1: a new random one")
     p.add_argument("--device", default="auto", metavar="|".join(DEVICES),
                    help="auto (default): cuda > mps > xpu > cpu")
-    p.add_argument("--precision", choices=("default", "fp32"), default="default",
-                   help="default: fast batched path; fp32: the original loop's structure (baseline)")
+    args_.add_param(p, "precision", help="default: fast batched path; fp32: the original loop's structure (baseline)")
     p.add_argument("--report", metavar="REPORT.json", default=None, help="write a JSON report of the candidates")
     p.add_argument("--endpoint", default=None, help="daemon endpoint for --via-daemon (default: $PULSE_ENDPOINT, "
                                                     "else the per-user default)")
@@ -113,6 +112,7 @@ def write_png(path: Path, image: "Any") -> None:
 
 def run(args: argparse.Namespace) -> int:
     lowres = read_image(args.input)
+    args.settings = args_.job_settings(args, "solve")
     args_.check_image_output(Path(args.output), lowres, to_file)
     if args.report:
         args_.check_output(Path(args.report), "report")
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     if args.report:
         doc = {"input": str(args.input), **meta, "eps": args.eps, "candidates": report,
-               "downscale_mse": "how closely the face, downscaled to the input's size, reproduces the input (mean "
+               "downscale_error": "how closely the face, downscaled to the input's size, reproduces the input (mean "
                                 "squared difference per pixel and colour channel, colours in 0..1); eps_reached: at "
                                 "most eps"}
         try:
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_lines(report: list[dict], eps: float) -> list[str]:
     """One line per face, then what its error means and, if one stayed above eps, what to do."""
-    lines = [f"{r['file']}: seed {r['seed']}, {args_.fit_words(r['downscale_mse'], eps, r['eps_reached'])}, "
+    lines = [f"{r['file']}: seed {r['seed']}, {args_.fit_words(r['downscale_error'], eps, r['eps_reached'])}, "
              f"best at step {r['steps']}" for r in report]
     lines.append("downscale error: how closely each face, downscaled to the input's size, reproduces the input")
     advice = args_.fit_advice(any(not r["eps_reached"] for r in report))
@@ -179,7 +179,7 @@ def _solve_here(args: argparse.Namespace, lowres: Any) -> tuple[list[dict], dict
     from ..solver import SolveConfig
 
     prior, info = load_prior(args.weights, resolve_device(args.device))
-    cfg = SolveConfig(candidates=args.candidates, steps=args.steps, eps=args.eps, seed=args.seed,
+    cfg = SolveConfig(candidates=args.candidates, steps=args.steps, eps=args.eps, seed=solver_seed(args.seed),
                       precision=args.precision)
     line = args_.cached_estimate_line(prior, info, "solve", args.candidates, args.steps, "ilo", args.precision,
                                       lowres.shape[0] * lowres.shape[1])
@@ -190,7 +190,7 @@ def _solve_here(args: argparse.Namespace, lowres: Any) -> tuple[list[dict], dict
         result = solve(prior, lowres, cfg, progress=bar)
     finally:
         bar.close()
-    rows = [{"image": c.image, "seed": c.seed, "downscale_mse": c.downscale_mse, "eps_reached": c.eps_reached,
+    rows = [{"image": c.image, "seed": c.seed, "downscale_error": c.downscale_mse, "eps_reached": c.eps_reached,
              "steps": c.steps} for c in result.candidates]
     meta = {"model": info.name, "weights": info.source, "factor": result.factor, "resolution": result.resolution,
             "seconds": round(result.seconds, 3), "precision": args.precision, "device": str(prior.device)}
@@ -209,19 +209,18 @@ def _solve_via_daemon(args: argparse.Namespace, lowres: Any) -> tuple[list[dict]
               "clients, so it uses its own model", file=sys.stderr)
     h, w = lowres.shape[:2]
     blob = ImageBlob(width=w, height=h, channels=3, dtype="f32", data=lowres.astype("<f4").tobytes())
-    params = {"mode": "solve", "candidates": args.candidates, "steps": args.steps,
-              "seed": -1 if args.seed is None else args.seed, "eps": args.eps, "precision": args.precision}
+    settings = args.settings
     if args.weights in REGISTRY:
-        params["model"] = args.weights
+        settings = args_.job_settings(args, "solve", model=args.weights)
 
     bar = _Bar(args.quiet)
     with PulseClient(args.endpoint, client_name="pulse-cli") as client:
         try:
-            result = run_daemon_job(client, blob, None, params, on_progress=bar,
+            result = run_daemon_job(client, blob, None, settings, on_progress=bar,
                                     on_estimate=None if args.quiet else lambda line: print(line, file=sys.stderr))
         finally:
             bar.close()
-    rows = [{"image": blob_to_rgb(c.image), "seed": c.seed, "downscale_mse": c.downscale_error,
+    rows = [{"image": blob_to_rgb(c.image), "seed": c.seed, "downscale_error": c.downscale_error,
              "eps_reached": c.eps_reached, "steps": c.steps} for c in result.candidates]
     size = rows[0]["image"].shape[0] if rows else 0
     meta = {"model": result.model, "endpoint": client.endpoint, "factor": size // h if h else 0,

@@ -1,6 +1,7 @@
 """Whether a SUBMIT becomes a queued job, and when a queued job will start.
 
-A job is admitted when its params and mask are valid and the regions waiting (queued or running jobs hold
+A job is admitted when its params are within the daemon's contract (`jobs.daemon_spec`: the codec checked the
+declared ranges already), its mask is valid, its region within MAX_REGION_SIDE, and the regions waiting (queued or running jobs hold
 their pixels until done) stay within `max_queued_bytes`; the queue itself (`jobs.JobQueue`) then bounds the
 number of jobs, fairly between sessions. The wait is the estimates of the jobs served before it plus what
 remains of those running.
@@ -9,23 +10,27 @@ remains of those running.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable, Mapping
 
+from protocol.job import MAX_REGION_SIDE, JobSettings, Param
 from protocol.messages import Failed, Submit
 
-from ..errors import PulseError
-from ..jobs import Job, JobParams
+from ..errors import ErrorCode, PulseError
+from ..jobs import Job, daemon_spec
 from .config import DaemonConfig
 
 MAX_ID_LEN = 128  # job and session ids
 
 
-def admit(msg: Submit, sid: str, config: DaemonConfig, held_bytes: int) -> Job | Failed:
-    """A new job for session `sid`, or the FAILED that refuses it. `held_bytes`: the regions active jobs hold."""
+def admit(msg: Submit, sid: str, config: DaemonConfig, held_bytes: int,
+          spec: Mapping[str, Param] | None = None) -> Job | Failed:
+    """A new job for session `sid`, or the FAILED that refuses it. `held_bytes`: the regions active jobs hold;
+    `spec`: the daemon's contract (default: the one `config` makes)."""
     jid = msg.job_id
     try:
-        params = JobParams.from_wire(msg.params, max_steps=config.max_steps)
+        params = JobSettings.from_wire(msg.params, daemon_spec(config.max_steps) if spec is None else spec)
         check_mask(msg)
+        check_region_size(msg)
     except PulseError as exc:
         return Failed(jid, exc.code, exc.message, exc.retryable)
     size = msg.image.nbytes + (msg.mask.nbytes if msg.mask is not None else 0)
@@ -46,6 +51,14 @@ def check_mask(msg: Submit) -> None:
         raise PulseError("the mask must be 1 channel u8 (0 = not selected, 255 = selected)", "BAD_MASK")
     if (m.width, m.height) != (msg.image.width, msg.image.height):
         raise PulseError(f"mask is {m.width}x{m.height} but the image is {msg.image.width}x{msg.image.height}", "BAD_MASK")
+
+
+def check_region_size(msg: Submit) -> None:
+    """TOO_LARGE before the job is queued (it would wait holding its bytes, then fail in the pipeline)."""
+    w, h = msg.image.width, msg.image.height
+    if max(w, h) > MAX_REGION_SIDE:
+        raise PulseError(f"the selection is {w}×{h} pixels: larger than the limit of {MAX_REGION_SIDE} per side; "
+                         f"select just the face", ErrorCode.TOO_LARGE)
 
 
 def input_bytes(job: Job) -> int:

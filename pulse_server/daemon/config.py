@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from protocol.codec import DEFAULT_LIMITS, Limits
+from protocol.job import PARAMS
 
 
 @dataclass
@@ -22,7 +23,7 @@ class DaemonConfig:
     limits: Limits = DEFAULT_LIMITS
     max_queue: int = 32
     max_per_session: int = 8
-    max_steps: int = 100_000
+    max_steps: int = int(PARAMS["steps"].high)  # --max-steps: narrows the job contract's steps (WELCOME params)
     result_ttl: float = 120.0  # seconds a finished job's RESULT is kept for FETCH / idempotent SUBMIT
     max_result_bytes: int = 512 << 20
     max_queued_bytes: int = 2 << 30  # pixels of jobs waiting or running (they stay in memory until done)

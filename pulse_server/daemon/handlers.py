@@ -12,15 +12,16 @@ import secrets
 import time
 from typing import Any, Callable
 
-from protocol.codec import decode
-from protocol.errors import ProtocolError
+from protocol.codec import Limits, decode
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.job import MAX_REGION_SIDE, ParamError, spec_to_wire
 from protocol.messages import (
     CLIENT_TYPES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello, JobState,
     Ok, Ping, Pong, Shutdown, Status, StatusReply, Submit, Welcome,
 )
 
 from .. import __version__
-from ..jobs import Job, JobQueue, QueueFull
+from ..jobs import Job, JobQueue, QueueFull, daemon_spec
 from ..pools import WorkerPool
 from .admission import MAX_ID_LEN, admit, input_bytes, wait_s
 from .auth import Auth
@@ -43,6 +44,7 @@ class Requests:
         self.results, self.outbox, self.tracker, self.auth, self.worker = results, outbox, tracker, auth, worker
         self.drop_session, self.stop = drop_session, stop
         self.bound_endpoint = config.endpoint
+        self.spec = daemon_spec(config.max_steps)  # the job contract as this daemon applies it (WELCOME, SUBMIT)
         self.started = time.time()
         self._throttle = LogThrottle()
         self._handlers: dict[type, Callable[[Session, Any], None]] = {  # for every message after HELLO
@@ -58,7 +60,10 @@ class Requests:
         except ProtocolError as exc:
             log.log(self._throttle.level(), "bad message from %s: %s: %s", session.client if session else identity.hex(),
                     exc.code, exc.message)
-            self.outbox.reply(identity, Error(exc.code, exc.message))
+            if isinstance(exc, ParamError) and exc.job_id and session is not None:  # a SUBMIT's params: refuse the job
+                self.outbox.send(session, Failed(exc.job_id[:MAX_ID_LEN], exc.code, exc.message))
+            else:
+                self.outbox.reply(identity, Error(exc.code, exc.message))
             return
         if isinstance(msg, Hello):
             self.on_hello(identity, msg)
@@ -79,7 +84,8 @@ class Requests:
 
     def on_hello(self, identity: bytes, msg: Hello) -> None:
         if msg.min_protocol > PROTOCOL_VERSION or msg.protocol < min(SUPPORTED_VERSIONS):
-            self.outbox.reply(identity, Error("VERSION_MISMATCH", f"client speaks protocol {msg.min_protocol}..{msg.protocol}, daemon speaks {SUPPORTED_VERSIONS}; update the plug-in or the daemon", supported=list(SUPPORTED_VERSIONS)))
+            self.outbox.reply(identity, Error(ErrorCode.VERSION_MISMATCH, version_mismatch(msg),
+                                              supported=list(SUPPORTED_VERSIONS)))
             return
         if not self.auth.hello_ok(msg.token):
             log.warning("refused a client with a wrong or missing token (%s)", msg.client[:64])
@@ -94,7 +100,8 @@ class Requests:
             log.info("client %s %s connected", msg.client[:64], msg.client_version[:32])
         self.outbox.send(session, Welcome(
             protocol=PROTOCOL_VERSION, server_version=__version__, session=sid, heartbeat_ms=self.config.heartbeat_ms,
-            device=str(self.worker.device), limits=self.limits.to_dict(), models=self.worker.model_summaries(),
+            device=str(self.worker.device), limits=welcome_limits(self.limits), models=self.worker.model_summaries(),
+            params=spec_to_wire(self.spec),
         ))
 
     def on_submit(self, s: Session, msg: Submit) -> None:
@@ -111,7 +118,7 @@ class Requests:
         if done is not None:
             self.outbox.send_frames(s, done.final_frames)
             return
-        job = admit(msg, s.sid, self.config, sum(input_bytes(j) for j in self.sessions.active_jobs()))
+        job = admit(msg, s.sid, self.config, sum(input_bytes(j) for j in self.sessions.active_jobs()), self.spec)
         if isinstance(job, Failed):
             self.outbox.send(s, job)
             return
@@ -183,3 +190,24 @@ class Requests:
         self.outbox.send(s, Ok("SHUTDOWN"))
         self.outbox.flush(self.sessions)
         self.stop()
+
+
+def welcome_limits(limits: Limits) -> dict[str, int]:
+    """WELCOME `limits`: the codec's caps, with the region size the pipeline takes (not the larger frame caps) as
+    max_side, and as max_region_side: what the editors check a selection against before sending it."""
+    out = limits.to_dict()
+    out["max_side"] = min(limits.max_side, MAX_REGION_SIDE)
+    out["max_pixels"] = min(limits.max_pixels, MAX_REGION_SIDE * MAX_REGION_SIDE)
+    out["max_region_side"] = out["max_side"]
+    return out
+
+
+def version_mismatch(hello: Hello) -> str:
+    """VERSION_MISMATCH's message: both sides' versions, and what to update."""
+    spoken = "/".join(map(str, SUPPORTED_VERSIONS))
+    client = f"{hello.client[:64] or 'this client'} {hello.client_version[:32]}".strip()
+    said = f"{client} speaks protocol {hello.min_protocol}..{hello.protocol}, this daemon (pulse-server {__version__}) "
+    if hello.protocol < min(SUPPORTED_VERSIONS):
+        return (f"{said}speaks {spoken}: update the plug-in — `pulse-server install-plugin gimp` or "
+                f"`pulse-server install-plugin krita`, then restart the editor")
+    return f"{said}speaks {spoken}: update pulse-server and restart it"

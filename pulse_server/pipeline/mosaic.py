@@ -18,9 +18,10 @@ from typing import Callable
 
 import numpy as np
 
+from protocol.job import MAX_BLOCK
+
 from ..errors import Cancelled
 
-MAX_BLOCK = 64  # larger blocks hold too little of a face to be worth solving
 MIN_RECT = 12  # pixels per side: a smaller "mosaic" is texture, not a face
 MIN_CELLS = 4  # per axis: fewer cells hold too little of a face (and a photo can fake them)
 # JPEG erodes the outermost cells of a small mosaic, and partial cells at its edges may not count: the
@@ -114,15 +115,10 @@ def _grid_scores(dx: np.ndarray, dy: np.ndarray, blocks: list[int]) -> list[tupl
     return rows
 
 
-def _prefer_divisors(rows: list[tuple[float, int, int, int, float, float]], top: int) -> tuple[float, int, int, int, float, float]:
-    """The entry rows[top], replaced by its smallest divisor grid (same lines) that scores nearly as well."""
-    return rows[top]
-
-
 def _best_grid(dx: np.ndarray, dy: np.ndarray, blocks: list[int], top: int = 0) -> tuple[int, int, int, float, float]:
     """The top-th best (block, phase_x, phase_y, score_x, score_y) over the candidate block sizes."""
     rows = _grid_scores(dx, dy, blocks)
-    r = _prefer_divisors(rows, min(top, len(rows) - 1))
+    r = rows[min(top, len(rows) - 1)]
     return r[1], r[2], r[3], r[4], r[5]
 
 

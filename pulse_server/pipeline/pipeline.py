@@ -15,19 +15,19 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from protocol.job import MAX_BLOCK, MAX_REGION_SIDE, METHODS, PARAMS
+
 from ..errors import PipelineError
 from . import blend
 from .formats import PixelFormat, check_region, from_working, to_working
-from .mosaic import MAX_BLOCK, MosaicInfo, detect_grid, no_mosaic
+from .mosaic import MosaicInfo, detect_grid, no_mosaic
 from .observation import Observation
 
 if TYPE_CHECKING:  # torch stays out of pure analysis imports
     from ..solver.mosaic_search import MosaicSolveResult
 
-MAX_SIDE = 4096  # pixels per region side: a face selection; bigger is a mistake (or a job for another tool)
+MAX_SIDE = MAX_REGION_SIDE  # pixels per region side (the job contract's limit, checked again here)
 MIN_SIDE = 4  # a region smaller than this holds no face
-# depixelate's search methods, the default first (solver/mosaic_search.py; bench/quality.py chose it)
-METHODS = ("ilo", "pulse")
 # A detection below this confidence is refused like no detection at all (unless forced): the lowest true mosaic
 # in tests/test_mosaic.py's sweeps (207 of them: real photos, clean and JPEG q75, blocks 4-32 px) scores 0.53,
 # and a detection can score as low as 0.3 (evidence just over the bar, 60 % of its cells flat).
@@ -36,14 +36,15 @@ MIN_CONFIDENCE = 0.5
 
 @dataclass
 class DepixParams:
-    candidates: int = 3
-    steps: int = 100
+    # The job's own settings: defaults from the job contract (protocol/job.py); seed None = a random one.
+    candidates: int = PARAMS["candidates"].default
+    steps: int = PARAMS["steps"].default
     seed: int | None = None
     block: int | None = None  # None / 0: detect
-    eps: float = 2e-3
-    precision: str = "default"
-    method: str = METHODS[0]  # the search: "ilo" (latent + placement, then features) or "pulse" (no features)
-    force: bool = False  # paint a face even where no mosaic was found (the user said "depixelate anyway")
+    eps: float = PARAMS["eps"].default
+    precision: str = PARAMS["precision"].default
+    method: str = PARAMS["method"].default  # "ilo" (latent + placement, then features) or "pulse" (no features)
+    force: bool = PARAMS["force"].default  # paint a face even where no mosaic was found ("depixelate anyway")
     # Beyond the contract:
     margin: float | None = None  # face margin in the generator frame at the search's start; None: by family
     feather: float | None = None  # feather width in pixels; None = a third of a block (at least 1 px)

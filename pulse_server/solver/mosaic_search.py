@@ -56,10 +56,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from protocol.job import METHODS, PARAMS
+
 from ..errors import Cancelled, SolverError
 from ..models.base import FacePrior
 from ..pipeline.observation import Observation
-from ..pipeline.pipeline import METHODS
 from .losses import geocross_loss, soft_clamp
 from .mosaic_op import THETA_DIM, Colour, MosaicOperator
 from .pulse import Progress, SolveConfig, initial_state, candidate_seeds, check_search
@@ -84,12 +85,13 @@ _THETA_STEP = (0.1, 0.1, 0.05, 0.05)  # units of θ's Adam parameters (see the m
 
 @dataclass
 class MosaicConfig:
-    candidates: int = 3
-    steps: int = 100
-    eps: float = 2e-3
+    # The job's own settings: defaults from the job contract (protocol/job.py); seed None = a random one.
+    candidates: int = PARAMS["candidates"].default
+    steps: int = PARAMS["steps"].default
+    eps: float = PARAMS["eps"].default
     seed: int | None = None
-    method: str = METHODS[0]
-    precision: str = "default"
+    method: str = PARAMS["method"].default
+    precision: str = PARAMS["precision"].default
     margin: float | None = None  # None: FAMILY_MARGIN by the prior's family
     starts_per_candidate: int = 3
     warmup: float = 0.15  # share of the steps

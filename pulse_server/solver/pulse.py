@@ -69,6 +69,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from protocol.job import PARAMS, PRECISIONS
+
 from ..errors import Cancelled, SolverError
 from ..models.base import FacePrior
 from .downsample import BicubicDownsample, padding
@@ -77,14 +79,14 @@ from .schedules import get_schedule
 from .sphere import SphericalOptimizer
 
 NOISE_TYPES = ("zero", "fixed", "trainable")
-PRECISIONS = ("default", "fp32")
 
 
 @dataclass
 class SolveConfig:
-    candidates: int = 1
-    steps: int = 100
-    eps: float = 2e-3
+    # The job's own settings: defaults from the job contract (protocol/job.py); seed None = a random one.
+    candidates: int = PARAMS["candidates"].default
+    steps: int = PARAMS["steps"].default
+    eps: float = PARAMS["eps"].default
     seed: int | None = None
     lr: float = 0.4
     schedule: str = "linear1cycledrop"
@@ -92,7 +94,7 @@ class SolveConfig:
     trainable_noise_layers: int = 5
     loss: str = "100*L2+0.05*GEOCROSS"
     tile_latent: bool = False
-    precision: str = "default"
+    precision: str = PARAMS["precision"].default
     preview_every: int = 0
     # Beyond the contract (all optional):
     below_eps_weight: float = 0.1  # slope of the data term below eps (0 = the original's hard clamp)
