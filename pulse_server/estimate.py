@@ -19,7 +19,9 @@ version. After every finished job the two scales of its mode move toward what th
 estimates follow the machine: its load, its clocks, what the calibration's short runs miss.
 
 The estimate covers the whole step budget. The search stops early once every face matches and stops improving
-(mosaic_search's early stop), so a job often ends a little sooner: the estimate is an upper bound.
+(mosaic_search's early stop), so a job often ends a little sooner; and a candidate that misses eps where the
+best one matches is searched once more (mosaic_search's retry), so a job sometimes runs longer (on the 32²
+prior's bench cases: 3 jobs in 24, each about twice its search). The scales' EMA averages both in.
 
 Torch-free, so the daemon's loop can answer SUBMIT without importing it; `segments` reads the solver's phase
 split (`mosaic_search.phase_steps`), which the worker imports before it creates an `Estimates`.
