@@ -233,7 +233,8 @@ def test_search_stops_early_once_every_candidate_has_settled(shared_prior_path) 
 def test_a_candidate_that_misses_eps_is_searched_again_from_a_seed_of_its_own(shared_prior_path) -> None:
     """Noisy cells of a placed prior face: without the retry one of three candidates ends above eps while the
     best matches; with it (the default) that candidate alone is searched again from a seed drawn from its own
-    and matches too, the others are untouched, and the progress total grows by the second search's steps."""
+    and matches too, the others are untouched, the progress total grows by the second search's steps, and
+    the new seed run alone gives the same face."""
     from pulse_server.models.loading import load_prior
     from pulse_server.solver.mosaic_search import retry_seed
 
@@ -263,3 +264,7 @@ def test_a_candidate_that_misses_eps_is_searched_again_from_a_seed_of_its_own(sh
     assert new.steps_run == 60 and seen[-1].step == seen[-1].total == 60
     assert all(p.step <= p.total for p in seen)
     assert all(a.best_error >= b.best_error for a, b in zip(seen, seen[1:]))
+    # the retried candidate is its new seed's own search: run alone, that seed gives the same face
+    (retried,) = [c for c in new.candidates if c.seed not in matched]
+    alone = solve_mosaic(prior, obs, MosaicConfig(candidates=1, steps=30, seed=retried.seed)).candidates[0]
+    np.testing.assert_allclose(alone.image, retried.image, atol=1e-5)
