@@ -8,7 +8,8 @@ A real `pulse-server run` process with a fresh cache folder (so it measures the 
 first job), one client. The first job is the warm-up: it waits while the model loads and is measured (its
 ACCEPTED has no estimate; the time it spent "loading" is reported). Then `--jobs` jobs one after another, of
 varied kind: depixelate on mosaicked face photos (bench/quality.py's cases, `pip install -e '.[bench]'`),
-some enlarged ×2 or ×3 (nearest neighbour: still a mosaic, 4 or 9 times the pixels), and PULSE solve jobs on
+some ×2 or ×3 larger (4 or 9 times the pixels: the photo enlarged, then pixelated with 2 or 3 times the
+block, see `grown`), and PULSE solve jobs on
 8×8 faces; K from 1 to 4, steps from 30 to 150. For each: the estimate against the job's actual time, from
 SUBMIT to RESULT minus its wait (until JOB_STATE(running)). Then `--pairs` pairs submitted back to back: the
 second one's `wait_s` against how long it waited.
@@ -76,11 +77,27 @@ def job_mix(count: int, seed: int) -> list[tuple[str, np.ndarray, dict]]:
             low = np.asarray(Image.fromarray(square).resize((8, 8), Image.Resampling.BOX))
             jobs.append(("solve 8×8", low, {"mode": "solve", "candidates": k, "steps": steps, "seed": i}))
             continue
-        region = np.repeat(np.repeat(case.region, grow, axis=0), grow, axis=1)
+        region = case.region if grow == 1 else grown(case, grow)
         h, w = region.shape[:2]
         jobs.append((f"depixelate {w}×{h}", region, {"mode": "depixelate", "candidates": k, "steps": steps,
                                                         "seed": case.seed}))
     return jobs
+
+
+def grown(case: "quality.Case", factor: int) -> np.ndarray:
+    """The case `factor`× larger per side as an editor would hold it: the photo enlarged smoothly (bicubic)
+    and pixelated again over the enlarged rectangle with `factor`× the block (at most the detector's largest).
+    Enlarging the mosaicked region itself (nearest neighbour) would make every photo pixel a factor-px block:
+    the detector then rightly finds a factor-px mosaic over the whole region (100 000+ cells), a job no editor
+    sends and one the estimate's search term (measured on 16×16 cells) does not describe."""
+    from pulse_server.pipeline.mosaic import MAX_BLOCK
+
+    h, w = case.truth.shape[:2]
+    big = np.asarray(Image.fromarray(case.truth).resize((w * factor, h * factor), Image.Resampling.BICUBIC))
+    x, y, rw, rh = case.rect
+    block = min(case.block * factor, MAX_BLOCK)
+    phase = (case.phase[0] * factor % block, case.phase[1] * factor % block)
+    return quality.pixelate(big, block, (x * factor, y * factor, rw * factor, rh * factor), phase)
 
 
 def run_one(client, region: np.ndarray, params: dict) -> tuple[float, float, float]:

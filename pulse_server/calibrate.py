@@ -5,13 +5,15 @@ waits in its "loading" state, so no job pays for it twice and the first estimate
 job on (and the first job's progress already has a calibrated time left). It runs the real code paths a job
 runs, on a synthetic mosaic:
   * `pipeline.prepare` on a 240×240 photo-like region holding a 160×160 mosaic of 10-px blocks (about the share
-    of a selection a mosaic fills) and on a 120×120 one: the mosaic analysis' cost and how it grows with size;
+    of a selection a mosaic fills) and on the same region at 480×480 (20-px blocks): the mosaic analysis' cost
+    and how it grows with size;
   * `solve_mosaic` ("ilo", one start per candidate, no early stop) at K = 1 and K = 4, CAL_STEPS steps each,
     every step timed through the cancel hook (called before each step): the median latent and feature step at
     each batch; the first step of the search and of each phase is left out (lazy initialisation, the phase's
     set-up) and counted in `search_fixed`;
-  * `pipeline.finish` of 4 faces on both regions: the per-candidate cost of placing and blending, and its growth.
-About a second on the 32² prior. Bounded: each search stops after CAL_BUDGET_S once it has timed MIN_STEPS
+  * `pipeline.finish` of 4 faces on the 240² region and of 1 on the 480² one: the per-candidate cost of placing
+    and blending, and its growth.
+About two seconds on the 32² prior. Bounded: each search stops after CAL_BUDGET_S once it has timed MIN_STEPS
 steps (a 1024² model on a CPU still needs three steps, a minute or so), and K = 4 is not run where one step at
 K = 1 already takes SLOW_STEP_S (a device that slow is a CPU, where a batch costs about its size in steps).
 Cancellable between steps: `cancel()` true raises `Cancelled`, and nothing is cached.
@@ -35,6 +37,10 @@ MIN_STEPS = 4  # the first one is left out: three timed steps remain
 SLOW_STEP_S = 0.5
 CELLS, BLOCK, CONTEXT = 16, 10, 40  # the synthetic region: 16×16 cells of 10 px, 40 px of context on each side
 EXPONENTS = (0.3, 1.5)  # the pixel terms' growth, bounded: two noisy timings must not predict nonsense
+# The pixel terms' growth is measured from the 240² region to one GROWTH× larger per side (480²). Between 120²
+# and 240², as before, fixed costs hid it: the exponents came out 0.4-0.6 and a 1000² selection took 2× the
+# estimate (bench/RESULTS.md, the estimate section).
+GROWTH = 2
 
 
 class _OutOfBudget(Exception):
@@ -55,13 +61,13 @@ def calibrate(prior: object, cancel: Callable[[], bool] | None = None, *, steps:
 
     cancel = cancel or (lambda: False)
     t0 = time.perf_counter()
-    small_region = synthetic_region(CELLS // 2, CONTEXT // 2)
-    _time_prepare(small_region, cancel)  # the first analysis of a process warms numpy's caches: not counted
-    small, prep_small = _time_prepare(small_region, cancel)
+    _time_prepare(synthetic_region(CELLS // 2, CONTEXT // 2), cancel)  # the first analysis of a process warms numpy's caches: not counted
     region = synthetic_region()
     pixels = region.shape[0] * region.shape[1]
-    large, prep = _time_prepare(region, cancel)
-    growth = pixels / (small_region.shape[0] * small_region.shape[1])
+    large_region = enlarged(region, GROWTH)
+    at_p0, prep = _time_prepare(region, cancel)
+    at_p1, prep_large = _time_prepare(large_region, cancel)
+    growth = GROWTH * GROWTH
     refines = pick_stage(prior, prep.observation) is not None
     one = _time_search(prior, prep.observation, 1, cancel, steps, budget_s)
     if one.latent is None:
@@ -78,12 +84,18 @@ def calibrate(prior: object, cancel: Callable[[], bool] | None = None, *, steps:
         search_fixed = min(search_fixed, four.search_fixed)
     else:
         latent4, feature4 = b4 * latent1, b4 * feature1
-    _time_finish(prior, prep_small, 1, cancel)  # the first placement initialises what later ones reuse
-    finish_small = _time_finish(prior, prep_small, b4, cancel) / b4
+    _time_finish(prior, prep, 1, cancel)  # the first placement initialises what later ones reuse
     finish = _time_finish(prior, prep, b4, cancel) / b4
+    finish_large = _time_finish(prior, prep_large, 1, cancel)
     return Calibration(latent=(latent1, latent4), feature=(feature1, feature4), refines=refines,
-                       search_fixed=search_fixed, pixels=pixels, prepare=(large, _exponent(small, large, growth)),
-                       finish=(finish, _exponent(finish_small, finish, growth)), seconds=time.perf_counter() - t0)
+                       search_fixed=search_fixed, pixels=pixels, prepare=(at_p0, _exponent(at_p0, at_p1, growth)),
+                       finish=(finish, _exponent(finish, finish_large, growth)), seconds=time.perf_counter() - t0)
+
+
+def enlarged(region: np.ndarray, factor: int) -> np.ndarray:
+    """The region `factor`× larger per side, nearest neighbour: the same mosaic, blocks `factor`× larger, as
+    a larger selection of a face pixelated into about as many cells holds."""
+    return np.repeat(np.repeat(region, factor, axis=0), factor, axis=1)
 
 
 def synthetic_region(cells: int = CELLS, context: int = CONTEXT, seed: int = 0) -> np.ndarray:
@@ -111,7 +123,7 @@ def _exponent(small: float, large: float, growth: float) -> float:
     """How a cost grows with the pixels: t ∝ P^e through (P, small) and (growth · P, large), bounded."""
     if small <= 0 or large <= 0:
         return 1.0
-    return min(max(np.log(large / small) / np.log(growth), EXPONENTS[0]), EXPONENTS[1])
+    return float(min(max(np.log(large / small) / np.log(growth), EXPONENTS[0]), EXPONENTS[1]))
 
 
 def _time_search(prior: object, obs: object, batch: int, cancel: Callable[[], bool], steps: int,

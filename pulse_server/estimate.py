@@ -9,8 +9,9 @@
     overhead           depixelate: job_fixed + prepare(P) + K · finish(P), P the region's pixels — the mosaic
                        analysis and the K patches' placement and blend grow with the region (seconds on a 1000²
                        selection, more than the 32² prior's whole search); each a power law through two measured
-                       sizes, t(P) = t(P0) · (P / P0)^e (the analysis grows slower than the pixels: e ≈ 0.6 on a
-                       CPU, the blend about as fast: e ≈ 0.9); solve: job_fixed.
+                       sizes, t(P) = t(P0) · (P / P0)^e, P0 = 240², the other 480² (e ≈ 0.9 for both on a CPU;
+                       between 120² and 240² fixed costs hid the growth: e ≈ 0.4–0.6, and 1000² selections took twice
+                       their estimate); solve: job_fixed.
 
 The figures come from `calibrate.py`, run by the worker right after a model's first load on a device, and are
 cached as JSON under the user cache folder, one file per model (name + checkpoint size), device name and torch
@@ -18,7 +19,9 @@ version. After every finished job the two scales of its mode move toward what th
 estimates follow the machine: its load, its clocks, what the calibration's short runs miss.
 
 The estimate covers the whole step budget. The search stops early once every face matches and stops improving
-(mosaic_search's early stop), so a job often ends a little sooner: the estimate is an upper bound.
+(mosaic_search's early stop), so a job often ends a little sooner; and a candidate that misses eps where the
+best one matches is searched once more (mosaic_search's retry), so a job sometimes runs longer (on the 32²
+prior's bench cases: 3 jobs in 24, each about twice its search). The scales' EMA averages both in.
 
 Torch-free, so the daemon's loop can answer SUBMIT without importing it; `segments` reads the solver's phase
 split (`mosaic_search.phase_steps`), which the worker imports before it creates an `Estimates`.
@@ -43,7 +46,8 @@ from protocol.job import MODES, PARAMS
 
 log = logging.getLogger("pulse.estimate")
 
-FORMAT = 1  # of the cache files; a change of the cost model's terms bumps it (old files are then ignored)
+FORMAT = 2  # of the cache files; a change of the cost model's terms bumps it (old files are then ignored)
+# 2: the pixel terms' exponents measured between 240² and 480² (1: 120² and 240², too low for large regions)
 EMA = 0.25  # weight of the latest job in the scales: a few jobs to converge, one outlier moves them a quarter
 RATIO_CLAMP = (0.1, 10.0)  # one job's measured/predicted ratio, bounded: a job paused by a debugger is not the norm
 BATCH_POINTS = (1, 4)  # the batches calibrate.py measures

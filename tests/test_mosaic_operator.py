@@ -228,3 +228,43 @@ def test_search_stops_early_once_every_candidate_has_settled(shared_prior_path) 
     assert all(c.eps_reached for c in res.candidates)
     assert res.steps_run < 100
     assert seen[-1].step == seen[-1].total == 100
+
+
+def test_a_candidate_that_misses_eps_is_searched_again_from_a_seed_of_its_own(shared_prior_path) -> None:
+    """Noisy cells of a placed prior face: without the retry one of three candidates ends above eps while the
+    best matches; with it (the default) that candidate alone is searched again from a seed drawn from its own
+    and matches too, the others are untouched, the progress total grows by the second search's steps, and
+    the new seed run alone gives the same face."""
+    from pulse_server.models.loading import load_prior
+    from pulse_server.solver.mosaic_search import retry_seed
+
+    torch.set_num_threads(1)
+    prior, _ = load_prior(shared_prior_path)
+    prior.freeze()
+    with torch.no_grad():
+        face = (prior.render(prior.sample_latent(1, torch.Generator().manual_seed(0))) + 1) / 2
+    grid = CellGrid(96, 96, 12, (-5, -3))
+    op = MosaicOperator(observation(96, 96, 12, (-5, -3)), 32, margin=0.0)
+    placed = op.place(face, torch.tensor([[0.1, 0.1, 0.05, -0.05]]))[0].permute(1, 2, 0).numpy()
+    noise = np.random.default_rng(0).normal(0, 0.04, (*grid.shape, 3))
+    cells = np.clip(grid.means(placed) + noise, 0, 1).astype(np.float32)
+    obs = Observation(cells=cells, weight=np.ones(grid.shape, np.float32), width=96, height=96, block=12,
+                      origin=(-5, -3))
+
+    old = solve_mosaic(prior, obs, MosaicConfig(candidates=3, steps=30, seed=0, retries=0))
+    missed = [c.seed for c in old.candidates if not c.eps_reached]
+    assert old.candidates[0].eps_reached and len(missed) == 1, [c.downscale_mse for c in old.candidates]
+
+    seen: list = []
+    new = solve_mosaic(prior, obs, MosaicConfig(candidates=3, steps=30, seed=0), progress=seen.append)
+    assert all(c.eps_reached for c in new.candidates), [c.downscale_mse for c in new.candidates]
+    matched = {c.seed: c.downscale_mse for c in old.candidates if c.eps_reached}
+    assert {c.seed: c.downscale_mse for c in new.candidates if c.seed in matched} == matched
+    assert {c.seed for c in new.candidates} - set(matched) == {retry_seed(missed[0], 1)}
+    assert new.steps_run == 60 and seen[-1].step == seen[-1].total == 60
+    assert all(p.step <= p.total for p in seen)
+    assert all(a.best_error >= b.best_error for a, b in zip(seen, seen[1:]))
+    # the retried candidate is its new seed's own search: run alone, that seed gives the same face
+    (retried,) = [c for c in new.candidates if c.seed not in matched]
+    alone = solve_mosaic(prior, obs, MosaicConfig(candidates=1, steps=30, seed=retried.seed)).candidates[0]
+    np.testing.assert_allclose(alone.image, retried.image, atol=1e-5)

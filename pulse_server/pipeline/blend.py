@@ -55,6 +55,11 @@ class CellGrid:
         """(H, W) cell index of every pixel, row-major over the cells."""
         return self.row[:, None] * self.shape[1] + self.col[None, :]
 
+    @cached_property
+    def _starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """First pixel row of every cell row, first pixel column of every cell column."""
+        return (np.flatnonzero(np.diff(self.row, prepend=-1)), np.flatnonzero(np.diff(self.col, prepend=-1)))
+
     @property
     def trim(self) -> tuple[float, float, float, float]:
         """Fractions of the first/last column/row cell outside the rectangle: (left, top, right, bottom)."""
@@ -64,12 +69,15 @@ class CellGrid:
                 (nx * b + self.origin[0] - self.width) / b, (ny * b + self.origin[1] - self.height) / b)
 
     def sums(self, values: np.ndarray) -> np.ndarray:
-        """(H, W, C) -> (ny, nx, C) per-cell sums."""
-        ny, nx = self.shape
-        lab = self.labels.ravel()
-        flat = values.reshape(lab.size, -1).astype(np.float64)
-        out = np.stack([np.bincount(lab, weights=flat[:, c], minlength=ny * nx) for c in range(flat.shape[1])], axis=1)
-        return out.reshape(ny, nx, -1)
+        """(H, W, C) -> (ny, nx, C) per-cell sums, float64. The cells are rectangles: a sum over each band of
+        columns (in the input's float type: a band is at most `block` values), then over each band of rows
+        (float64), reads the image once in memory order; a sum by label reads a label map beside it and
+        scatters, about 9× slower on a 1000² region."""
+        rows, cols = self._starts
+        values = values.reshape(self.height, self.width, -1)
+        if values.dtype not in (np.float32, np.float64):
+            values = values.astype(np.float64)
+        return np.add.reduceat(np.add.reduceat(values, cols, axis=1), rows, axis=0, dtype=np.float64)
 
     def means(self, img: np.ndarray) -> np.ndarray:
         """(H, W, C) -> (ny, nx, C) float64 cell means (partial cells: mean of their pixels inside)."""
@@ -114,22 +122,24 @@ def correct_cells(face: np.ndarray, base: np.ndarray, under: np.ndarray, weight:
     Cells with no weight are left alone.
     """
     ny, nx = grid.shape
-    w = np.broadcast_to(weight[..., None], face.shape).astype(np.float64)
-    f = face.astype(np.float64)
-    target = grid.sums(base)
+    on = weight > 0
+    w = weight.astype(np.float32)[..., None]
+    f = face.astype(np.float32)  # a copy: corrected in place below
+    # composite = under + w·(f − under) where w > 0, base elsewhere: its cell sums are a part that does not
+    # change (under·(1 − w), base) plus sums(w·f), so a round sums one product instead of composing the patch
+    target = grid.sums(base) - grid.sums(np.where(on[..., None], under * (1 - w), base))
     wsum = grid.sums(w)
     # the cell-error map lives on the cell grid; its pixel footprint, partial cells included, is this box
     l, t, r, btm = grid.trim
     box = (l, t, nx - r, ny - btm)
     for _ in range(rounds):
-        out = composite(base, under, f, weight)
-        resid = np.where(wsum > 1e-9, (grid.sums(out) - target) / np.maximum(wsum, 1e-9), 0.0)
+        resid = np.where(wsum > 1e-9, (grid.sums(w * f) - target) / np.maximum(wsum, 1e-9), 0.0)
         if np.abs(resid).max() < tolerance:
             break
-        corr = np.stack([_interpolate(resid[..., c], grid.width, grid.height, box) for c in range(resid.shape[2])],
-                        axis=2)
-        f = np.clip(f - corr, 0.0, 1.0)
-    return f.astype(np.float32)
+        for c in range(resid.shape[2]):
+            f[..., c] -= _interpolate(resid[..., c], grid.width, grid.height, box)
+        np.clip(f, 0.0, 1.0, out=f)
+    return f
 
 
 def smooth_cells(img: np.ndarray, grid: CellGrid) -> np.ndarray:
@@ -148,9 +158,9 @@ def smooth_cells(img: np.ndarray, grid: CellGrid) -> np.ndarray:
 def _interpolate(cells: np.ndarray, width: int, height: int, box: tuple[float, float, float, float]) -> np.ndarray:
     """(ny, nx) per-cell values -> (height, width), bilinear between cell centres (PIL; constant beyond them)."""
     if cells.shape[0] < 2 and cells.shape[1] < 2:
-        return np.full((height, width), float(cells.reshape(-1)[0]))
+        return np.full((height, width), float(cells.reshape(-1)[0]), np.float32)
     img = Image.fromarray(cells.astype(np.float32))
-    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR, box=box), dtype=np.float64)
+    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR, box=box), dtype=np.float32)
 
 
 def composite(base: np.ndarray, under: np.ndarray, face: np.ndarray, weight: np.ndarray) -> np.ndarray:
