@@ -90,36 +90,31 @@ def model_choices(welcome: Any = None) -> list[ModelChoice]:
     """The daemon's own model first (value ""), then every other model it lists in WELCOME `models`.
 
     A daemon that lists none (or no daemon yet) still offers its own model, so a dialog always has a choice."""
-    rows = [m for m in (getattr(welcome, "models", None) or []) if isinstance(m, Mapping)]
+    rows = _models(welcome)
     own = next((m for m in rows if not m.get("id")), None)
-    out = [ModelChoice("", _model_label(own, DEFAULT_MODEL_LABEL), bool(own and own.get("loaded")))]
-    seen = {""}
+    out = [ModelChoice("", f"{DEFAULT_MODEL_LABEL}: {_describe(own, str(own.get('name') or '?'))}" if own
+                       else DEFAULT_MODEL_LABEL, bool(own and own.get("loaded")))]
     for m in rows:
         value = str(m.get("id") or "")
-        if value in seen:
-            continue
-        seen.add(value)
-        out.append(ModelChoice(value, _model_label(m), bool(m.get("loaded"))))
+        if value and value not in {c.value for c in out}:
+            out.append(ModelChoice(value, _describe(m, value), bool(m.get("loaded"))))
     return out
 
 
-def _model_label(m: Optional[Mapping[str, Any]], prefix: str = "") -> str:
-    """'ffhq-256 (256 px, ready)'; the daemon's own: "The daemon's own: stylegan2-ffhq-1024 (1024 px)"."""
-    if m is None:
-        return prefix
-    name = str(m.get("id") or m.get("name") or "?") if not prefix else str(m.get("name") or "?")
+def _models(welcome: Any) -> list[Mapping[str, Any]]:
+    return [m for m in (getattr(welcome, "models", None) or []) if isinstance(m, Mapping)]
+
+
+def _describe(m: Mapping[str, Any], name: str) -> str:
+    """'ffhq-256 (256 px, ready)': the name a job asks for, its resolution, whether it is loaded already."""
     res = int(m.get("resolution") or 0)
-    details = [f"{res} px"] if res else []
-    if m.get("loaded"):
-        details.append("ready")
-    text = f"{prefix}: {name}" if prefix else name
-    return f"{text} ({', '.join(details)})" if details else text
+    details = ([f"{res} px"] if res else []) + (["ready"] if m.get("loaded") else [])
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def own_model_name(welcome: Any = None) -> str:
     """The name of the model a job with `model` "" runs on (WELCOME lists the daemon's own first)."""
-    rows = [m for m in (getattr(welcome, "models", None) or []) if isinstance(m, Mapping)]
-    own = next((m for m in rows if not m.get("id")), None)
+    own = next((m for m in _models(welcome) if not m.get("id")), None)
     return str(own.get("name") or "") if own else ""
 
 

@@ -319,8 +319,10 @@ class Scene:
 
 def _install_plugin(outer_home: Path) -> Path:
     dest = outer_home / ".config/GIMP/3.0/plug-ins"
+    # This checkout's plug-in and protocol, not those of whatever pulse-server the venv has installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([*_pulse_server(), "install-plugin", "gimp", "--dest", str(dest), "--target", "linux"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert os.access(dest / "pulse-depixelate" / "pulse-depixelate.py", os.X_OK)
     return dest
