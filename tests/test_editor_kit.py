@@ -129,6 +129,9 @@ def test_what_was_detected_comes_from_the_message_or_the_analysis():
     view.job_state(JobState("j", "running", 0, ""))  # a later state without news keeps what was found
     assert view.found == "8 px blocks, 4×3 cells detected"
     assert detected_text({"block": 1, "detected": False}) == "no mosaic found"
+    # JOB_STATE's analysis names the cells; RESULT's gives the rectangle they are counted in
+    assert detected_text({"block": 4, "cells": [8, 6], "confidence": 0.9, "detected": True}) == \
+        "4 px blocks, 8×6 cells detected"
     view.job_state("loading")
     assert view.headline().startswith("loading the face model")
 

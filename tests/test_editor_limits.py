@@ -8,7 +8,6 @@ import dataclasses
 import math
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 import pytest
@@ -20,8 +19,10 @@ sys.path.insert(0, str(REPO / "krita_plugin"))
 
 import krita  # noqa: E402  (the mock)
 import pulse_gimp  # noqa: E402
+from protocol.client import PulseClient  # noqa: E402
 from protocol.editor_settings import FIELDS, job_settings  # noqa: E402
 from protocol.job import MAX_MODEL_NAME, PARAMS, JobSettings, Param, ParamError, narrowed, spec_to_wire  # noqa: E402
+from protocol.messages import Welcome  # noqa: E402
 from pulse_depixelate import logic as krita_logic  # noqa: E402
 
 Spec = Optional[dict[str, Param]]
@@ -66,7 +67,8 @@ def through(route: Callable[[], dict], name: str) -> Optional[dict]:
 
 
 # GIMP: the procedure config as GIMP hands it over (every argument has its default unless set), read by
-# settings_from, then checked against the daemon's announced ranges by check_against, as the plug-in runs.
+# settings_from, then checked by the plug-in's client against the ranges the daemon's WELCOME announced, as
+# PulseClient.submit does before anything is sent.
 GIMP_PARAMS = tuple(a.name for a in pulse_gimp.ARGS if a.name in PARAMS)
 
 
@@ -74,9 +76,11 @@ def gimp_params(name: str, value: Any, spec: Spec) -> dict:
     config = {a.name: a.default for a in pulse_gimp.ARGS}
     config[name] = value
     settings = pulse_gimp.settings_from(config.__getitem__, interactive=False)
-    if spec is None:  # before any daemon answered: the contract's own ranges
+    if spec is None:  # as registered, without a daemon: the contract's own ranges
         return settings.params()
-    return pulse_gimp.check_against(settings, SimpleNamespace(params=spec_to_wire(spec))).params()
+    client = PulseClient("tcp://127.0.0.1:9")  # never connected: the WELCOME below is what it knows
+    client.welcome = Welcome(2, "test", "s", 1000, "cpu", params=spec_to_wire(spec))
+    return client.checked(settings.params()).to_wire()
 
 
 # Krita: the docker's Settings read into a request, from a real (mock) document with a selection.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -15,7 +14,7 @@ sys.path.insert(0, str(PLUGIN_DIR))
 import pulse_gimp as logic  # noqa: E402
 from protocol.editor_settings import FIELDS  # noqa: E402
 from protocol.errors import DaemonNotRunning, JobCancelled, JobFailed, ProtocolError, VersionMismatch  # noqa: E402
-from protocol.job import PARAMS, JobSettings, ParamError, narrowed, spec_to_wire  # noqa: E402
+from protocol.job import PARAMS, JobSettings, ParamError  # noqa: E402
 from protocol.messages import Candidate, ImageBlob, Result  # noqa: E402
 
 
@@ -95,15 +94,6 @@ def test_a_value_out_of_range_is_refused_not_clamped():
         logic.settings_from(values.__getitem__)
     assert info.value.param == "candidates"
     assert logic.user_message(info.value).startswith("Faces to generate must be between 1 and 16, not 40.")
-
-
-def test_a_daemon_with_narrower_ranges_refuses_before_sending():
-    values = {"candidates": 3, "steps": 900, "seed": -1, "block": 0, "model": "", "endpoint": "", "force": False}
-    s = logic.settings_from(values.__getitem__)
-    welcome = SimpleNamespace(params=spec_to_wire(narrowed(steps=(1, 500))))
-    with pytest.raises(ParamError, match="between 1 and 500"):
-        logic.check_against(s, welcome)
-    assert logic.check_against(s, SimpleNamespace()).job == s.job  # an older daemon: the contract's ranges
 
 
 def test_force_comes_from_a_script_but_never_from_saved_settings_in_the_dialog():

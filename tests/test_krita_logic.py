@@ -393,7 +393,9 @@ def test_job_round_trip_through_the_real_daemon(tmp_path, tiny_weights):
         daemon.stop()
     assert any(getattr(p, "total", None) == 5 for p in seen)
     assert len(welcomes) == 1 and welcomes[0].device  # the daemon's ranges were known before the pixels left
-    assert view.state == "running" and view.steps_text().startswith("step 5/5")
+    assert view.state == "running" and view.steps_text().startswith("step ") and view.total == 5
+    # what the daemon detected after its analysis, before the search: the docker shows it while the job runs
+    assert view.found == f"{block} px blocks, 8×8 cells detected", view
     new = logic.apply_outcome(req, outcome, krita.Krita.instance().documents()).faces
     assert [n.name() for n in new] == ["PULSE face 1", "PULSE face 2"]
     assert outcome.layers[0].error <= outcome.layers[1].error

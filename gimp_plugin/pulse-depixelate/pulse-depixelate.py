@@ -149,7 +149,7 @@ class CancelFlag:
 def solve(settings, region, fmt, pixels, mask, lead="", ask=None):
     """Send the region to the daemon; progress into GIMP's progress bar. Returns the protocol Result.
 
-    The settings are checked against the daemon's own ranges (WELCOME) before anything is sent. The progress
+    The client checks the settings against the daemon's own ranges (WELCOME) before it sends anything. The progress
     text says what the job is doing and how long it takes (ACCEPTED's estimate), what the daemon detected
     (JOB_STATE after its analysis) and the time left (PROGRESS). `lead` goes before it (which layer is read,
     when it is not the active one). `ask` (question, detail) -> bool is asked when the daemon finds no
@@ -170,7 +170,6 @@ def solve(settings, region, fmt, pixels, mask, lead="", ask=None):
     with PulseClient(settings.endpoint or None, client_name=logic.CLIENT_NAME,
                      client_version=logic.PLUGIN_VERSION) as client:
         welcome = client.connect()
-        settings = logic.check_against(settings, welcome)
         view = JobView(device=str(welcome.device), model=model_for_estimate(settings.job, welcome))
 
         def show(update):

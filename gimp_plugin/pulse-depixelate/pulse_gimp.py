@@ -201,17 +201,13 @@ def settings_from(get: Callable[[str], Any], interactive: bool = False) -> Setti
     """Read the procedure config (`config.get_property`) into Settings, checked against the contract.
 
     A value out of range is refused (ParamError, code BAD_PARAMS), never clamped: the daemon would refuse it
-    the same way. `force` counts for scripts only: the dialog does not show it, so a value left in GIMP's saved
+    the same way. (Registered without a daemon, the arguments carry the contract's declared ranges; the client
+    checks the settings against the connected daemon's own before it sends anything.) `force` counts for scripts only: the dialog does not show it, so a value left in GIMP's saved
     settings by an earlier script must not silently paint over a region the user would have been asked about.
     """
     values = {arg.name: get(arg.name) for arg in ARGS if arg.name in PARAMS}
     values[FORCE] = False if interactive else bool(get(FORCE))
     return Settings(kit.job_settings(values), str(get(ENDPOINT) or "").strip())
-
-
-def check_against(settings: Settings, welcome: Any) -> Settings:
-    """The settings within the ranges this daemon announced (WELCOME `params`), else ParamError."""
-    return Settings(settings.job.checked(kit.daemon_spec(welcome)), settings.endpoint)
 
 
 def asks_before_forcing(run_mode: str) -> bool:

@@ -597,8 +597,8 @@ def run_job(request: Request, *, on_progress: Optional[Callable[[Any], None]] = 
             on_welcome: Optional[Callable[[Any], None]] = None, timeout: float = 10.0) -> Outcome:
     """Send the request to the daemon and plan the layers (worker thread: no Krita calls in here).
 
-    The request's settings are checked against the daemon's own ranges (its WELCOME, given to `on_welcome`)
-    before the pixels are sent: ParamError (BAD_PARAMS) names the field."""
+    The client checks the request's settings against the daemon's own ranges (its WELCOME, also given to
+    `on_welcome`) before the pixels are sent: ParamError (BAD_PARAMS) names the field."""
     from protocol.client import PulseClient
 
     with PulseClient(request.endpoint, client_name=CLIENT_NAME, client_version=PLUGIN_VERSION,
@@ -606,7 +606,6 @@ def run_job(request: Request, *, on_progress: Optional[Callable[[Any], None]] = 
         welcome = client.connect()
         if on_welcome is not None:
             on_welcome(welcome)
-        JobSettings.from_wire(request.params, kit.daemon_spec(welcome))
         result = client.run_job(request.image_blob(), request.mask_blob(), request.params,
                                 on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview,
                                 on_accepted=on_accepted, on_job_state=on_job_state)
