@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
 
 from .endpoint import default_endpoint
+from .errors import ErrorCode
 from .job import PARAMS
 
 
@@ -39,44 +39,47 @@ class Advice:
     retry: bool = False
 
 
-# Codes from protocol/errors.py, PROTOCOL.md §4–5 (FAILED, ERROR) and the daemon's pipeline/model errors.
+# By ErrorCode (protocol/errors.py): a code that is not in the enum cannot get words here.
 # Where the daemon's own message already says it plainly ("the selection is 3×3 pixels: too small to hold a
 # face"), `what` is that message.
-ADVICE: dict[str, Advice] = {
-    "DAEMON_NOT_RUNNING": Advice("The PULSE daemon is not running at {endpoint}{detail}", "{start}, then try again"),
-    "VERSION_MISMATCH": Advice("This plug-in and the PULSE daemon speak different protocol versions ({message})",
+ADVICE: dict[str, Advice] = {  # ErrorCode keys (a str enum): a plain code string finds them
+    ErrorCode.DAEMON_NOT_RUNNING: Advice("The PULSE daemon is not running at {endpoint}{detail}",
+                                         "{start}, then try again"),
+    ErrorCode.VERSION_MISMATCH: Advice("This plug-in and the PULSE daemon speak different protocol versions "
+                                       "({message})",
                                "update both and reinstall the plug-in: `pulse-server install-plugin {editor}`"),
-    "BAD_TOKEN": Advice("The daemon at {endpoint} refused this plug-in's token",
+    ErrorCode.BAD_TOKEN: Advice("The daemon at {endpoint} refused this plug-in's token",
                         "run the editor and the daemon as the same user (or give both the same PULSE_TOKEN)"),
-    "HANDSHAKE_FAILED": Advice("{message}"),
-    "TIMEOUT": Advice("The daemon at {endpoint} did not answer in time", "try again; if it keeps happening, "
+    ErrorCode.HANDSHAKE_FAILED: Advice("{message}"),
+    ErrorCode.TIMEOUT: Advice("The daemon at {endpoint} did not answer in time", "try again; if it keeps happening, "
                       "restart it (`pulse-server run`)", retry=True),
-    "CANCELLED": Advice("Depixelation cancelled: the image is unchanged"),
-    "SHUTDOWN": Advice("The daemon stopped before the job finished", "{start}, then try again", retry=True),
-    "QUEUE_FULL": Advice("The daemon is busy with other jobs", "try again when one finishes", retry=True),
-    "TOO_LARGE": Advice("{message}"),  # the client's and the daemon's text both say what to select
-    "BAD_PARAMS": Advice("{message}", "change it in the dialog"),
-    "BAD_REGION": Advice("{message}", "select the whole pixelated face"),
-    "BAD_SIZE": Advice("{message}", "select the whole pixelated face"),
-    "BAD_MASK": Advice("{message}", "select the pixelated face again"),
-    "NO_MOSAIC": Advice("PULSE did not depixelate this region: {message}"),
-    "NO_MOSAIC_DECLINED": Advice("{message}"),
-    "OUT_OF_MEMORY": Advice("The daemon ran out of memory for this job",
+    ErrorCode.CANCELLED: Advice("Depixelation cancelled: the image is unchanged"),
+    ErrorCode.SHUTDOWN: Advice("The daemon stopped before the job finished", "{start}, then try again", retry=True),
+    ErrorCode.QUEUE_FULL: Advice("The daemon is busy with other jobs", "try again when one finishes", retry=True),
+    ErrorCode.TOO_LARGE: Advice("{message}"),  # the client's and the daemon's text both say what to select
+    ErrorCode.BAD_PARAMS: Advice("{message}", "change it in the dialog"),
+    ErrorCode.BAD_REGION: Advice("{message}", "select the whole pixelated face"),
+    ErrorCode.BAD_SIZE: Advice("{message}", "select the whole pixelated face"),
+    ErrorCode.BAD_MASK: Advice("{message}", "select the pixelated face again"),
+    ErrorCode.NO_MOSAIC: Advice("PULSE did not depixelate this region: {message}"),
+    ErrorCode.NO_MOSAIC_DECLINED: Advice("{message}"),
+    ErrorCode.OUT_OF_MEMORY: Advice("The daemon ran out of memory for this job",
                             "select a smaller area, ask for fewer faces, or choose a smaller face model", retry=True),
-    "NO_WEIGHTS": Advice("The daemon has no face model to use ({message})",
+    ErrorCode.NO_WEIGHTS: Advice("The daemon has no face model to use ({message})",
                          "choose another face model, or install one on the daemon's machine"),
-    "UNSUPPORTED_MODEL": Advice("The daemon cannot use that face model ({message})", "choose another face model"),
-    "MODEL_ERROR": Advice("The face model failed to load ({message})", "choose another face model"),
-    "NO_DEVICE": Advice("The daemon cannot use its device ({message})",
+    ErrorCode.UNSUPPORTED_MODEL: Advice("The daemon cannot use that face model ({message})",
+                                        "choose another face model"),
+    ErrorCode.MODEL_ERROR: Advice("The face model failed to load ({message})", "choose another face model"),
+    ErrorCode.NO_DEVICE: Advice("The daemon cannot use its device ({message})",
                         "restart it with `pulse-server run --device auto`"),
-    "WORKER_LOST": Advice("The daemon lost the worker running this job", "try again", retry=True),
-    "CLUSTER_DOWN": Advice("The daemon's cluster is unreachable", "try again in a moment", retry=True),
-    "BAD_RESULT": Advice("{message}", "update pulse-server and the plug-in together "
+    ErrorCode.WORKER_LOST: Advice("The daemon lost the worker running this job", "try again", retry=True),
+    ErrorCode.CLUSTER_DOWN: Advice("The daemon's cluster is unreachable", "try again in a moment", retry=True),
+    ErrorCode.BAD_RESULT: Advice("{message}", "update pulse-server and the plug-in together "
                          "(`pulse-server install-plugin {editor}`)"),
 }
 
 
-def code_of(exc: BaseException) -> Optional[str]:
+def code_of(exc: BaseException) -> str | None:
     """The stable code of a protocol, daemon or kit error; None for anything else (a bug, an editor error)."""
     code = getattr(exc, "code", None)
     return code if isinstance(code, str) and code else None
@@ -97,9 +100,9 @@ def user_message(exc: BaseException, editor: Editor, endpoint: str = "") -> str:
     advice = ADVICE.get(code)
     if advice is None:
         return f"PULSE could not depixelate this region ({code}): {message}"
-    if code == "BAD_PARAMS":
+    if code == ErrorCode.BAD_PARAMS:
         message = param_message(exc)
-    elif code == "NO_MOSAIC":
+    elif code == ErrorCode.NO_MOSAIC:
         from .no_mosaic import refusal
 
         message = refusal(exc, editor.force)
@@ -142,7 +145,7 @@ def _sentence(text: str) -> str:
 
 def is_cancel(exc: BaseException) -> bool:
     """The user's own Cancel (or No to "depixelate anyway?"): the run ends quietly, nothing to report."""
-    return code_of(exc) in ("CANCELLED", "NO_MOSAIC_DECLINED")
+    return code_of(exc) in (ErrorCode.CANCELLED, ErrorCode.NO_MOSAIC_DECLINED)
 
 
 def is_bug(exc: BaseException) -> bool:

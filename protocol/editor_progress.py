@@ -12,8 +12,9 @@ Stdlib only (runs inside the editors).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .estimate_text import describe_duration, describe_estimate
 from .layers import mosaic_summary

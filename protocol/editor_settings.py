@@ -11,8 +11,9 @@ Stdlib only: this runs inside the editors' Python, next to the `protocol` packag
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from .job import PARAMS, JobSettings, Param, spec_from_wire
 
@@ -37,9 +38,9 @@ class Field:
     label: str
     help: str
     default: Any
-    low: Optional[float] = None
-    high: Optional[float] = None
-    choices: Optional[tuple[str, ...]] = None
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
 
     @property
     def special_low(self) -> str:
@@ -53,7 +54,7 @@ def daemon_spec(welcome: Any = None) -> dict[str, Param]:
     return spec_from_wire(getattr(welcome, "params", None) if welcome is not None else None)
 
 
-def fields(spec: Optional[Mapping[str, Param]] = None, names: Sequence[str] = FIELDS) -> list[Field]:
+def fields(spec: Mapping[str, Param] | None = None, names: Sequence[str] = FIELDS) -> list[Field]:
     spec = PARAMS if spec is None else spec
     out = []
     for name in names:
@@ -62,11 +63,11 @@ def fields(spec: Optional[Mapping[str, Param]] = None, names: Sequence[str] = FI
     return out
 
 
-def field(name: str, spec: Optional[Mapping[str, Param]] = None) -> Field:
+def field(name: str, spec: Mapping[str, Param] | None = None) -> Field:
     return fields(spec, (name,))[0]
 
 
-def job_settings(values: Mapping[str, Any], spec: Optional[Mapping[str, Param]] = None) -> JobSettings:
+def job_settings(values: Mapping[str, Any], spec: Mapping[str, Param] | None = None) -> JobSettings:
     """An editor's values by parameter name → JobSettings, checked against `spec` (default: the contract).
 
     Parameters the editor does not show take their default; values are never clamped: one out of range is

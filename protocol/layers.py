@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 from .errors import ErrorCode, ProtocolError
 
@@ -247,7 +248,7 @@ class Rect:
     w: int
     h: int
 
-    def intersect(self, other: "Rect") -> "Rect":
+    def intersect(self, other: Rect) -> Rect:
         x0, y0 = max(self.x, other.x), max(self.y, other.y)
         x1, y1 = min(self.x + self.w, other.x + other.w), min(self.y + self.h, other.y + other.h)
         return Rect(x0, y0, max(0, x1 - x0), max(0, y1 - y0))
@@ -285,7 +286,7 @@ def _distance_out(i: int, start: int, length: int) -> int:
     return max(start - i, i - (start + length - 1), 0)
 
 
-def blend_mask(width: int, height: int, rect: Rect, band: int, selection: Optional[bytes] = None) -> bytes:
+def blend_mask(width: int, height: int, rect: Rect, band: int, selection: bytes | None = None) -> bytes:
     """Layer-mask coverage, one byte per pixel, row-major, `width`×`height`.
 
     255 over `rect`, a smooth fall over `band` pixels around it (by Euclidean distance: round corners),

@@ -35,7 +35,8 @@ def test_the_dialog_fields_are_the_contracts_everyday_parameters_in_its_order():
     assert {"candidates", "steps", "seed", "block", "model"} <= set(kit.FIELDS)
     for f in kit.fields():
         p = PARAMS[f.name]
-        assert (f.label, f.help, f.default, f.low, f.high, f.kind) == (p.label, p.help, p.default, p.low, p.high, p.kind)
+        assert (f.label, f.help, f.default, f.low, f.high, f.kind) == \
+            (p.label, p.help, p.default, p.low, p.high, p.kind)
 
 
 def test_fields_take_the_daemons_ranges_from_its_welcome_and_the_contracts_without_one():
@@ -169,7 +170,8 @@ def test_patches_that_do_not_fit_the_region_are_refused_with_a_code():
     assert layers.checked_patches(_result(2), 4, 2, 3, "u8")[1] == bytes([1]) * 24
     with pytest.raises(ProtocolError) as info:
         layers.checked_patches(_result(1), 4, 4, 3, "u8")
-    assert info.value.code == "BAD_RESULT" and "Update pulse-server and the plug-in" in msgs.user_message(info.value, EDITOR)
+    assert info.value.code == "BAD_RESULT"
+    assert "Update pulse-server and the plug-in" in msgs.user_message(info.value, EDITOR)
     with pytest.raises(ProtocolError, match="no candidates"):
         layers.checked_patches(_result(0), 4, 2, 3, "u8")
 
@@ -195,6 +197,7 @@ def test_the_kit_imports_with_the_standard_library_alone():
 @pytest.mark.slow
 def test_a_real_daemons_welcome_fills_the_model_list_and_the_ranges(tmp_path, tiny_weights, monkeypatch):
     from daemon_fixture import start_daemon
+
     from protocol.client import PulseClient
 
     daemon = start_daemon(tmp_path, weights=tiny_weights, endpoint="tcp")

@@ -202,8 +202,9 @@ def settings_from(get: Callable[[str], Any], interactive: bool = False) -> Setti
 
     A value out of range is refused (ParamError, code BAD_PARAMS), never clamped: the daemon would refuse it
     the same way. (Registered without a daemon, the arguments carry the contract's declared ranges; the client
-    checks the settings against the connected daemon's own before it sends anything.) `force` counts for scripts only: the dialog does not show it, so a value left in GIMP's saved
-    settings by an earlier script must not silently paint over a region the user would have been asked about.
+    checks the settings against the connected daemon's own before it sends anything.)
+    `force` counts for scripts only: the dialog does not show it, so a value left in GIMP's saved settings by
+    an earlier script must not silently paint over a region the user would have been asked about.
     """
     values = {arg.name: get(arg.name) for arg in ARGS if arg.name in PARAMS}
     values[FORCE] = False if interactive else bool(get(FORCE))

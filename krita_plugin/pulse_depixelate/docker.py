@@ -28,6 +28,7 @@ from PyQt5.QtWidgets import (QApplication, QComboBox, QFormLayout, QFrame, QHBox
 from . import client_path, logic
 from .logic import kit
 from protocol.editor_messages import code_of
+from protocol.errors import ErrorCode
 from protocol.editor_progress import JobView
 
 TITLE = "PULSE Depixelate"
@@ -82,7 +83,7 @@ class JobThread(QThread):
                 on_preview=lambda jpeg: self.preview.emit(bytes(jpeg)),
                 on_accepted=shown(view.accepted), on_job_state=shown(view.job_state), on_welcome=on_welcome)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message in the docker
-            if code_of(exc) == "CANCELLED":
+            if code_of(exc) == ErrorCode.CANCELLED:
                 self.cancelled.emit()
                 return
             asked = logic.force_question(exc, self.request)
@@ -117,7 +118,7 @@ class ProbeThread(QThread):
             text = f"connected ({getattr(welcome, 'device', '?')}" + (f", {own})" if own else ")")
             self.answered.emit(True, text, self.endpoint or "", welcome)
         except Exception as exc:  # noqa: BLE001
-            if code_of(exc) == "DAEMON_NOT_RUNNING":
+            if code_of(exc) == ErrorCode.DAEMON_NOT_RUNNING:
                 self.answered.emit(False, "not running", self.endpoint or "", None)
             else:
                 self.answered.emit(False, logic.user_message(exc, self.endpoint or ""), self.endpoint or "", None)
@@ -290,7 +291,8 @@ class PulseDocker(DockWidget):
 
     def _model_combo(self, f: kit.Field) -> QComboBox:
         combo = QComboBox()
-        combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)  # long names: the docker stays narrow
+        # Long model names must not widen the docker: the combo box asks for a few characters and elides.
+        combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         combo.setMinimumContentsLength(12)
         self._fill_models(combo, kit.model_choices(None), str(f.default))
         return combo
@@ -557,7 +559,7 @@ class PulseDocker(DockWidget):
 
     def _on_failure(self, text: str, code: str = "") -> None:
         self._say(text, error=True)
-        if code == "DAEMON_NOT_RUNNING":
+        if code == ErrorCode.DAEMON_NOT_RUNNING:
             self._set_status(False, "not running")
         self._reset_progress()
         self._end_job("failed", text)
