@@ -12,7 +12,9 @@ PLUGIN_DIR = Path(__file__).resolve().parents[1] / "gimp_plugin" / "pulse-depixe
 sys.path.insert(0, str(PLUGIN_DIR))
 
 import pulse_gimp as logic  # noqa: E402
-from protocol.errors import DaemonNotRunning, JobCancelled, JobFailed, VersionMismatch  # noqa: E402
+from protocol.editor_settings import FIELDS  # noqa: E402
+from protocol.errors import DaemonNotRunning, JobCancelled, JobFailed, ProtocolError, VersionMismatch  # noqa: E402
+from protocol.job import PARAMS, JobSettings, ParamError  # noqa: E402
 from protocol.messages import Candidate, ImageBlob, Result  # noqa: E402
 
 
@@ -73,24 +75,32 @@ def test_mask_rules():
         logic.mask_or_none(bytes(16))
 
 
-def test_settings_from_config_and_params():
-    values = {"candidates": 40, "steps": 50, "seed": 7, "block-size": 8, "endpoint": " tcp://127.0.0.1:5 ",
-              "force": False}
+def test_settings_come_from_the_procedure_config_as_the_contract_says():
+    values = {"candidates": 16, "steps": 50, "seed": 7, "block": 8, "model": "ffhq-256",
+              "endpoint": " tcp://127.0.0.1:5 ", "force": False}
     s = logic.settings_from(values.__getitem__)
-    assert s.candidates == 16  # clamped to the declared maximum
     assert s.endpoint == "tcp://127.0.0.1:5"
-    assert s.params() == {"mode": "depixelate", "candidates": 16, "steps": 50, "seed": 7, "block": 8}
-    assert "force" not in s.params()  # a daemon that predates `force` sees the same job as before
-    assert [a.name for a in logic.INT_ARGS] == ["candidates", "steps", "seed", "block-size"]
-    defaults = {a.name: a.default for a in logic.INT_ARGS}
-    assert defaults == {"candidates": 3, "steps": 100, "seed": -1, "block-size": 0}
+    assert s.params() == JobSettings(candidates=16, steps=50, seed=7, block=8, model="ffhq-256").to_wire()
+    # the procedure's arguments are the contract's everyday parameters, with its defaults and ranges
+    assert [a.name for a in logic.ARGS] == [*FIELDS, "endpoint", "force"]
+    for arg in logic.ARGS[:len(FIELDS)]:
+        p = PARAMS[arg.name]
+        assert (arg.kind, arg.default, arg.minimum, arg.maximum, arg.blurb) == (p.kind, p.default, p.low, p.high, p.help)
+
+
+def test_a_value_out_of_range_is_refused_not_clamped():
+    values = {"candidates": 40, "steps": 50, "seed": 7, "block": 8, "model": "", "endpoint": "", "force": False}
+    with pytest.raises(ParamError) as info:
+        logic.settings_from(values.__getitem__)
+    assert info.value.param == "candidates"
+    assert logic.user_message(info.value).startswith("Faces to generate must be between 1 and 16, not 40.")
 
 
 def test_force_comes_from_a_script_but_never_from_saved_settings_in_the_dialog():
-    values = {"candidates": 3, "steps": 50, "seed": 7, "block-size": 0, "endpoint": "", "force": True}
+    values = {"candidates": 3, "steps": 50, "seed": 7, "block": 0, "model": "", "endpoint": "", "force": True}
     assert logic.settings_from(values.__getitem__).params()["force"] is True
-    assert "force" not in logic.settings_from(values.__getitem__, interactive=True).params()
-    assert logic.FORCE_ARG[0] == "force" and logic.FORCE_ARG[3] is False
+    assert logic.settings_from(values.__getitem__, interactive=True).params()["force"] is False
+    assert logic.ARGS[-1].name == "force" and logic.ARGS[-1].default is False
 
 
 def test_a_person_is_asked_about_a_missing_mosaic_and_a_script_gets_the_refusal():
@@ -105,12 +115,6 @@ def test_a_person_is_asked_about_a_missing_mosaic_and_a_script_gets_the_refusal(
     from protocol.no_mosaic import NotForced
 
     assert logic.user_message(NotForced("no mosaic found in the selection")).startswith("Nothing was changed")
-
-
-def test_progress():
-    assert logic.progress_fraction(25, 100) == 0.25
-    assert logic.progress_fraction(3, 0) == 0.0
-    assert "12/40" in logic.progress_text(12, 40, 1.5e-3) and "1.50e-03" in logic.progress_text(12, 40, 1.5e-3)
 
 
 ANALYSIS = {"block": 2, "phase": [0, 0], "rect": [1, 0, 2, 2], "confidence": 0.9, "detected": True,
@@ -184,14 +188,16 @@ def test_done_message_says_what_was_found_made_and_how_to_blend():
     assert "PULSE run 1: found 2 px blocks, 2×1 cells; imagined 2 faces in “PULSE run 1 — 2 px blocks”:" in text
     # one line per face: its layer, error and seed, whole (a message box wraps long lines mid-name)
     assert "\n  PULSE face 1: error 1.3e-3, seed 10 (shown)\n  PULSE face 2: error 2.0e-2, seed 11\n" in text
-    assert "layer mask" in text and "invented" in text
+    assert "layer mask" in text and "imagined by the model, not recovered" in text
 
 
 def test_paste_plan_refuses_a_patch_of_the_wrong_shape():
     region = logic.Region(0, 0, 4, 2, 0, 0, False)
-    with pytest.raises(logic.UserError, match="install-plugin"):
+    with pytest.raises(ProtocolError) as info:
         logic.plan_paste(_result([1e-3], w=2), region, logic.pixel_format("u8", False, False), [], None)
-    with pytest.raises(logic.UserError, match="no candidates"):
+    assert "2×2×3 u8 patch for a 4×2×3 u8 region" in logic.user_message(info.value)
+    assert "install-plugin gimp" in logic.user_message(info.value)
+    with pytest.raises(ProtocolError, match="no candidates"):
         logic.plan_paste(_result([]), region, logic.pixel_format("u8", False, False), [], None)
 
 
@@ -223,13 +229,15 @@ def test_daemon_down_names_the_address_tried_once():
     text = logic.user_message(DaemonNotRunning(), "tcp://127.0.0.1:9")
     assert text.count("tcp://127.0.0.1:9") == 1 and text.count("pulse-server run") == 1
     slow = DaemonNotRunning("no answer from tcp://127.0.0.1:9 within 10 s — is `pulse-server run` running there?")
-    assert "no answer" in logic.user_message(slow, "tcp://127.0.0.1:9")
+    slow_text = logic.user_message(slow, "tcp://127.0.0.1:9")
+    assert "did not answer in time" in slow_text and slow_text.count("tcp://127.0.0.1:9") == 1
 
 
-def test_dialog_labels_are_plain_and_their_mnemonics_distinct():
-    labels = [a.label for a in logic.INT_ARGS] + [logic.ENDPOINT_ARG[1]]
-    assert [label.replace("_", "") for label in labels] == ["Faces to generate", "Search steps", "Random seed",
-                                                            "Mosaic block size", "Daemon address"]
+def test_dialog_labels_are_the_contracts_plain_labels_with_distinct_mnemonics():
+    labels = [a.label for a in logic.ARGS]
+    assert [label.replace("_", "") for label in labels] == \
+        [PARAMS[n].label for n in FIELDS] + ["Daemon address", PARAMS["force"].label]
+    assert all(label.count("_") == 1 for label in labels)
     keys = [label[label.index("_") + 1].lower() for label in labels]
     # not Help, Reset, Cancel, OK, Load Saved Settings, Save Settings
     assert len(set(keys)) == len(keys) and not set(keys) & set("hrcols")
@@ -241,7 +249,9 @@ def test_dialog_labels_are_plain_and_their_mnemonics_distinct():
     [
         (DaemonNotRunning(), "pulse-server run"),
         (VersionMismatch("server speaks 2", [2]), "install-plugin gimp"),
-        (JobFailed("selection too small", "BAD_REGION"), "BAD_REGION"),
+        (JobFailed("the selection is 3×3 pixels: too small to hold a face", "BAD_REGION"),
+         "The selection is 3×3 pixels: too small to hold a face. Select the whole pixelated face."),
+        (JobFailed("something new", "NEW_CODE"), "(NEW_CODE): something new"),
         (JobCancelled(), "cancelled"),
         (ModuleNotFoundError("No module named 'zmq'", name="zmq"), "python3-zmq"),
         (logic.UserError("Select a layer"), "Select a layer"),

@@ -319,8 +319,10 @@ class Scene:
 
 def _install_plugin(outer_home: Path) -> Path:
     dest = outer_home / ".config/GIMP/3.0/plug-ins"
+    # This checkout's plug-in and protocol, not those of whatever pulse-server the venv has installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([*_pulse_server(), "install-plugin", "gimp", "--dest", str(dest), "--target", "linux"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert os.access(dest / "pulse-depixelate" / "pulse-depixelate.py", os.X_OK)
     return dest
@@ -511,7 +513,7 @@ def _unchanged(outer: Path, before: list[dict], after: list[dict]) -> bool:
 def test_depixelate_in_real_gimp(gimp_root, chroot_work, daemon):
     inner, outer = chroot_work
     _install_plugin(outer / "home")
-    args = {"candidates": 2, "steps": 30, "seed": 1234, "block-size": 0, "endpoint": daemon.endpoint}
+    args = {"candidates": 2, "steps": 30, "seed": 1234, "block": 0, "endpoint": daemon.endpoint}
     runs = [(tag, args, scene) for tag, scene in SCENES.items()]
     runs.append(("ellipse", args, Scene("u8", seed=3, ellipse=True)))
     # A selection one cell larger than the mosaic on each side, and the filter run again on its result.
@@ -527,7 +529,8 @@ def test_depixelate_in_real_gimp(gimp_root, chroot_work, daemon):
     assert res["menu_label"] == "Depixelate Face (PULSE)…"
     assert res["menu_paths"] == ["<Image>/Filters/Enhance"]
     assert res["image_types"] == "RGB*, GRAY*"
-    assert res["arguments"][-6:] == ["candidates", "steps", "seed", "block-size", "endpoint", "force"]
+    # the job contract's everyday parameters (protocol/editor_settings.py), then the daemon's address and force
+    assert res["arguments"][-7:] == ["candidates", "steps", "seed", "block", "model", "endpoint", "force"]
 
     for tag, scene in SCENES.items():
         run = res["runs"][tag]
@@ -654,7 +657,7 @@ def test_cancel_in_real_gimp_cancels_the_daemon_job(gimp_root, chroot_work, daem
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    runs = [("cancel", {"candidates": 4, "steps": 5000, "seed": 5, "block-size": 0, "endpoint": daemon.endpoint},
+    runs = [("cancel", {"candidates": 4, "steps": 5000, "seed": 5, "block": 0, "endpoint": daemon.endpoint},
              SCENES["u8-rgb"])]
     try:
         res = _drive(gimp_root, inner, outer, runs, env={"PULSE_TOKEN": daemon.token})
@@ -668,7 +671,7 @@ def test_cancel_in_real_gimp_cancels_the_daemon_job(gimp_root, chroot_work, daem
     assert all(_same_pixels(outer, a, b) for a, b in zip(run["after"], run["before"]))
     if how == "SIGTERM":
         assert run["status"] == "cancel", (run["status"], run["error"], res["stderr"][-3000:])
-        assert "Depixelation cancelled." in res["stderr"]  # the plug-in's Gimp.message (GIMP shows none for CANCEL)
+        assert "Depixelation cancelled:" in res["stderr"]  # the plug-in's Gimp.message (GIMP shows none for CANCEL)
         # An explicit CANCEL from the plug-in (not the daemon noticing a vanished client).
         assert "cancelled by the client" in daemon.output()[len(log_before):], daemon.output()[-2000:]
     else:
@@ -686,7 +689,7 @@ def test_without_pyzmq_the_menu_registers_and_explains(gimp_root, chroot_work):
     dest = _install_plugin(outer / "home")
     (dest / "pulse-depixelate" / "zmq.py").write_text(
         "raise ModuleNotFoundError(\"No module named 'zmq'\", name='zmq')\n")
-    runs = [("nozmq", {"candidates": 1, "steps": 5, "seed": 1, "block-size": 0, "endpoint": ""}, SCENES["u8-rgb"])]
+    runs = [("nozmq", {"candidates": 1, "steps": 5, "seed": 1, "block": 0, "endpoint": ""}, SCENES["u8-rgb"])]
     res = _drive(gimp_root, inner, outer, runs, env={})
     assert res["registered"] and res["menu_paths"] == ["<Image>/Filters/Enhance"]
     run = res["runs"]["nozmq"]
@@ -704,7 +707,7 @@ def test_interactive_dialog_undo_redo_and_rerun_in_real_gimp_gui(gimp_root, chro
     inner, outer = chroot_work
     _install_plugin(outer / "home")
     shots = Path(os.environ["PULSE_GIMP_SCREENSHOTS"]) if os.environ.get("PULSE_GIMP_SCREENSHOTS") else None
-    args = {"interactive": True, "candidates": 2, "steps": 20, "seed": 77, "block-size": 0, "endpoint": ""}
+    args = {"interactive": True, "candidates": 2, "steps": 20, "seed": 77, "block": 0, "endpoint": ""}
     scene = Scene("u8", seed=3, grow=BLOCK)
     res = _drive(gimp_root, inner, outer, [("dialog", args, scene)],
                  env={"PULSE_TOKEN": daemon.token, "PULSE_ENDPOINT": daemon.endpoint}, gui=True, shots=shots)
@@ -763,7 +766,7 @@ def test_no_mosaic_in_a_script_is_a_clear_refusal_and_force_paints_anyway(gimp_r
     procedure's `force` argument is how a script depixelates such a region anyway."""
     inner, outer = chroot_work
     _install_plugin(outer / "home")
-    args = {"candidates": 2, "steps": 5, "seed": 9, "block-size": 0, "endpoint": daemon.endpoint}
+    args = {"candidates": 2, "steps": 5, "seed": 9, "block": 0, "endpoint": daemon.endpoint}
     runs = [("refused", args, PLAIN), ("forced", {**args, "force": True}, PLAIN)]
     res = _drive(gimp_root, inner, outer, runs, env={"PULSE_TOKEN": daemon.token})
     refused = res["runs"]["refused"]
@@ -819,7 +822,7 @@ def test_no_mosaic_in_the_gui_asks_and_defaults_to_no(gimp_root, chroot_work, da
     inner, outer = chroot_work
     _install_plugin(outer / "home")
     shots = Path(os.environ["PULSE_GIMP_SCREENSHOTS"]) if os.environ.get("PULSE_GIMP_SCREENSHOTS") else None
-    args = {"interactive": True, "once": True, "candidates": 2, "steps": 5, "seed": 9, "block-size": 0,
+    args = {"interactive": True, "once": True, "candidates": 2, "steps": 5, "seed": 9, "block": 0,
             "endpoint": ""}
     work = outer / "work"
     proc_env = {"PULSE_TOKEN": daemon.token, "PULSE_ENDPOINT": daemon.endpoint}

@@ -20,6 +20,8 @@ sys.path.insert(0, str(REPO / "krita_plugin"))
 
 import krita  # noqa: E402  (the mock)
 from pulse_depixelate import logic  # noqa: E402
+from protocol.editor_progress import JobView  # noqa: E402
+from protocol.errors import ProtocolError  # noqa: E402
 from protocol.messages import Candidate, ImageBlob, Result  # noqa: E402
 
 assert Path(krita.__file__).parent.name == "krita_mock", "the real krita module must not shadow the mock"
@@ -118,12 +120,27 @@ def test_soft_selection_travels_as_a_mask():
     assert (blob.width, blob.height, blob.channels, blob.dtype, bytes(blob.data)) == (8, 8, 1, "u8", mask)
 
 
-def test_settings_are_checked_and_sent():
-    s = logic.Settings(candidates=2, steps=30, seed=7, block=4)
-    assert s.params() == {"mode": "depixelate", "candidates": 2, "steps": 30, "seed": 7, "block": 4}
-    for bad in (logic.Settings(candidates=0), logic.Settings(steps=0), logic.Settings(block=-1)):
-        with pytest.raises(logic.PluginError):
+def test_settings_are_checked_and_sent_as_the_contract_says():
+    from protocol.job import JobSettings, ParamError
+
+    s = logic.Settings(candidates=2, steps=30, seed=7, block=4, model="ffhq-256")
+    assert s.params() == JobSettings(candidates=2, steps=30, seed=7, block=4, model="ffhq-256").to_wire()
+    for name, bad in (("candidates", logic.Settings(candidates=0)), ("steps", logic.Settings(steps=0)),
+                      ("block", logic.Settings(block=-1))):
+        with pytest.raises(ParamError) as info:
             bad.check()
+        assert info.value.param == name and info.value.code == "BAD_PARAMS"
+    with pytest.raises(logic.PluginError, match="source"):
+        logic.Settings(source="elsewhere").check()
+
+
+def test_a_daemon_with_narrower_ranges_refuses_before_anything_is_read():
+    from protocol.job import ParamError, narrowed
+
+    doc = make_doc()
+    with pytest.raises(ParamError) as info:
+        logic.build_request(doc, logic.Settings(steps=500), spec=narrowed(steps=(1, 200)))
+    assert "Search steps must be between 1 and 200, not 500" in logic.user_message(info.value)
 
 
 # ---------------------------------------------------------------------------------------------- request → layers
@@ -283,8 +300,9 @@ def test_wrong_sized_result_and_closed_document_are_refused():
     doc = make_doc()
     req = logic.build_request(doc, logic.Settings())
     bad = Result(job_id="j", candidates=[Candidate(ImageBlob(2, 2, 4, "u8", bytes(16)), 1, 0.1, False, 1)])
-    with pytest.raises(logic.PluginError, match="returned"):
+    with pytest.raises(ProtocolError, match="returned") as info:
         logic.plan_layers(req, bad)
+    assert "install-plugin krita" in logic.user_message(info.value)
     outcome = logic.plan_layers(req, fake_result(req, 1))
     with pytest.raises(logic.PluginError, match="closed"):
         logic.apply_outcome(req, outcome, [])
@@ -304,13 +322,14 @@ def test_masks_are_not_a_source():
 def test_messages_for_client_and_daemon_errors():
     from protocol.errors import DaemonNotRunning, JobFailed, ProtocolError, VersionMismatch
 
-    assert "press Start" in logic.user_message(DaemonNotRunning())
+    assert "Press Start" in logic.user_message(DaemonNotRunning())
     assert "protocol version" in logic.user_message(VersionMismatch("server speaks 2", [2]))
     assert "same user" in logic.user_message(ProtocolError("wrong token", "BAD_TOKEN"))
-    msg = logic.user_message(JobFailed("region too small", "BAD_REGION"))
-    assert "BAD_REGION" in msg and "region too small" in msg
+    msg = logic.user_message(JobFailed("the selection is 3×3 pixels: too small to hold a face", "BAD_REGION"))
+    assert msg.startswith("The selection is 3×3 pixels: too small to hold a face.") and "select the whole" in msg.lower()
+    assert "(ODD_CODE): what" in logic.user_message(JobFailed("what", "ODD_CODE"))
     assert logic.user_message(logic.NoSelection("select it")) == "select it"
-    assert "Unexpected error (KeyError" in logic.user_message(KeyError("x"))
+    assert "failed: KeyError" in logic.user_message(KeyError("x")) and "Krita's log" in logic.user_message(KeyError("x"))
 
 
 @pytest.mark.parametrize("dtype, size", [("u8", 1), ("u16", 2), ("f32", 4)])
@@ -339,7 +358,7 @@ def test_no_mosaic_asks_once_and_yes_sends_the_same_region_forced():
     assert question == "No mosaic found in the selection: depixelate anyway?" and "--force" not in detail
     assert logic.force_question(JobFailed("too small", "BAD_REGION"), req) is None
     forced = logic.forced_request(req)
-    assert forced.params == {**req.params, "force": True} and "force" not in req.params
+    assert forced.params == {**req.params, "force": True} and req.params["force"] is False
     assert forced.pixels is req.pixels and forced.rect == req.rect and forced.anchor_id == req.anchor_id
     assert logic.force_question(refusal, forced) is None  # a forced job is never asked about again
     assert logic.declined_message(detail) == ("Nothing was changed. No mosaic found in the selection (no grid of "
@@ -364,13 +383,19 @@ def test_job_round_trip_through_the_real_daemon(tmp_path, tiny_weights):
     daemon = start_daemon(tmp_path, weights=tiny_weights, endpoint="tcp")
     try:
         req.endpoint = daemon.endpoint
-        seen = []
+        seen, welcomes, view = [], [], JobView()
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("PULSE_TOKEN", daemon.token)
-            outcome = logic.run_job(req, on_progress=seen.append, on_state=seen.append)
+            outcome = logic.run_job(req, on_progress=lambda p: (seen.append(p), view.progress(p)),
+                                    on_accepted=view.accepted, on_job_state=view.job_state,
+                                    on_welcome=welcomes.append)
     finally:
         daemon.stop()
     assert any(getattr(p, "total", None) == 5 for p in seen)
+    assert len(welcomes) == 1 and welcomes[0].device  # the daemon's ranges were known before the pixels left
+    assert view.state == "running" and view.steps_text().startswith("step ") and view.total == 5
+    # what the daemon detected after its analysis, before the search: the docker shows it while the job runs
+    assert view.found == f"{block} px blocks, 8×8 cells detected", view
     new = logic.apply_outcome(req, outcome, krita.Krita.instance().documents()).faces
     assert [n.name() for n in new] == ["PULSE face 1", "PULSE face 2"]
     assert outcome.layers[0].error <= outcome.layers[1].error
@@ -388,4 +413,5 @@ def test_dead_daemon_is_a_clear_message(tmp_path):
     req = logic.build_request(doc, logic.Settings(endpoint=f"tcp://127.0.0.1:{free_tcp_port()}"))
     with pytest.raises(Exception) as info:
         logic.run_job(req, timeout=1.0)
-    assert "press Start" in logic.user_message(info.value)
+    text = logic.user_message(info.value, req.endpoint)
+    assert "Press Start" in text and "not running" in text and text.count(req.endpoint) == 1

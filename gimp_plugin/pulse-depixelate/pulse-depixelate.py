@@ -27,6 +27,7 @@ gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 
 import pulse_gimp as logic  # noqa: E402
+from protocol.editor_messages import is_bug, is_cancel  # noqa: E402
 
 
 def _fail(procedure, message, status=Gimp.PDBStatusType.EXECUTION_ERROR):
@@ -148,11 +149,15 @@ class CancelFlag:
 def solve(settings, region, fmt, pixels, mask, lead="", ask=None):
     """Send the region to the daemon; progress into GIMP's progress bar. Returns the protocol Result.
 
-    `lead` goes before the progress text (which layer is read, when it is not the active one). `ask`
-    (question, detail) -> bool is asked when the daemon finds no mosaic; None (a script): that refusal
-    is the run's error. On Yes the same region goes again, forced, as a new job.
+    The client checks the settings against the daemon's own ranges (WELCOME) before it sends anything. The progress
+    text says what the job is doing and how long it takes (ACCEPTED's estimate), what the daemon detected
+    (JOB_STATE after its analysis) and the time left (PROGRESS). `lead` goes before it (which layer is read,
+    when it is not the active one). `ask` (question, detail) -> bool is asked when the daemon finds no
+    mosaic; None (a script): that refusal is the run's error. On Yes the same region goes again, forced.
     """
     from protocol.client import PulseClient  # imports zmq: ImportError is explained to the user
+    from protocol.editor_progress import JobView
+    from protocol.editor_settings import model_for_estimate
     from protocol.messages import ImageBlob
     from protocol.no_mosaic import submit_or_ask
 
@@ -160,19 +165,23 @@ def solve(settings, region, fmt, pixels, mask, lead="", ask=None):
     mask_blob = None if mask is None else ImageBlob(region.width, region.height, 1, "u8", mask)
     prefix = f"{lead} — " if lead else ""
 
-    def on_state(state):
-        Gimp.progress_set_text("%sPULSE: %s…" % (prefix, state.replace("_", " ")))
-
-    def on_progress(p):
-        Gimp.progress_set_text(prefix + logic.progress_text(p.step, p.total, p.best_error))
-        Gimp.progress_update(logic.progress_fraction(p.step, p.total))
-
     Gimp.progress_init(f"{prefix}PULSE: sending {region.width}×{region.height} pixels to the daemon…")
     cancel = CancelFlag().install()
     with PulseClient(settings.endpoint or None, client_name=logic.CLIENT_NAME,
                      client_version=logic.PLUGIN_VERSION) as client:
+        welcome = client.connect()
+        view = JobView(device=str(welcome.device), model=model_for_estimate(settings.job, welcome))
+
+        def show(update):
+            def handler(msg):
+                update(msg)
+                Gimp.progress_set_text(f"{prefix}PULSE: {view.text()}")
+                Gimp.progress_update(view.fraction)
+            return handler
+
         def submit(params):
-            return client.run_job(image, mask_blob, params, on_progress=on_progress, on_state=on_state,
+            return client.run_job(image, mask_blob, params, on_progress=show(view.progress),
+                                  on_accepted=show(view.accepted), on_job_state=show(view.job_state),
                                   should_cancel=cancel)
 
         result = submit_or_ask(submit, settings.params(), ask)
@@ -286,20 +295,18 @@ def _dialog(procedure, config):
     intro.set_max_width_chars(50)
     intro.set_xalign(0.0)
     dialog.get_label("pulse-advanced-title", logic.ADVANCED_LABEL, False, False)
-    dialog.fill_box("pulse-advanced-box", [logic.ENDPOINT_ARG[0]])
+    dialog.fill_box("pulse-advanced-box", [logic.ENDPOINT])
     dialog.fill_expander("pulse-advanced", "pulse-advanced-title", False, "pulse-advanced-box")
-    dialog.fill(["pulse-intro"] + [arg.name for arg in logic.INT_ARGS] + ["pulse-advanced"])
+    dialog.fill(["pulse-intro"] + list(logic.DIALOG_FIELDS) + ["pulse-advanced"])
     accepted = dialog.run()
     dialog.destroy()
     return accepted
 
 
-def _endpoint_tried(settings):
-    try:
-        from protocol.endpoint import default_endpoint
-    except ImportError:
-        return settings.endpoint
-    return settings.endpoint or default_endpoint()
+def _endpoint_tried(endpoint):
+    from protocol.endpoint import default_endpoint  # stdlib only
+
+    return endpoint or default_endpoint()
 
 
 def run(procedure, run_mode, image, drawables, config, data):
@@ -307,9 +314,10 @@ def run(procedure, run_mode, image, drawables, config, data):
         return _fail(procedure, "Select exactly one layer to depixelate.", Gimp.PDBStatusType.CALLING_ERROR)
     if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(procedure, config):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-    settings = logic.settings_from(config.get_property, interactive=run_mode != Gimp.RunMode.NONINTERACTIVE)
+    endpoint = str(config.get_property(logic.ENDPOINT) or "").strip()
     ask = ask_yes_no if logic.asks_before_forcing(run_mode.value_nick) else None
     try:
+        settings = logic.settings_from(config.get_property, interactive=run_mode != Gimp.RunMode.NONINTERACTIVE)
         source, note = source_layer(image, drawables[0])
         region, fmt, pixels, mask = read_region(image, source)
         result = solve(settings, region, fmt, pixels, mask, lead=note, ask=ask)
@@ -317,12 +325,11 @@ def run(procedure, run_mode, image, drawables, config, data):
         paste(image, source, plan, fmt)
         Gimp.message(logic.done_message(plan, note))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a message; the image stays untouched
-        if not isinstance(exc, (logic.UserError, ImportError)) and getattr(exc, "code", None) is None:
+        if is_bug(exc) and not isinstance(exc, logic.UserError):
             traceback.print_exc(file=sys.stderr)  # a bug, not a user problem: keep the trace for reports
         # The user's own No to "depixelate anyway?" ends the run like Cancel: nothing to report as an error.
-        cancelled = getattr(exc, "code", None) in ("CANCELLED", "NO_MOSAIC_DECLINED")
-        return _fail(procedure, logic.user_message(exc, _endpoint_tried(settings)),
-                     Gimp.PDBStatusType.CANCEL if cancelled else Gimp.PDBStatusType.EXECUTION_ERROR)
+        return _fail(procedure, logic.user_message(exc, _endpoint_tried(endpoint)),
+                     Gimp.PDBStatusType.CANCEL if is_cancel(exc) else Gimp.PDBStatusType.EXECUTION_ERROR)
     finally:
         Gimp.progress_end()
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
@@ -351,13 +358,19 @@ class PulseDepixelate(Gimp.PlugIn):
             name,
         )
         procedure.set_attribution("pulse contributors", "pulse contributors", "2026")
-        for arg in logic.INT_ARGS:
-            procedure.add_int_argument(arg.name, arg.label, arg.blurb, arg.minimum, arg.maximum, arg.default,
-                                       GObject.ParamFlags.READWRITE)
-        name_, label, blurb, default = logic.ENDPOINT_ARG
-        procedure.add_string_argument(name_, label, blurb, default, GObject.ParamFlags.READWRITE)
-        name_, label, blurb, default = logic.FORCE_ARG
-        procedure.add_boolean_argument(name_, label, blurb, default, GObject.ParamFlags.READWRITE)
+        for arg in logic.ARGS:  # the contract's parameters, then the endpoint and (scripts only) force
+            if arg.kind is int:
+                procedure.add_int_argument(arg.name, arg.label, arg.blurb, int(arg.minimum), int(arg.maximum),
+                                           arg.default, GObject.ParamFlags.READWRITE)
+            elif arg.kind is float:
+                procedure.add_double_argument(arg.name, arg.label, arg.blurb, arg.minimum, arg.maximum,
+                                              arg.default, GObject.ParamFlags.READWRITE)
+            elif arg.kind is bool:
+                procedure.add_boolean_argument(arg.name, arg.label, arg.blurb, arg.default,
+                                               GObject.ParamFlags.READWRITE)
+            else:
+                procedure.add_string_argument(arg.name, arg.label, arg.blurb, arg.default,
+                                              GObject.ParamFlags.READWRITE)
         return procedure
 
 

@@ -1,9 +1,11 @@
 """Everything the GIMP plug-in decides, without GIMP: testable with plain Python.
 
 `pulse-depixelate.py` is a thin adapter: it asks GIMP for numbers and bytes, hands them to the functions
-here, and turns their answers back into GIMP calls. This module imports only the standard library and (lazily,
-inside functions) the `protocol` package that the installer copies next to it, so the plug-in's menu entry
-registers even where pyzmq is missing.
+here, and turns their answers back into GIMP calls. The settings, messages, progress text and layer plan
+come from the editor kit in `protocol` (editor_settings, editor_messages, editor_progress, layers), which the
+installer copies next to this file; what is left here is GIMP's own: its procedure arguments, pixel formats,
+geometry and layer stack. Only stdlib-only `protocol` modules are imported at the top, so the plug-in's menu
+entry registers even where pyzmq is missing (the client is imported when the procedure runs).
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
+
+from protocol import editor_settings as kit
+from protocol import layers
+from protocol.editor_messages import Editor
+from protocol.editor_messages import user_message as kit_message
+from protocol.job import PARAMS, JobSettings
 
 PROC_NAME = "python-fu-pulse-depixelate"
 MENU_PATH = "<Image>/Filters/Enhance"
@@ -21,40 +29,67 @@ CLIENT_NAME = "gimp"
 PLUGIN_VERSION = "0.1.0"
 # Babl format of the selection mask: the selection channel is linear coverage, 0 = not selected.
 MASK_FORMAT = "Y u8"
+HOW_TO_FORCE = f"call {PROC_NAME} with force TRUE"
+QUESTION_TITLE = "No mosaic found — Depixelate Face (PULSE)"
+DESCRIPTION = kit.DESCRIPTION
+ADVANCED_LABEL = kit.ADVANCED_LABEL
+GIMP = Editor(name="gimp", title="Depixelate Face (PULSE)",
+              start="start it with `pulse-server run` (or once: `pulse-server install-autostart`)",
+              force=HOW_TO_FORCE, log="GIMP's error console")
+# Mnemonic letters the procedure dialog's own buttons use (Help, Reset, Cancel, OK, Load Saved Settings,
+# Save Settings): a field must not take them.
+RESERVED_MNEMONICS = "hrcols"
 
 
 @dataclass(frozen=True)
-class IntArg:
-    """One integer argument of the procedure (and field of its dialog)."""
+class Arg:
+    """One argument of the procedure: a job parameter of the contract, or the endpoint.
+
+    GIMP registers the procedure without a daemon, so the ranges are the contract's declared ones; a daemon
+    with narrower ones refuses a value before the job is sent (`check_against`)."""
 
     name: str
-    label: str
+    kind: type
+    label: str  # with its mnemonic ("_Faces to generate")
     blurb: str
-    minimum: int
-    maximum: int
-    default: int
+    default: Any
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
 
 
-# Plain labels whose mnemonics clash neither with each other nor with the dialog's buttons (Help, Reset,
-# Cancel, OK, Load Saved Settings, Save Settings); the blurbs become their tooltips.
-INT_ARGS: tuple[IntArg, ...] = (
-    IntArg("candidates", "_Faces to generate", "How many faces to imagine: one layer each, the best one shown",
-           1, 16, 3),
-    IntArg("steps", "Search s_teps", "Steps of the search per face: more fit the mosaic closer, and take longer",
-           1, 5000, 100),
-    IntArg("seed", "Random s_eed", "The same seed gives the same faces again (-1 = a new seed each run)",
-           -1, 2**31 - 1, -1),
-    IntArg("block-size", "Mosaic _block size", "Side of one mosaic cell in pixels (0 = detect it)", 0, 512, 0),
-)
-ENDPOINT_ARG = ("endpoint", "Daemon _address", "Where the PULSE daemon listens (empty = the default one)", "")
-# Scripts only (the dialog asks instead): paint faces even where the daemon finds no mosaic.
-FORCE_ARG = ("force", "Depixelate an_yway", "Paint faces even where no mosaic is found in the selection "
-             "(interactive runs ask instead)", False)
-HOW_TO_FORCE = f"call {PROC_NAME} with force TRUE"
-QUESTION_TITLE = "No mosaic found — Depixelate Face (PULSE)"
-DESCRIPTION = ("Imagines faces that pixelate back to the selected mosaic, as new layers you can blend; "
-               "they are invented, not the person's real face.")
-ADVANCED_LABEL = "Advanced"
+ENDPOINT = "endpoint"
+FORCE = "force"
+
+
+def mnemonic_labels(labels: Sequence[str], reserved: str = RESERVED_MNEMONICS) -> list[str]:
+    """Each label with a distinct mnemonic ("_"), none of `reserved`: a word's first letter where free, else
+    the first free letter of the label."""
+    taken, out = set(reserved.lower()), []
+    for label in labels:
+        starts = [i for i, ch in enumerate(label) if ch.isalpha() and (i == 0 or label[i - 1] == " ")]
+        others = [i for i, ch in enumerate(label) if ch.isalpha() and i not in starts]
+        pick = next((i for i in starts + others if label[i].lower() not in taken), None)
+        if pick is None:
+            out.append(label)
+            continue
+        taken.add(label[pick].lower())
+        out.append(label[:pick] + "_" + label[pick:])
+    return out
+
+
+def _args() -> tuple[Arg, ...]:
+    shown = kit.fields()  # the everyday job parameters, in the contract's order
+    force = PARAMS[FORCE]
+    labels = mnemonic_labels([f.label for f in shown] + [kit.ENDPOINT_LABEL, force.label])
+    args = [Arg(f.name, f.kind, label, f.help, f.default, f.low, f.high) for f, label in zip(shown, labels)]
+    args.append(Arg(ENDPOINT, str, labels[len(shown)], kit.ENDPOINT_HELP, ""))
+    # Scripts only (the dialog asks instead): paint faces even where the daemon finds no mosaic.
+    args.append(Arg(FORCE, bool, labels[-1], f"{force.help} (interactive runs ask instead)", force.default))
+    return tuple(args)
+
+
+ARGS: tuple[Arg, ...] = _args()
+DIALOG_FIELDS: tuple[str, ...] = kit.FIELDS  # shown up front; the endpoint under "Advanced"; force: scripts only
 
 
 class UserError(Exception):
@@ -152,40 +187,28 @@ def mask_or_none(mask: bytes) -> Optional[bytes]:
 
 @dataclass(frozen=True)
 class Settings:
-    candidates: int = 3
-    steps: int = 100
-    seed: int = -1
-    block_size: int = 0
+    """The job's settings (the contract's JobSettings) and where to send it."""
+
+    job: JobSettings
     endpoint: str = ""
-    force: bool = False
 
     def params(self) -> dict[str, Any]:
-        """The SUBMIT parameters (protocol spec: mode, candidates, steps, seed -1 random, block 0 auto;
-        `force` only when set, so a daemon that predates it sees the same job as before)."""
-        params: dict[str, Any] = {
-            "mode": "depixelate",
-            "candidates": int(self.candidates),
-            "steps": int(self.steps),
-            "seed": int(self.seed),
-            "block": int(self.block_size),
-        }
-        if self.force:
-            params["force"] = True
-        return params
+        """The SUBMIT parameters."""
+        return self.job.to_wire()
 
 
 def settings_from(get: Callable[[str], Any], interactive: bool = False) -> Settings:
-    """Read the procedure config (`config.get_property`) into Settings, clamping to the declared ranges.
+    """Read the procedure config (`config.get_property`) into Settings, checked against the contract.
 
+    A value out of range is refused (ParamError, code BAD_PARAMS), never clamped: the daemon would refuse it
+    the same way. (Registered without a daemon, the arguments carry the contract's declared ranges; the client
+    checks the settings against the connected daemon's own before it sends anything.)
     `force` counts for scripts only: the dialog does not show it, so a value left in GIMP's saved settings by
     an earlier script must not silently paint over a region the user would have been asked about.
     """
-    values = {}
-    for arg in INT_ARGS:
-        values[arg.name.replace("-", "_")] = min(max(int(get(arg.name)), arg.minimum), arg.maximum)
-    endpoint = get(ENDPOINT_ARG[0]) or ""
-    force = False if interactive else bool(get(FORCE_ARG[0]))
-    return Settings(endpoint=str(endpoint).strip(), force=force, **values)
+    values = {arg.name: get(arg.name) for arg in ARGS if arg.name in PARAMS}
+    values[FORCE] = False if interactive else bool(get(FORCE))
+    return Settings(kit.job_settings(values), str(get(ENDPOINT) or "").strip())
 
 
 def asks_before_forcing(run_mode: str) -> bool:
@@ -194,15 +217,6 @@ def asks_before_forcing(run_mode: str) -> bool:
     `run_mode` is the Gimp.RunMode's nick: "interactive", "noninteractive" or "with-last-vals" (Filters ▸
     Repeat, also a person at the GUI)."""
     return run_mode != "noninteractive"
-
-
-def progress_fraction(step: int, total: int) -> float:
-    return 0.0 if total <= 0 else min(max(step / total, 0.0), 1.0)
-
-
-def progress_text(step: int, total: int, best_error: float) -> str:
-    err = "" if best_error != best_error or best_error == float("inf") else f", best error {best_error:.2e}"
-    return f"PULSE: step {step}/{total}{err}"
 
 
 # ----------------------------------------------------------------------------------------- which layer
@@ -273,88 +287,42 @@ class PastePlan:
     group_parasite: bytes
     layers: list[LayerPlan]
     summary: str  # what the daemon found: "12 px blocks, 7×9 cells" / "no mosaic found"
+    lines: list[str] = field(default_factory=list)  # one per face: "PULSE face 1: error 1.3e-3, seed 10"
+
+
+def _json(meta: dict) -> bytes:
+    return json.dumps(meta, sort_keys=True, default=str).encode("utf-8")
 
 
 def plan_paste(result: Any, region: Region, fmt: PixelFormat, existing_names: Sequence[str],
                selection: Optional[bytes]) -> PastePlan:
-    """The group and its layers for a protocol Result, checked against the region we sent.
+    """The group and its layers for a protocol Result, checked against the region we sent (ResultError).
 
     `existing_names` are all layer names in the image (run number, names GIMP would otherwise suffix "#1");
     `selection` the selection's coverage over the region (None: all of it), which clips the layer masks.
     """
-    from protocol import layers
-
+    patches = layers.checked_patches(result, region.width, region.height, fmt.channels, fmt.dtype)
     analysis = dict(getattr(result, "analysis", None) or {})
-    run = layers.next_run_number(existing_names)
+    run = layers.plan_run(layers.faces_of(result), str(result.model), analysis, existing_names)
     rect = layers.mosaic_rect(analysis, region.width, region.height)
     mask = layers.blend_mask(region.width, region.height, rect, layers.band_width(analysis), selection)
-    plans = []
-    expected = region.width * region.height * fmt.channels * fmt.itemsize
-    for i, cand in enumerate(result.candidates):
-        blob = cand.image
-        if (blob.width, blob.height, blob.channels, blob.dtype) != (region.width, region.height, fmt.channels, fmt.dtype):
-            raise UserError(
-                f"The daemon returned a {blob.width}×{blob.height}×{blob.channels} {blob.dtype} patch for a "
-                f"{region.width}×{region.height}×{fmt.channels} {fmt.dtype} region; update pulse-server "
-                "and the plug-in together (`pulse-server install-plugin gimp`)."
-            )
-        data = bytes(blob.data)
-        if len(data) != expected:
-            raise UserError(f"The daemon returned {len(data)} bytes of pixels, expected {expected}.")
-        meta = {
-            "kind": "face",
-            "run": run,
-            "model": result.model,
-            "seed": cand.seed,
-            "downscale_error": cand.downscale_error,
-            "eps_reached": cand.eps_reached,
-            "steps": cand.steps,
-            "rank": i + 1,
-            "analysis": analysis,
-            "comment": layers.layer_comment(cand, result.model),
-        }
-        plans.append(
-            LayerPlan(
-                name=layers.face_name(i + 1, run, existing_names),
-                visible=(i == 0),
-                x=region.x,
-                y=region.y,
-                width=region.width,
-                height=region.height,
-                data=data,
-                mask=mask,
-                error=float(cand.downscale_error),
-                seed=int(cand.seed),
-                comment=meta["comment"],
-                parasite=json.dumps(meta, sort_keys=True, default=str).encode("utf-8"),
-            )
-        )
-    if not plans:
-        raise UserError("The daemon returned no candidates.")
-    errors = [float(c.downscale_error) for c in result.candidates]
-    seeds = [int(c.seed) for c in result.candidates]
-    group_meta = {"kind": "run", "run": run, "model": result.model, "analysis": analysis,
-                  "candidates": [{"name": p.name, "downscale_error": e, "seed": s}
-                                 for p, e, s in zip(plans, errors, seeds)],
-                  "comment": layers.group_comment(run, str(result.model), analysis, errors, seeds)}
-    return PastePlan(run=run, group_name=layers.group_name(run, analysis),
-                     group_parasite=json.dumps(group_meta, sort_keys=True, default=str).encode("utf-8"),
-                     layers=plans, summary=layers.mosaic_summary(analysis))
+    plans = [LayerPlan(name=face.name, visible=face.visible, x=region.x, y=region.y, width=region.width,
+                       height=region.height, data=data, mask=mask, error=face.face.error, seed=face.face.seed,
+                       comment=face.comment, parasite=_json(face.meta))
+             for face, data in zip(run.layers, patches)]
+    return PastePlan(run=run.run, group_name=run.group_name, group_parasite=_json(run.meta), layers=plans,
+                     summary=run.summary, lines=[layers.face_line(face) for face in run.layers])
 
 
 def done_message(plan: PastePlan, source_note: str = "") -> str:
     """What the user reads when the layers are in: what was found, each face's layer, error and seed (one line
     each: GIMP's message box wraps long lines mid-name), how to blend them, and that they are invented."""
-    from protocol.layers import format_error
-
-    faces = "\n".join(f"  {p.name}: error {format_error(p.error)}, seed {p.seed}{' (shown)' if p.visible else ''}"
-                      for p in plan.layers)
+    faces = "\n".join(f"  {line}{' (shown)' if p.visible else ''}" for line, p in zip(plan.lines, plan.layers))
     note = f"{source_note}.\n" if source_note else ""
-    found = "no mosaic found" if plan.summary == "no mosaic found" else f"found {plan.summary}"
     count = f"{len(plan.layers)} face" + ("s" if len(plan.layers) != 1 else "")
-    return (f"{note}PULSE run {plan.run}: {found}; imagined {count} in “{plan.group_name}”:\n{faces}\n"
-            "Toggle a face's eye to compare; paint its layer mask to blend it. These faces are invented by a "
-            "model, not the person's real face.")
+    return (f"{note}PULSE run {plan.run}: {layers.found_text(plan.summary)}; imagined {count} in "
+            f"“{plan.group_name}”:\n{faces}\nToggle a face's eye to compare; paint its layer mask to blend it. "
+            f"{layers.NOT_RECOVERED}")
 
 
 # ----------------------------------------------------------------------------------------- messages
@@ -370,31 +338,11 @@ def missing_dependency_message(exc: BaseException) -> str:
 
 
 def user_message(exc: BaseException, endpoint: str = "") -> str:
-    """What to tell the user for any failure (the image is left untouched); `endpoint`: the address tried."""
+    """What to tell the user for any failure (the image is left untouched); `endpoint`: the address tried.
+
+    The plug-in's own errors and a missing pyzmq here; everything with an error code from the kit's table."""
     if isinstance(exc, UserError):
         return str(exc)
     if isinstance(exc, ImportError):
         return missing_dependency_message(exc)
-    code = getattr(exc, "code", None)
-    text = getattr(exc, "message", None) or str(exc)
-    if code == "DAEMON_NOT_RUNNING":
-        # The client's own text repeats the advice below; only a different cause (no answer) is worth adding.
-        detail = f" ({text})" if text and "no answer" in text else ""
-        return (f"No PULSE daemon answered at {endpoint or 'the default address'}{detail}. Start it with "
-                "`pulse-server run` (or once: `pulse-server install-autostart`), then try again.")
-    if code == "VERSION_MISMATCH":
-        return (
-            "This plug-in and the running PULSE daemon speak different protocol versions. Update both and "
-            f"reinstall the plug-in: `pulse-server install-plugin gimp`.\n\nDetails: {text}"
-        )
-    if code == "CANCELLED":
-        return "Depixelation cancelled."
-    if code == "NO_MOSAIC_DECLINED":
-        return str(exc)
-    if code == "NO_MOSAIC":
-        from protocol.no_mosaic import refusal
-
-        return f"PULSE did not depixelate this region: {refusal(exc, HOW_TO_FORCE)}"
-    if code is not None:
-        return f"PULSE could not depixelate this region ({code}): {text}"
-    return f"Depixelate Face (PULSE) failed: {type(exc).__name__}: {text}"
+    return kit_message(exc, GIMP, endpoint)

@@ -1,5 +1,9 @@
 """The "PULSE Depixelate" docker: settings, daemon status, progress, cancel, previews.
 
+The fields, their labels, ranges and the model list come from the editor kit (`protocol.editor_settings`):
+the contract's declared ranges until the daemon answers, then the ones its WELCOME announces. The job's
+status line (what it is doing, what was detected, how long it takes) is the kit's `JobView`.
+
 Threading: Krita's API is only called on the GUI thread (here, in slots). The daemon is only talked to in
 QThreads (`JobThread`, `ProbeThread`), which see plain bytes and dataclasses and report back through Qt
 signals; signals emitted from a worker thread reach these slots queued, on the GUI thread.
@@ -7,6 +11,7 @@ signals; signals emitted from a worker thread reach these slots queued, on the G
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -18,9 +23,13 @@ from PyQt5.QtCore import QSize, QThread, QTimer, Qt, pyqtSignal
 from PyQt5.QtGui import QIcon, QImage, QPixmap
 from PyQt5.QtWidgets import (QApplication, QComboBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QLineEdit,
                              QListWidget, QListWidgetItem, QMessageBox, QProgressBar, QPushButton, QScrollArea,
-                             QSpinBox, QVBoxLayout, QWidget)
+                             QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
 from . import client_path, logic
+from .logic import kit
+from protocol.editor_messages import code_of
+from protocol.errors import ErrorCode
+from protocol.editor_progress import JobView
 
 TITLE = "PULSE Depixelate"
 PROBE_INTERVAL_MS = 5000
@@ -35,9 +44,10 @@ class JobThread(QThread):
 
     progress = pyqtSignal(int, int, float)  # step, total, best error so far
     preview = pyqtSignal(bytes)  # small JPEG
-    state = pyqtSignal(str)  # queued | loading | running | ...
+    view = pyqtSignal(object)  # a JobView snapshot: state, what was detected, estimate, time left
+    welcome = pyqtSignal(object)  # the daemon's WELCOME (its ranges and models)
     succeeded = pyqtSignal(object)  # logic.Outcome
-    failed = pyqtSignal(str)
+    failed = pyqtSignal(str, str)  # message, error code ("" for none)
     cancelled = pyqtSignal()
     no_mosaic = pyqtSignal(str, str)  # question, detail: the daemon found no mosaic; ask before forcing
 
@@ -50,25 +60,39 @@ class JobThread(QThread):
         self._cancel.set()
 
     def run(self) -> None:  # worker thread
+        view = JobView()
+
+        def shown(update: Any) -> Any:
+            def handler(msg: Any) -> None:
+                update(msg)
+                self.view.emit(dataclasses.replace(view))  # a copy: the GUI thread reads it later
+            return handler
+
+        def on_welcome(welcome: Any) -> None:
+            view.device = str(getattr(welcome, "device", ""))
+            view.model = str(self.request.params.get("model") or kit.own_model_name(welcome))
+            self.welcome.emit(welcome)
+
+        def on_progress(p: Any) -> None:
+            shown(view.progress)(p)
+            self.progress.emit(int(p.step), int(p.total), float(p.best_error))
+
         try:
             outcome = logic.run_job(
-                self.request,
-                on_progress=lambda p: self.progress.emit(int(p.step), int(p.total), float(p.best_error)),
-                should_cancel=self._cancel.is_set,
+                self.request, on_progress=on_progress, should_cancel=self._cancel.is_set,
                 on_preview=lambda jpeg: self.preview.emit(bytes(jpeg)),
-                on_state=lambda state: self.state.emit(str(state)),
-            )
+                on_accepted=shown(view.accepted), on_job_state=shown(view.job_state), on_welcome=on_welcome)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message in the docker
-            if type(exc).__name__ == "JobCancelled":
+            if code_of(exc) == ErrorCode.CANCELLED:
                 self.cancelled.emit()
                 return
             asked = logic.force_question(exc, self.request)
             if asked is not None:
                 self.no_mosaic.emit(*asked)
                 return
-            if not isinstance(exc, (logic.PluginError, ImportError)) and not type(exc).__module__.startswith("protocol"):
+            if not logic.is_expected(exc):
                 traceback.print_exc()
-            self.failed.emit(logic.user_message(exc))
+            self.failed.emit(logic.user_message(exc, self.request.endpoint or ""), code_of(exc) or "")
             return
         self.succeeded.emit(outcome)
 
@@ -76,7 +100,7 @@ class JobThread(QThread):
 class ProbeThread(QThread):
     """Asks the daemon who it is (HELLO/WELCOME) with a short timeout."""
 
-    answered = pyqtSignal(bool, str, str)  # reachable, status text, the endpoint asked ("" = default)
+    answered = pyqtSignal(bool, str, str, object)  # reachable, status text, endpoint asked ("" = default), WELCOME
 
     def __init__(self, endpoint: Optional[str], parent: Any = None) -> None:
         super().__init__(parent)
@@ -90,15 +114,14 @@ class ProbeThread(QThread):
             with PulseClient(self.endpoint, client_name=logic.CLIENT_NAME, client_version=logic.PLUGIN_VERSION,
                              timeout=2.0) as client:
                 welcome = client.connect()
-            # The daemon's own model comes first; the registry's other models follow (loaded or not).
-            models = str(((getattr(welcome, "models", None) or [{}])[0]).get("name", ""))
-            text = f"connected ({getattr(welcome, 'device', '?')}" + (f", {models})" if models else ")")
-            self.answered.emit(True, text, self.endpoint or "")
+            own = kit.own_model_name(welcome)
+            text = f"connected ({getattr(welcome, 'device', '?')}" + (f", {own})" if own else ")")
+            self.answered.emit(True, text, self.endpoint or "", welcome)
         except Exception as exc:  # noqa: BLE001
-            if type(exc).__name__ == "DaemonNotRunning":
-                self.answered.emit(False, "not running", self.endpoint or "")
+            if code_of(exc) == ErrorCode.DAEMON_NOT_RUNNING:
+                self.answered.emit(False, "not running", self.endpoint or "", None)
             else:
-                self.answered.emit(False, logic.user_message(exc), self.endpoint or "")
+                self.answered.emit(False, logic.user_message(exc, self.endpoint or ""), self.endpoint or "", None)
 
 
 class _ContentSizedScrollArea(QScrollArea):
@@ -130,6 +153,8 @@ class PulseDocker(DockWidget):
         self._probe: Optional[ProbeThread] = None
         self._probe_again = False
         self._retired: list[JobThread] = []  # threads past their last signal, until QThread.finished
+        self._welcome: Any = None  # the daemon's last WELCOME
+        self._spec: Optional[dict] = None  # its ranges (None: the contract's, until it answers)
         self.last_layers: list[Any] = []  # the last run's face layers, best first
         self.last_group: Any = None
         self._build_ui()
@@ -162,33 +187,50 @@ class PulseDocker(DockWidget):
         status_row.addWidget(self.start_button)
         box.addLayout(status_row)
 
+        intro = QLabel(kit.DESCRIPTION)
+        intro.setWordWrap(True)
+        box.addWidget(intro)
+
         form = QFormLayout()
         # A narrow docker puts a label above its field instead of squeezing both into one row.
         form.setRowWrapPolicy(QFormLayout.WrapLongRows)
-        self.candidates = QSpinBox(minimum=1, maximum=16, value=3)
-        self.candidates.setToolTip("How many faces to imagine; each becomes a layer, the best one visible")
-        self.steps = QSpinBox(minimum=1, maximum=10000, value=100)
-        self.seed = QSpinBox(minimum=-1, maximum=2**31 - 1, value=-1)
-        self.seed.setSpecialValueText("random")
-        self.block = QSpinBox(minimum=0, maximum=512, value=0)
-        self.block.setSpecialValueText("auto")
-        self.block.setSuffix(" px")
+        # The contract's everyday fields, in its order, with its labels, help and (until a daemon answers) ranges.
+        for f in kit.fields():
+            widget = self._model_combo(f) if f.name == "model" else self._spin_box(f)
+            widget.setToolTip(f.help)
+            setattr(self, f.name, widget)
+            form.addRow(f.label, widget)
         self.source = QComboBox()
         self.source.addItem("Active layer", "layer")
         self.source.addItem("Whole image (merged)", "projection")
+        form.addRow("Pixels from", self.source)
+        box.addLayout(form)
+
+        # Advanced, folded away: where the daemon listens.
+        self.advanced_toggle = QToolButton()
+        self.advanced_toggle.setText(kit.ADVANCED_LABEL)
+        self.advanced_toggle.setCheckable(True)
+        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.advanced_toggle.setArrowType(Qt.RightArrow)
+        self.advanced_toggle.setAutoRaise(True)
+        self.advanced = QWidget()
+        advanced_form = QFormLayout(self.advanced)
+        advanced_form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+        advanced_form.setContentsMargins(0, 0, 0, 0)
         self.endpoint = QLineEdit()
         self.endpoint.setPlaceholderText("default")
-        self.endpoint.setToolTip("Daemon endpoint, e.g. tcp://127.0.0.1:5599; empty: the per-user default")
+        self.endpoint.setToolTip(kit.ENDPOINT_HELP)
+        advanced_form.addRow(kit.ENDPOINT_LABEL, self.endpoint)
+        self.advanced.setVisible(False)
+        self.advanced_toggle.toggled.connect(self._show_advanced)
+        box.addWidget(self.advanced_toggle)
+        box.addWidget(self.advanced)
         # Re-check the daemon shortly after the endpoint changes (typed or set by the action's caller).
         self._endpoint_timer = QTimer(self)
         self._endpoint_timer.setSingleShot(True)
         self._endpoint_timer.setInterval(400)
         self._endpoint_timer.timeout.connect(self.probe)
         self.endpoint.textChanged.connect(self._endpoint_changed)
-        for label, widget in (("Candidates", self.candidates), ("Steps", self.steps), ("Seed", self.seed),
-                              ("Block size", self.block), ("Pixels from", self.source), ("Endpoint", self.endpoint)):
-            form.addRow(label, widget)
-        box.addLayout(form)
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Depixelate")
@@ -236,6 +278,51 @@ class PulseDocker(DockWidget):
         scroll.setWidget(root)
         self.setWidget(scroll)
 
+    @staticmethod
+    def _spin_box(f: kit.Field) -> QSpinBox:
+        box = QSpinBox()
+        box.setRange(int(f.low), int(f.high))
+        box.setValue(int(f.default))
+        if f.special_low:
+            box.setSpecialValueText(f.special_low)  # seed -1 "random", block 0 "auto"
+        if f.name == "block":
+            box.setSuffix(" px")
+        return box
+
+    def _model_combo(self, f: kit.Field) -> QComboBox:
+        combo = QComboBox()
+        # Long model names must not widen the docker: the combo box asks for a few characters and elides.
+        combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(12)
+        self._fill_models(combo, kit.model_choices(None), str(f.default))
+        return combo
+
+    @staticmethod
+    def _fill_models(combo: QComboBox, choices: list, keep: str) -> None:
+        """The daemon's models, its own first; the user's choice stays selected while the daemon still lists it."""
+        combo.blockSignals(True)
+        combo.clear()
+        for choice in choices:
+            combo.addItem(choice.label, choice.value)
+        if keep and combo.findData(keep) < 0:
+            combo.addItem(f"{keep} (not listed by this daemon)", keep)  # kept, so the daemon says why not
+        combo.setCurrentIndex(max(0, combo.findData(keep)))
+        combo.blockSignals(False)
+
+    def _show_advanced(self, shown: bool) -> None:
+        self.advanced.setVisible(shown)
+        self.advanced_toggle.setArrowType(Qt.DownArrow if shown else Qt.RightArrow)
+
+    def _apply_welcome(self, welcome: Any) -> None:
+        """The daemon's ranges on the spin boxes and its models in the list (GUI thread)."""
+        self._welcome = welcome
+        self._spec = kit.daemon_spec(welcome)
+        for f in kit.fields(self._spec):
+            widget = getattr(self, f.name)
+            if isinstance(widget, QSpinBox):
+                widget.setRange(int(f.low), int(f.high))  # Qt keeps the value inside the new range
+        self._fill_models(self.model, kit.model_choices(welcome), self.model.currentData() or "")
+
     def _shutdown(self) -> None:
         self._timer.stop()
         if self._job is not None:
@@ -258,33 +345,38 @@ class PulseDocker(DockWidget):
 
     # ------------------------------------------------------------------------------------------ settings
 
-    _FIELDS = ("candidates", "steps", "seed", "block")
+    _NUMBERS = tuple(f.name for f in kit.fields() if f.kind is int)  # the spin boxes
 
     def settings(self) -> logic.Settings:
-        return logic.Settings(candidates=self.candidates.value(), steps=self.steps.value(), seed=self.seed.value(),
-                              block=self.block.value(), source=self.source.currentData(),
+        values = {name: getattr(self, name).value() for name in self._NUMBERS}
+        return logic.Settings(**values, model=self.model.currentData() or "", source=self.source.currentData(),
                               endpoint=self.endpoint.text().strip())
 
     def apply_settings(self, s: logic.Settings) -> None:
-        for name in self._FIELDS:
+        for name in self._NUMBERS:
             getattr(self, name).setValue(int(getattr(s, name)))
+        if self.model.findData(s.model) < 0:
+            self._fill_models(self.model, kit.model_choices(self._welcome), s.model)
+        self.model.setCurrentIndex(max(0, self.model.findData(s.model)))
         self.source.setCurrentIndex(max(0, self.source.findData(s.source)))
         self.endpoint.setText(s.endpoint)
+        if s.endpoint:
+            self.advanced_toggle.setChecked(True)  # a non-default address is not hidden away
 
     def _load_settings(self) -> None:
         app, s = Krita.instance(), logic.Settings()
-        for name in self._FIELDS:
+        for name in self._NUMBERS:
             try:
                 setattr(s, name, int(app.readSetting(logic.PLUGIN_ID, name, str(getattr(s, name)))))
             except ValueError:
                 pass
-        s.source = app.readSetting(logic.PLUGIN_ID, "source", s.source)
-        s.endpoint = app.readSetting(logic.PLUGIN_ID, "endpoint", s.endpoint)
+        for name in ("model", "source", "endpoint"):
+            setattr(s, name, app.readSetting(logic.PLUGIN_ID, name, getattr(s, name)))
         self.apply_settings(s)
 
     def _save_settings(self, s: logic.Settings) -> None:
         app = Krita.instance()
-        for name in self._FIELDS + ("source", "endpoint"):
+        for name in self._NUMBERS + ("model", "source", "endpoint"):
             app.writeSetting(logic.PLUGIN_ID, name, str(getattr(s, name)))
 
     # ------------------------------------------------------------------------------------------ daemon
@@ -313,10 +405,12 @@ class PulseDocker(DockWidget):
         self._probe = probe
         probe.start()
 
-    def _on_probe(self, ok: bool, text: str, endpoint: str) -> None:
+    def _on_probe(self, ok: bool, text: str, endpoint: str, welcome: Any) -> None:
         stale = (endpoint or None) != self._current_endpoint()  # the user changed it meanwhile
         if self._job is None and not stale:
             self._set_status(ok, text)
+            if welcome is not None:
+                self._apply_welcome(welcome)
 
     def _probe_done(self) -> None:
         if self._probe is not None:
@@ -362,10 +456,13 @@ class PulseDocker(DockWidget):
             missing = client_path.missing_dependencies()
             if missing:
                 raise logic.PluginError(client_path.dependency_help(missing))
-            request = logic.build_request(Krita.instance().activeDocument(), settings)
-        except logic.PluginError as exc:
-            self._say(str(exc), error=True)
-            self.jobFinished.emit("refused", str(exc))
+            request = logic.build_request(Krita.instance().activeDocument(), settings, spec=self._spec)
+        except Exception as exc:  # noqa: BLE001 - the plug-in's own refusals and the contract's (BAD_PARAMS)
+            if not logic.is_expected(exc):
+                raise
+            text = logic.user_message(exc, settings.endpoint)
+            self._say(text, error=True)
+            self.jobFinished.emit("refused", text)
             return False
         self._save_settings(settings)
         self._start(request)
@@ -375,7 +472,8 @@ class PulseDocker(DockWidget):
         self._job = JobThread(request, self)
         self._job.progress.connect(self._on_progress)
         self._job.preview.connect(self._on_preview)
-        self._job.state.connect(self._on_state)
+        self._job.view.connect(self._on_view)
+        self._job.welcome.connect(self._apply_welcome)
         self._job.succeeded.connect(self._on_success)
         self._job.failed.connect(self._on_failure)
         self._job.cancelled.connect(self._on_cancelled)
@@ -421,15 +519,14 @@ class PulseDocker(DockWidget):
     def _on_progress(self, step: int, total: int, best: float) -> None:
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(min(step, total))
-        self.progress.setFormat(f"%v / %m steps (err {best:.1e})" if best == best and best != float("inf")
-                                else "%v / %m steps")
 
-    _STATE_TEXT = {"queued": "Queued behind other jobs…", "loading": "Loading the model (first job only)…",
-                   "running": "Imagining faces…"}
-
-    def _on_state(self, state: str) -> None:
-        if state in self._STATE_TEXT:
-            self._say(self._STATE_TEXT[state])
+    def _on_view(self, view: JobView) -> None:
+        """The status line: what the job is doing, what the daemon detected, the estimate before it runs;
+        the bar: steps, best error and the time left."""
+        self._say(view.headline()[:1].upper() + view.headline()[1:] + "…")
+        if view.total > 0:  # short: the bar is as narrow as the docker
+            left = view.time_left()
+            self.progress.setFormat("%v / %m steps" + (f" · {left}" if left else ""))
 
     def _on_preview(self, jpeg: bytes) -> None:
         pixmap = QPixmap()
@@ -444,7 +541,7 @@ class PulseDocker(DockWidget):
         except Exception as exc:  # noqa: BLE001 - the docker must end the job with a message, whatever happened
             if not isinstance(exc, logic.PluginError):
                 traceback.print_exc()
-            self._on_failure(logic.user_message(exc))  # also stops the busy progress bar
+            self._on_failure(logic.user_message(exc), code_of(exc) or "")  # also stops the busy progress bar
             return
         self.last_layers, self.last_group = pasted.faces, pasted.group
         # Krita activates a node added to the image once its own queued events have run (here: the group),
@@ -460,9 +557,9 @@ class PulseDocker(DockWidget):
         self._show_faces(doc, pasted, outcome)
         self._end_job("done", pasted.faces[0].name())
 
-    def _on_failure(self, text: str) -> None:
+    def _on_failure(self, text: str, code: str = "") -> None:
         self._say(text, error=True)
-        if "not running" in text:
+        if code == ErrorCode.DAEMON_NOT_RUNNING:
             self._set_status(False, "not running")
         self._reset_progress()
         self._end_job("failed", text)

@@ -2,8 +2,9 @@
 
 Everything here talks to Krita only through the objects it is handed (Document, Node, Selection), calling
 the libkis methods by name, so a small mock of those objects exercises the same code paths as real Krita.
-Nothing here imports `krita` or PyQt5; the protocol client is imported lazily (it needs pyzmq + msgpack,
-which may be missing in a bundled Python: the docker explains that instead of failing to load).
+Nothing here imports `krita` or PyQt5. The settings, messages and layer plan are the editor kit's in
+`protocol` (stdlib-only modules, imported at the top); the protocol client is imported lazily (it needs
+pyzmq + msgpack, which may be missing in a bundled Python: the docker explains that instead of failing to load).
 
 Krita's pixel layouts (checked in Krita 5.1.5 through `Node.channels()`; see tests/krita_scripts):
     RGBA  U8/U16  B G R A   (KoBgrU8/U16 traits: the integer RGB spaces store blue first)
@@ -23,6 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from .client_path import ensure_client_path
+
+ensure_client_path()  # the `protocol` package the installer copied next to the plug-in (stdlib-only modules here)
+from protocol import editor_settings as kit  # noqa: E402
+from protocol import layers as names  # noqa: E402
+from protocol.editor_messages import Editor, code_of  # noqa: E402
+from protocol.editor_messages import user_message as kit_message  # noqa: E402
+from protocol.job import JobSettings, Param  # noqa: E402
+from protocol.layers import Rect  # noqa: E402
 
 PLUGIN_ID = "pulse_depixelate"  # docker objectName, action name, settings group, kritarc key suffix
 CLIENT_NAME = "krita"
@@ -163,23 +172,6 @@ def _convert_region(doc: Any, pixels: bytes, rect: "Rect", fmt: PixelFormat, src
 # ---------------------------------------------------------------------------------------------- geometry
 
 
-@dataclass(frozen=True)
-class Rect:
-    x: int
-    y: int
-    w: int
-    h: int
-
-    def intersect(self, other: "Rect") -> "Rect":
-        x0, y0 = max(self.x, other.x), max(self.y, other.y)
-        x1, y1 = min(self.x + self.w, other.x + other.w), min(self.y + self.h, other.y + other.h)
-        return Rect(x0, y0, max(0, x1 - x0), max(0, y1 - y0))
-
-    @property
-    def empty(self) -> bool:
-        return self.w <= 0 or self.h <= 0
-
-
 MIN_SIDE = 4  # below this there is no face to find, and the mosaic detector has nothing to work on
 
 
@@ -208,29 +200,32 @@ def selection_region(doc: Any) -> tuple[Rect, Optional[bytes]]:
 # ---------------------------------------------------------------------------------------------- settings
 
 
+SOURCES = ("layer", "projection")  # the active layer's own pixels | the merged image
+
+
 @dataclass
 class Settings:
-    """What the docker's fields hold; the action uses the same object."""
+    """What the docker's fields hold; the action uses the same object. The job's fields are the contract's
+    (`kit.FIELDS`: candidates, steps, seed, block, model), with its defaults; source and endpoint are Krita's."""
 
-    candidates: int = 3
-    steps: int = 100
-    seed: int = -1  # -1 = random
-    block: int = 0  # 0 = detect the mosaic block size
+    candidates: int = kit.field("candidates").default
+    steps: int = kit.field("steps").default
+    seed: int = kit.field("seed").default  # -1 = random
+    block: int = kit.field("block").default  # 0 = detect the mosaic block size
+    model: str = kit.field("model").default  # "" = the daemon's own
     source: str = "layer"  # "layer" (the active layer's own pixels) | "projection" (the merged image)
     endpoint: str = ""  # "" = the daemon's per-user default (or $PULSE_ENDPOINT)
 
-    def params(self) -> dict[str, Any]:
-        return {"mode": "depixelate", "candidates": int(self.candidates), "steps": int(self.steps),
-                "seed": int(self.seed), "block": int(self.block)}
+    def job(self, spec: Optional[dict[str, Param]] = None) -> JobSettings:
+        """The job's settings checked against `spec` (the daemon's, else the contract): ParamError if not."""
+        return kit.job_settings({name: getattr(self, name) for name in kit.FIELDS}, spec)
 
-    def check(self) -> None:
-        if not 1 <= self.candidates <= 16:
-            raise PluginError("Candidates must be between 1 and 16.")
-        if not 1 <= self.steps <= 10000:
-            raise PluginError("Steps must be between 1 and 10000.")
-        if self.block < 0:
-            raise PluginError("Block size must be 0 (auto) or a number of pixels.")
-        if self.source not in ("layer", "projection"):
+    def params(self, spec: Optional[dict[str, Param]] = None) -> dict[str, Any]:
+        return self.job(spec).to_wire()
+
+    def check(self, spec: Optional[dict[str, Param]] = None) -> None:
+        self.job(spec)
+        if self.source not in SOURCES:
             raise PluginError(f"unknown pixel source {self.source!r}")
 
 
@@ -272,12 +267,14 @@ class Request:
         return ImageBlob(self.rect.w, self.rect.h, 1, "u8", self.mask)
 
 
-def build_request(doc: Any, settings: Settings, node: Any = None) -> Request:
+def build_request(doc: Any, settings: Settings, node: Any = None,
+                  spec: Optional[dict[str, Param]] = None) -> Request:
     """Read the selection and the pixels under it (GUI thread: these are Krita calls).
 
-    `node` defaults to the document's active layer (a document without a view, as in kritarunner, has none).
+    `node` defaults to the document's active layer (a document without a view, as in kritarunner, has none);
+    `spec`: the daemon's ranges from its last WELCOME (default: the contract's).
     """
-    settings.check()
+    settings.check(spec)
     if doc is None:
         raise PluginError("Open an image first.")
     node = node if node is not None else doc.activeNode()
@@ -301,7 +298,7 @@ def build_request(doc: Any, settings: Settings, node: Any = None) -> Request:
         pixels = _convert_region(doc, pixels, rect, fmt, profile, work)
     return Request(doc=doc, anchor_id=node.uniqueId(), rect=rect, fmt=fmt, profile=profile, work=work,
                    pixels=pixels, mask=mask,
-                   params=settings.params(), endpoint=settings.endpoint or None, source=settings.source)
+                   params=settings.params(spec), endpoint=settings.endpoint or None, source=settings.source)
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -311,13 +308,26 @@ def build_request(doc: Any, settings: Settings, node: Any = None) -> Request:
 class LayerPlan:
     """One candidate, converted back to Krita's layout (worker thread) and ready to paste (GUI thread)."""
 
-    rank: int  # 1 = lowest downscale error
+    face: names.Face  # rank (1 = lowest downscale error), seed, error, eps reached, steps
     comment: str
     pixels: bytes
-    visible: bool
-    seed: int
-    error: float
     thumb: tuple[int, int, bytes] = (0, 0, b"")  # width, height, RGBA 8-bit: the docker's list icon
+
+    @property
+    def rank(self) -> int:
+        return self.face.rank
+
+    @property
+    def visible(self) -> bool:
+        return self.face.rank == 1
+
+    @property
+    def seed(self) -> int:
+        return self.face.seed
+
+    @property
+    def error(self) -> float:
+        return self.face.error
 
 
 @dataclass
@@ -330,28 +340,16 @@ class Outcome:
 
 def plan_layers(request: Request, result: Any) -> Outcome:
     """Check the daemon's candidates against the request and convert them (pure Python: worker thread)."""
-    ensure_client_path()
-    from protocol import layers as names
-
-    if not result.candidates:
-        raise PluginError("The daemon returned no candidates.")
-    layers = []
-    for i, cand in enumerate(result.candidates):
-        img = cand.image
-        want = (request.rect.w, request.rect.h, request.fmt.channels, request.fmt.dtype)
-        got = (img.width, img.height, img.channels, img.dtype)
-        if got != want:
-            raise PluginError(f"The daemon returned a {got} image for a {want} request.")
-        wire = bytes(img.data)
-        layers.append(LayerPlan(rank=i + 1, comment=names.layer_comment(cand, result.model),
-                                pixels=wire_to_krita(wire, request.fmt), visible=(i == 0),
-                                seed=int(cand.seed), error=float(cand.downscale_error),
-                                thumb=thumbnail_rgba8(wire, img.width, img.height, img.channels, img.dtype)))
+    r, fmt = request.rect, request.fmt
+    patches = names.checked_patches(result, r.w, r.h, fmt.channels, fmt.dtype)
+    model = str(result.model)
+    layers = [LayerPlan(face=face, comment=names.layer_comment(face, model), pixels=wire_to_krita(wire, fmt),
+                        thumb=thumbnail_rgba8(wire, r.w, r.h, fmt.channels, fmt.dtype))
+              for face, wire in zip(names.faces_of(result), patches)]
     analysis = dict(getattr(result, "analysis", {}) or {})
-    r = request.rect
     mask = names.blend_mask(r.w, r.h, names.mosaic_rect(analysis, r.w, r.h), names.band_width(analysis),
                             request.mask)
-    return Outcome(layers=layers, model=str(result.model), analysis=analysis, mask=mask)
+    return Outcome(layers=layers, model=model, analysis=analysis, mask=mask)
 
 
 THUMB_SIDE = 48
@@ -433,8 +431,6 @@ def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any],
     macro; every addChildNode on a node in the image is a step of its own). The best face is left active:
     the next stroke goes to the layer that shows. Nothing else changes: no pixels, visibility or selection.
     """
-    from protocol import layers as names
-
     doc = request.doc
     if not any(d == doc for d in documents):
         raise PluginError("The image was closed before the result arrived.")
@@ -443,11 +439,9 @@ def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any],
     parent = anchor.parentNode() if anchor is not None else root
     if parent is None:
         parent = root
-    taken = _all_names(root)
-    run = names.next_run_number(taken)
-    group_name = names.group_name(run, outcome.analysis)
-    group = doc.createGroupLayer(group_name)
-    faces = [_make_layer(doc, request, plan, names.face_name(plan.rank, run, taken)) for plan in outcome.layers]
+    run = names.plan_run([p.face for p in outcome.layers], outcome.model, outcome.analysis, _all_names(root))
+    group = doc.createGroupLayer(run.group_name)
+    faces = [_make_layer(doc, request, plan, layer.name) for plan, layer in zip(outcome.layers, run.layers)]
     masked = all([_add_mask(doc, face, request.rect, outcome.mask, new_selection) for face in faces])
     for node in reversed(faces):  # each on top of the previous: the best ends on top
         group.addChildNode(node, None)
@@ -455,20 +449,17 @@ def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any],
     # without an anchor (deleted during the job) on top of the stack.
     parent.addChildNode(group, _above_earlier_runs(parent, anchor))
     try:
-        _record_provenance(doc, group, faces, outcome, run)
+        _record_provenance(doc, group, faces, run)
     except Exception:
         group.remove()  # layers without their "imagined" notes are worse than none
         raise
     doc.setActiveNode(faces[0])
     doc.refreshProjection()
-    return Pasted(group=group, faces=faces, group_name=group_name, summary=names.mosaic_summary(outcome.analysis),
-                  masked=masked)
+    return Pasted(group=group, faces=faces, group_name=run.group_name, summary=run.summary, masked=masked)
 
 
 def _above_earlier_runs(parent: Any, anchor: Any) -> Any:
     """The node to insert above: `anchor`, or the last of the PULSE run groups sitting directly on it."""
-    from protocol.layers import next_run_number
-
     if anchor is None:
         return None
     siblings = parent.childNodes()  # bottom first
@@ -477,7 +468,7 @@ def _above_earlier_runs(parent: Any, anchor: Any) -> Any:
         return anchor
     i = ids.index(anchor.uniqueId())
     while i + 1 < len(siblings) and siblings[i + 1].type() == "grouplayer" and \
-            next_run_number([siblings[i + 1].name()]) > 1:  # named "PULSE run N …"
+            names.next_run_number([siblings[i + 1].name()]) > 1:  # named "PULSE run N …"
         i += 1
     return siblings[i]
 
@@ -516,87 +507,65 @@ def _add_mask(doc: Any, node: Any, rect: Rect, mask: bytes, new_selection: Optio
 
 def candidates_text(pasted: Pasted, outcome: Outcome) -> str:
     """The run's candidate list with their errors (the docker message's tooltip)."""
-    from protocol.layers import format_error
-
-    return "\n".join(f"{node.name()}: error {format_error(plan.error)}, seed {plan.seed}"
+    return "\n".join(f"{node.name()}: error {names.format_error(plan.error)}, seed {plan.seed}"
                      for node, plan in zip(pasted.faces, outcome.layers))
 
 
 def face_label(name: str, plan: LayerPlan) -> str:
     """One line of the docker's face list: the layer's name over its error and seed (two short lines, so a
     300 px docker shows both whole)."""
-    from protocol.layers import format_error
-
-    return f"{name}\nerror {format_error(plan.error)} · seed {plan.seed}"
+    return f"{name}\nerror {names.format_error(plan.error)} · seed {plan.seed}"
 
 
 def done_message(pasted: Pasted, outcome: Outcome) -> str:
     """What was found and made, how to compare and blend, and that the faces are invented."""
     # The group's name already says "no mosaic found"; a found mosaic gets its cell count too.
-    found = "" if pasted.summary == "no mosaic found" else f": found {pasted.summary}"
+    found = "" if pasted.summary == "no mosaic found" else f": {names.found_text(pasted.summary)}"
     n = len(pasted.faces)
     blend = ("Paint a face's transparency mask to blend it." if pasted.masked else
              "To blend a face, add a transparency mask to it (this Krita's scripting API cannot).")
     return (f"{pasted.group_name}{found}. {n} face{'s' if n != 1 else ''} added, the best shown; tick a face "
-            f"below to show it. {blend} These faces are imagined by the model, not recovered: never use them "
-            "to identify anyone.")
+            f"below to show it. {blend} {names.NOT_RECOVERED}")
 
 
 ANNOTATION = PLUGIN_ID  # document annotation (saved in .kra) with each PULSE layer's provenance note
 
 
-def _record_provenance(doc: Any, group: Any, faces: Sequence[Any], outcome: Outcome, run: int) -> None:
+def _record_provenance(doc: Any, group: Any, faces: Sequence[Any], run: names.RunPlan) -> None:
     """Krita 5.1 layers have no comment field: the notes (imagined, not recovered; model, seed, error) go
     into one document annotation keyed by layer id, so they travel with the saved .kra."""
-    from protocol import layers as names
-
     try:
         notes = json.loads(bytes(doc.annotation(ANNOTATION)) or b"{}")
     except (ValueError, TypeError):
         notes = {}
     layers = notes.setdefault("layers", {})
-    for node, plan in zip(faces, outcome.layers):
-        layers[str(node.uniqueId())] = {"name": node.name(), "comment": plan.comment, "model": outcome.model,
-                                        "seed": plan.seed, "downscale_error": plan.error, "run": run}
-    errors, seeds = [p.error for p in outcome.layers], [p.seed for p in outcome.layers]
-    layers[str(group.uniqueId())] = {"name": group.name(), "run": run, "model": outcome.model,
-                                     "comment": names.group_comment(run, outcome.model, outcome.analysis,
-                                                                    errors, seeds)}
+    for node, layer in zip(faces, run.layers):
+        layers[str(node.uniqueId())] = {**layer.meta, "name": node.name()}
+    layers[str(group.uniqueId())] = {**run.meta, "name": group.name()}
     doc.setAnnotation(ANNOTATION, "PULSE Depixelate: notes on imagined faces (not recovered identities)",
                       json.dumps(notes, indent=1).encode("utf-8"))
 
 
-def user_message(exc: BaseException) -> str:
-    """One line a user can act on, for what the plug-in, the client or the daemon can raise.
+KRITA = Editor(name="krita", title="PULSE Depixelate", start="press Start in the docker (or run `pulse-server run`)",
+               force="answer Yes when asked “depixelate anyway?”", log="Krita's log")
 
-    Matched by class name and code, so the docker needs no import of the (possibly missing) client.
-    """
+
+def user_message(exc: BaseException, endpoint: str = "") -> str:
+    """One message a user can act on, for what the plug-in, the client or the daemon can raise: the plug-in's
+    own errors and missing modules here, everything with an error code from the kit's table (by code, so the
+    docker needs no import of the possibly missing client). `endpoint`: the address tried."""
     if isinstance(exc, PluginError):
         return str(exc)
     if isinstance(exc, ImportError):
         from .client_path import dependency_help, missing_dependencies
 
         return dependency_help(missing_dependencies() or [getattr(exc, "name", None) or str(exc)])
-    name, code = type(exc).__name__, getattr(exc, "code", None)
-    message = getattr(exc, "message", None) or str(exc)
-    if name == "DaemonNotRunning":
-        return "The PULSE daemon is not running: press Start (or run `pulse-server run`)."
-    if name == "VersionMismatch":
-        return f"The daemon speaks another protocol version: update the plug-in or the daemon ({message})."
-    if code == "BAD_TOKEN":
-        return ("The daemon refused this client's token: run Krita and the daemon as the same user "
-                "(or give both the same PULSE_TOKEN).")
-    if name == "JobFailed":
-        return f"The daemon could not depixelate this region ({code}): {message}"
-    if type(exc).__module__.startswith("protocol"):
-        return f"Daemon error ({code}): {message}"
-    return f"Unexpected error ({name}: {exc}); see Krita's log for details."
+    return kit_message(exc, KRITA, endpoint)
 
 
 def force_question(exc: BaseException, request: Request) -> Optional[tuple[str, str]]:
     """(question, detail) when the daemon refused the request for want of a mosaic and may be asked to paint
     anyway; None for every other failure (and for a request that was already forced)."""
-    ensure_client_path()
     from protocol import no_mosaic
 
     return no_mosaic.question(exc) if no_mosaic.asks_to_force(exc, request.params) else None
@@ -604,7 +573,6 @@ def force_question(exc: BaseException, request: Request) -> Optional[tuple[str, 
 
 def forced_request(request: Request) -> Request:
     """The same region and settings with `force: true`: what Yes to "depixelate anyway?" sends, as a new job."""
-    ensure_client_path()
     from protocol import no_mosaic
 
     return dataclasses.replace(request, params=no_mosaic.forced(request.params))
@@ -616,18 +584,29 @@ def declined_message(question_detail: str) -> str:
     return f"Nothing was changed. {finding}: select the pixelated area and try again."
 
 
+def is_expected(exc: BaseException) -> bool:
+    """A failure the user is told about plainly (no traceback in Krita's log): coded, the plug-in's, a module."""
+    return code_of(exc) is not None or isinstance(exc, (PluginError, ImportError))
+
+
 def run_job(request: Request, *, on_progress: Optional[Callable[[Any], None]] = None,
             should_cancel: Optional[Callable[[], bool]] = None,
             on_preview: Optional[Callable[[bytes], None]] = None,
-            on_state: Optional[Callable[[str], None]] = None, timeout: float = 10.0) -> Outcome:
-    """Send the request to the daemon and plan the layers (worker thread: no Krita calls in here)."""
-    ensure_client_path()
+            on_accepted: Optional[Callable[[Any], None]] = None,
+            on_job_state: Optional[Callable[[Any], None]] = None,
+            on_welcome: Optional[Callable[[Any], None]] = None, timeout: float = 10.0) -> Outcome:
+    """Send the request to the daemon and plan the layers (worker thread: no Krita calls in here).
+
+    The client checks the request's settings against the daemon's own ranges (its WELCOME, also given to
+    `on_welcome`) before the pixels are sent: ParamError (BAD_PARAMS) names the field."""
     from protocol.client import PulseClient
 
     with PulseClient(request.endpoint, client_name=CLIENT_NAME, client_version=PLUGIN_VERSION,
                      timeout=timeout) as client:
+        welcome = client.connect()
+        if on_welcome is not None:
+            on_welcome(welcome)
         result = client.run_job(request.image_blob(), request.mask_blob(), request.params,
-                                 on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview,
-                                 on_state=on_state)
+                                on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview,
+                                on_accepted=on_accepted, on_job_state=on_job_state)
     return plan_layers(request, result)
-
