@@ -1,8 +1,10 @@
-"""A cached Debian 13 (trixie) chroot with GIMP 3 for the real-GIMP tests.
+"""A cached Debian 13 (trixie) chroot with GIMP 3 and Krita 5.2 for the real-editor tests.
 
-Debian 12 (the CI host) has no GIMP 3; Debian 13 ships GIMP 3.0 with its Python 3 plug-in support. We build a
-minimal trixie root once with `debootstrap`, install GIMP there, and keep it outside the clone
-(`PULSE_GIMP_CHROOT`, default /var/cache/pulse-ci/gimp-trixie) so that later runs start in seconds.
+Debian 12 (the CI host) has no GIMP 3 and an older Krita (5.1.5); Debian 13 ships GIMP 3.0 with its Python 3
+plug-in support and Krita 5.2.9, the Krita most users run. We build a minimal trixie root once with
+`debootstrap`, install both editors there, and keep it outside the clone (`PULSE_GIMP_CHROOT`, default
+/var/cache/pulse-ci/gimp-trixie) so that later runs start in seconds. A root cached before a package was added
+to PACKAGES gets the missing ones installed in place instead of being rebuilt.
 
 Safety rules, because a chroot with a bind-mounted /dev must never be `rm -rf`ed:
 - /proc and /dev are mounted only inside `mounted()` and unmounted in its `finally`;
@@ -31,12 +33,17 @@ from typing import Iterator, Sequence
 SUITE = "trixie"
 # GIMP 3 with its GObject-introspection Python API, the plug-in's two dependencies, and for the one GUI test
 # (the interactive dialog) a virtual X server plus xdotool to press its OK button.
-PACKAGES = ("gimp", "gir1.2-gimp-3.0", "python3-gi", "python3-zmq", "python3-msgpack", "xvfb", "xdotool")
+GIMP_PACKAGES = ("gimp", "gir1.2-gimp-3.0", "python3-gi", "python3-zmq", "python3-msgpack", "xvfb", "xdotool")
+# Krita 5.2 with what its Python plug-ins need: PyQt5 (only a Recommends of krita, and recommends are not
+# installed), xauth for xvfb-run, and one font so that Qt lays real text out in the docker.
+KRITA_PACKAGES = ("krita", "python3-pyqt5", "xauth", "fonts-dejavu-core")
+PACKAGES = GIMP_PACKAGES + KRITA_PACKAGES
 DEFAULT_ROOT = Path("/var/cache/pulse-ci/gimp-trixie")
 MARKER = ".pulse-chroot.json"  # written last: a root without it is incomplete
 DEB822_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 LEGACY_SOURCES = Path("/etc/apt/sources.list")
 GIMP_CONSOLE = "/usr/bin/gimp-console-3.0"
+KRITA = "/usr/bin/krita"
 
 
 class ChrootUnavailable(RuntimeError):
@@ -145,18 +152,35 @@ def remove_tree(root: Path) -> None:
 
 def _check_can_build() -> None:
     if os.geteuid() != 0:
-        raise ChrootUnavailable("building the GIMP 3 chroot needs root (debootstrap, chroot, mount)")
+        raise ChrootUnavailable("building the Debian 13 editors chroot needs root (debootstrap, chroot, mount)")
     if not shutil.which("debootstrap"):
         raise ChrootUnavailable("debootstrap is not installed (apt-get install debootstrap)")
 
 
+def _marker(root: Path) -> dict | None:
+    try:
+        return json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def missing_packages(root: Path) -> list[str]:
+    """PACKAGES a complete root was built without (it predates them); all of them for an incomplete root."""
+    info = _marker(root)
+    have = set(info.get("packages", ())) if info else set()
+    return [p for p in PACKAGES if p not in have]
+
+
 def is_ready(root: Path | None = None) -> bool:
     root = root or chroot_root()
-    try:
-        info = json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("packages") == list(PACKAGES) and (root / GIMP_CONSOLE.lstrip("/")).exists()
+    return (not missing_packages(root) and (root / GIMP_CONSOLE.lstrip("/")).exists()
+            and (root / KRITA.lstrip("/")).exists())
+
+
+def _write_marker(root: Path, info: dict) -> None:
+    tmp = root / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.rename(root / MARKER)  # atomic: a reader sees the old marker or the new one
 
 
 def _run_logged(cmd: Sequence[str], log, timeout: float) -> None:
@@ -200,6 +224,8 @@ def build(root: Path | None = None, *, mirror: str | None = None, timeout: float
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_ready(root):  # someone else finished while we waited
             return {"cached": True, "seconds": time.monotonic() - t0, "root": str(root)}
+        if _marker(root) is not None and (root / GIMP_CONSOLE.lstrip("/")).exists():
+            return _add_packages(root, mirror, timeout, t0)
         partial = root.with_name(root.name + ".partial")
         remove_tree(partial)
         remove_tree(root)
@@ -221,22 +247,43 @@ def build(root: Path | None = None, *, mirror: str | None = None, timeout: float
             t = time.monotonic()
             try:
                 with mounted(partial):
-                    base = ["chroot", str(partial), "/usr/bin/env", "-i",
-                            *(f"{k}={v}" for k, v in chroot_env().items())]
-                    _run_logged([*base, "apt-get", "update", "-q"], log, timeout)
-                    _run_logged(
-                        [*base, "apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES], log, timeout
-                    )
-                    _run_logged([*base, "apt-get", "clean"], log, timeout)
+                    _apt_install(partial, PACKAGES, log, timeout)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:  # typically the registry is unreachable
-                raise ChrootUnavailable(f"installing GIMP in the {SUITE} chroot failed: {exc}; {_tail(log_path)}") from exc
+                raise ChrootUnavailable(f"installing the editors in the {SUITE} chroot failed: {exc}; "
+                                        f"{_tail(log_path)}") from exc
             timings["apt_s"] = round(time.monotonic() - t, 1)
         info = {"packages": list(PACKAGES), "suite": SUITE, "built": time.time(), **timings}
-        (partial / MARKER).write_text(json.dumps(info))
+        _write_marker(partial, info)
         if mounts_below(partial):
             raise RuntimeError(f"{partial} still has mounts after the build")
         partial.rename(root)
         return {"cached": False, "seconds": round(time.monotonic() - t0, 1), "root": str(root), **timings}
+
+
+def _apt_install(root: Path, packages: Sequence[str], log, timeout: float) -> None:
+    base = ["chroot", str(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in chroot_env().items())]
+    _run_logged([*base, "apt-get", "update", "-q"], log, timeout)
+    _run_logged([*base, "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages], log, timeout)
+    _run_logged([*base, "apt-get", "clean"], log, timeout)
+
+
+def _add_packages(root: Path, mirror: str, timeout: float, t0: float) -> dict:
+    """Install the PACKAGES a cached root lacks, in place (caller holds the build lock).
+
+    Under `mounted()`, whose lock also serialises this with the tests that run an editor in the root."""
+    missing = missing_packages(root)
+    log_path = root.with_name(root.name + ".log")
+    with open(log_path, "a") as log:
+        try:
+            with mounted(root):
+                _apt_install(root, missing, log, timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            raise ChrootUnavailable(f"adding {' '.join(missing)} to the {SUITE} chroot failed: {exc}; "
+                                    f"{_tail(log_path)}") from exc
+    info = {**(_marker(root) or {}), "packages": list(PACKAGES), "added": missing,
+            "add_s": round(time.monotonic() - t0, 1)}
+    _write_marker(root, info)
+    return {"cached": False, "upgraded": True, "seconds": info["add_s"], "root": str(root), "added": missing}
 
 
 def gimp_version(root: Path | None = None) -> str:
