@@ -112,27 +112,33 @@ def unmount_all(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def mounted(root: Path) -> Iterator[Path]:
+def mounted(root: Path, shared: Sequence[Path] = ()) -> Iterator[Path]:
     """/proc and a bind of /dev inside `root`, for exactly as long as the `with` block runs.
 
+    Each host folder in `shared` is bound at the same path inside, so paths written into a test's config
+    mean the same file on both sides; the mount points this creates are removed again (empty folders only).
     Serialised per root by a lock file: a second user must not unmount under the first one's feet.
     """
     lock = open(root.parent / f".{root.name}.mount.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
-    done: list[str] = []
+    made: list[Path] = []
     try:
-        for target, cmd in (
-            (root / "proc", ["mount", "-t", "proc", "proc"]),
-            (root / "dev", ["mount", "--bind", "/dev"]),
-        ):
+        binds = [(root / "proc", ["mount", "-t", "proc", "proc"]), (root / "dev", ["mount", "--bind", "/dev"])]
+        binds += [(root / Path(host).resolve().relative_to("/"), ["mount", "--bind", str(Path(host).resolve())])
+                  for host in shared]
+        for target, cmd in binds:
+            made += [p for p in (target, *target.parents) if p.is_relative_to(root) and not p.exists()]
             target.mkdir(parents=True, exist_ok=True)
             if os.path.ismount(target):
                 continue  # left over from a killed run: reuse it, the finally still unmounts it
             subprocess.run([*cmd, str(target)], check=True, capture_output=True)
-            done.append(str(target))
         yield root
     finally:
         unmount_all(root)
+        for path in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
+            if path not in (root / "proc", root / "dev") and not os.path.ismount(path):
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only ever an empty mount point: rmdir refuses anything else
         lock.close()  # releases the flock
 
 
@@ -312,6 +318,27 @@ def gimp_batch(root: Path, script: Path, *, home: Path, env: dict[str, str] | No
            GIMP_CONSOLE, "-i", "--no-fonts", "--batch-interpreter", "python-fu-eval", "-b", code, "--quit"]
     with mounted(root):
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def chroot_command(root: Path, argv: Sequence[str], env: dict[str, str]) -> list[str]:
+    """`argv` run inside `root` with exactly `env` (on top of a plain PATH/LANG), as root's chroot(8) does."""
+    return ["chroot", str(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in {**chroot_env(), **env}.items()),
+            *argv]
+
+
+def free_display(root: Path, first: int = 400) -> int:
+    """An X display number free both here and in `root`: Xvfb's socket is also an abstract one, shared by all
+    processes of the network namespace, so a lock file in one /tmp does not tell about the other."""
+    with open("/proc/net/unix") as fh:
+        abstract = fh.read()
+    for n in range(first, first + 200):
+        if f"@/tmp/.X11-unix/X{n}\n" in abstract + "\n":
+            continue
+        if any((base / f"tmp/.X{n}-lock").exists() or (base / f"tmp/.X11-unix/X{n}").exists()
+               for base in (Path("/"), root)):
+            continue
+        return n
+    raise RuntimeError("no free X display number")
 
 
 def _free_display(root: Path) -> int:
