@@ -9,7 +9,9 @@ tests/test_krita_gui.py. Config: JSON file named by $PULSE_KRITA_TEST. Scenario,
   5. a long job cancelled after its first PROGRESS     -> "cancelled", no new layer (if configured);
   6. a selection without a mosaic, twice: the "depixelate anyway?" box answered with its default (No)
      -> "declined", no new layer; then Yes -> "done", the run's group (if configured);
-  7. the docker floated at 300 px wide: what fits, what is cut, a screenshot (docker-300.png).
+  7. the docker floated at 300 px wide: what fits, what is cut, a screenshot (docker-300.png);
+  8. a selection one mosaic cell larger than the mosaic (if configured) -> "done": each face's transparency mask
+     (where this Krita's API can fill one) saved whole, to see it opaque over the mosaic and falling off around it.
 The result goes to cfg["out"] as JSON (tracebacks included), then os._exit: QApplication.exit() can crash
 Krita 5.1 on the way out, and a hook that never finishes is caught by the test's own timeout.
 """
@@ -100,6 +102,7 @@ class Driver:
         self.docker = dockers[0]
         self.docker.show()
         self.res["docker_title"] = self.docker.windowTitle()
+        self.res["version"] = self.app.version()
         self.res["action_text"] = self.app.action("pulse_depixelate").text() if self.app.action("pulse_depixelate") else None
         self.doc = self.app.openDocument(self.cfg["png"])
         window.addView(self.doc)
@@ -115,7 +118,8 @@ class Driver:
         self.docker.apply_settings(Settings(**s))
         self.queue = (["start"] if self.cfg.get("start_endpoint") else []) + ["nosel"] + (["dead"] if self.cfg.get("dead_endpoint") else []) + ["live"] + \
             (["cancel"] if self.cfg.get("cancel_steps") else []) + (["undo"] if self.cfg.get("undo") else []) + \
-            (["nomosaic_no", "nomosaic_yes", "layout"] if self.cfg.get("plain_rect") else [])
+            (["nomosaic_no", "nomosaic_yes", "layout"] if self.cfg.get("plain_rect") else []) + \
+            (["grown"] if self.cfg.get("grown_rect") else [])
         QTimer.singleShot(500, self.guard(self.next))
 
     def next(self):
@@ -136,7 +140,8 @@ class Driver:
         if self.pending == "nosel":
             self.doc.setSelection(None) if self.doc.selection() is not None else None
         else:
-            x, y, w, h = self.cfg["plain_rect" if self.pending.startswith("nomosaic") else "rect"]
+            key = {"grown": "grown_rect"}.get(self.pending, "plain_rect" if self.pending.startswith("nomosaic") else "rect")
+            x, y, w, h = self.cfg[key]
             sel = Selection()
             sel.select(x, y, w, h, 255)
             self.doc.setSelection(sel)
@@ -302,6 +307,8 @@ class Driver:
                 "layers_before": self.layers_before, "layers_after": self.layers(),
                 "progress_seen": sorted(self.progress_seen)[-3:], "progress_count": len(self.progress_seen),
                 "preview_seen": self.preview_seen, "status": self.docker.status_label.text()}
+        if name in ("live", "grown") and state == "done":
+            info["masks"] = self.faces_masks(name)
         if name and name.startswith("nomosaic"):
             info["question"] = self.question
             info["group"] = self.docker.last_group.name() if state == "done" else None
@@ -328,6 +335,20 @@ class Driver:
             QTimer.singleShot(1500, self.guard(lambda: self.after_settle(name, info)))
             return
         self.after_settle(name, info)
+
+    def faces_masks(self, step):
+        """Each face of the last run: its name and child node types; a transparency mask's pixels over the
+        whole image go to mask-<step>-<i>.raw (one byte per pixel)."""
+        out, W, H = Path(self.cfg["out"]).parent, self.doc.width(), self.doc.height()
+        faces = []
+        for i, node in enumerate(self.docker.last_layers):
+            masks = [m for m in node.childNodes() if m.type() == "transparencymask"]
+            if masks:
+                (out / f"mask-{step}-{i}.raw").write_bytes(bytes(masks[0].pixelData(0, 0, W, H)))
+            faces.append({"name": node.name(), "children": [c.type() for c in node.childNodes()],
+                          "parent": node.parentNode().name()})
+        return {"faces": faces, "group": self.docker.last_group.name(), "size": [W, H],
+                "tooltip": self.docker.message.toolTip()}
 
     def after_settle(self, name, info):
         if name == "live":
