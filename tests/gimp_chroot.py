@@ -111,6 +111,13 @@ def unmount_all(root: Path) -> None:
         _umount(point)
 
 
+def _mount_lock(root: Path):
+    """Held while anything runs inside `root` (and while `root` is deleted): an open, flock()ed file."""
+    lock = open(root.parent / f".{root.name}.mount.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
 @contextlib.contextmanager
 def mounted(root: Path, shared: Sequence[Path] = ()) -> Iterator[Path]:
     """/proc and a bind of /dev inside `root`, for exactly as long as the `with` block runs.
@@ -119,8 +126,7 @@ def mounted(root: Path, shared: Sequence[Path] = ()) -> Iterator[Path]:
     mean the same file on both sides; the mount points this creates are removed again (empty folders only).
     Serialised per root by a lock file: a second user must not unmount under the first one's feet.
     """
-    lock = open(root.parent / f".{root.name}.mount.lock", "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = _mount_lock(root)
     made: list[Path] = []
     try:
         binds = [(root / "proc", ["mount", "-t", "proc", "proc"]), (root / "dev", ["mount", "--bind", "/dev"])]
@@ -234,7 +240,9 @@ def build(root: Path | None = None, *, mirror: str | None = None, timeout: float
             return _add_packages(root, mirror, timeout, t0)
         partial = root.with_name(root.name + ".partial")
         remove_tree(partial)
-        remove_tree(root)
+        if root.exists():  # never under an editor that another test is running in it (remove_tree unmounts)
+            with _mount_lock(root):
+                remove_tree(root)
         log_path = root.with_name(root.name + ".log")
         with open(log_path, "w") as log:
             timings = {}

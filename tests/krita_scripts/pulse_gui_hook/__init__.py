@@ -18,6 +18,7 @@ Krita 5.1 on the way out, and a hook that never finishes is caught by the test's
 
 import json
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -70,6 +71,7 @@ class Driver:
         info["name"] = name
         info["t"] = round(time.monotonic() - self.res["t0"], 2)
         self.res["steps"].append(info)
+        print(f"pulse_gui_hook: {name} {info.get('state', '')} at {info['t']} s", file=sys.stderr, flush=True)
 
     def fail(self, why):
         self.res["error"] = why
@@ -127,6 +129,7 @@ class Driver:
             self.finish()
             return
         self.pending = self.queue.pop(0)
+        print(f"pulse_gui_hook: {self.pending} starts", file=sys.stderr, flush=True)
         d, s = self.docker, self.cfg["settings"]
         if self.pending == "start":
             self.do_start()
@@ -347,8 +350,9 @@ class Driver:
                 (out / f"mask-{step}-{i}.raw").write_bytes(bytes(masks[0].pixelData(0, 0, W, H)))
             faces.append({"name": node.name(), "children": [c.type() for c in node.childNodes()],
                           "parent": node.parentNode().name()})
+        items = [self.docker.faces.item(i) for i in range(self.docker.faces.count())]
         return {"faces": faces, "group": self.docker.last_group.name(), "size": [W, H],
-                "tooltip": self.docker.message.toolTip()}
+                "tooltip": self.docker.message.toolTip(), "face_tooltips": [it.toolTip() for it in items]}
 
     def after_settle(self, name, info):
         if name == "live":
@@ -382,6 +386,14 @@ class Driver:
         _finish(self.res, 0)
 
 
+def _modal():
+    """What a modal box in the way says (a hook that times out is often waiting behind one)."""
+    from PyQt5.QtWidgets import QApplication
+
+    box = QApplication.activeModalWidget()
+    return None if box is None else [box.objectName(), box.windowTitle(), getattr(box, "text", str)()]
+
+
 def _boot():
     try:
         cfg = _cfg()
@@ -390,7 +402,8 @@ def _boot():
     driver = Driver(cfg)
     _state["driver"] = driver
     QTimer.singleShot(int(cfg.get("timeout", 120) * 1000), lambda: (driver.res.update(error="hook timeout",
-                                                                                       pending=driver.pending),
+                                                                                       pending=driver.pending,
+                                                                                       modal=_modal()),
                                                                   _finish(driver.res, 4)))
     QTimer.singleShot(1000, driver.guard(driver.start))
 
