@@ -417,6 +417,9 @@ def main(argv: Sequence[str]) -> int:
     if cmd == "build":
         print(json.dumps(build(root)), flush=True)
         print(gimp_version(root))
+        # what the Krita tests get (read from the root's package database: nothing runs inside)
+        print(subprocess.run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "krita"],
+                             capture_output=True, text=True).stdout.strip())
     elif cmd == "status":
         print(json.dumps({"root": str(root), "ready": is_ready(root), "mounts": mounts_below(root)}))
     elif cmd == "remove":
