@@ -12,14 +12,13 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
-
-import numpy as np
-import pytest
 
 import gimp_chroot
+import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "krita_scripts"
@@ -43,7 +42,7 @@ class KritaRunner:
     """Where one real Krita runs: this host's (`root` None) or the one inside the chroot at `root`."""
 
     name: str  # one of RUNNERS
-    root: Optional[Path] = None
+    root: Path | None = None
 
     def require(self, *tools: str) -> None:
         if self.root is None:  # the chroot has them all (gimp_chroot.KRITA_PACKAGES)
@@ -65,7 +64,7 @@ class KritaRunner:
             return _run_group(gimp_chroot.chroot_command(self.root, [*xvfb, *argv], inner), None, timeout)
 
 
-def _run_group(cmd: Sequence[str], env: Optional[dict[str, str]], timeout: float) -> subprocess.CompletedProcess:
+def _run_group(cmd: Sequence[str], env: dict[str, str] | None, timeout: float) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
