@@ -176,10 +176,16 @@ def _marker(root: Path) -> dict | None:
         return None
 
 
+def _packages_fields() -> dict[str, list[str]]:
+    """The marker's package lists. GIMP's stay alone under "packages", as before Krita joined: a checkout
+    from before then compares that list for equality, and would otherwise delete and rebuild a shared root."""
+    return {"packages": list(GIMP_PACKAGES), "krita_packages": list(KRITA_PACKAGES)}
+
+
 def missing_packages(root: Path) -> list[str]:
     """PACKAGES a complete root was built without (it predates them); all of them for an incomplete root."""
-    info = _marker(root)
-    have = set(info.get("packages", ())) if info else set()
+    info = _marker(root) or {}
+    have = set(info.get("packages", ())) | set(info.get("krita_packages", ()))
     return [p for p in PACKAGES if p not in have]
 
 
@@ -266,7 +272,7 @@ def build(root: Path | None = None, *, mirror: str | None = None, timeout: float
                 raise ChrootUnavailable(f"installing the editors in the {SUITE} chroot failed: {exc}; "
                                         f"{_tail(log_path)}") from exc
             timings["apt_s"] = round(time.monotonic() - t, 1)
-        info = {"packages": list(PACKAGES), "suite": SUITE, "built": time.time(), **timings}
+        info = {**_packages_fields(), "suite": SUITE, "built": time.time(), **timings}
         _write_marker(partial, info)
         if mounts_below(partial):
             raise RuntimeError(f"{partial} still has mounts after the build")
@@ -294,7 +300,7 @@ def _add_packages(root: Path, mirror: str, timeout: float, t0: float) -> dict:
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             raise ChrootUnavailable(f"adding {' '.join(missing)} to the {SUITE} chroot failed: {exc}; "
                                     f"{_tail(log_path)}") from exc
-    info = {**(_marker(root) or {}), "packages": list(PACKAGES), "added": missing,
+    info = {**(_marker(root) or {}), **_packages_fields(), "added": missing,
             "add_s": round(time.monotonic() - t0, 1)}
     _write_marker(root, info)
     return {"cached": False, "upgraded": True, "seconds": info["add_s"], "root": str(root), "added": missing}

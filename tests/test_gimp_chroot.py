@@ -97,8 +97,10 @@ def test_root_cached_before_krita_is_not_ready_and_lacks_only_the_krita_packages
     assert not gimp_chroot.is_ready(root)
     assert gimp_chroot.missing_packages(root) == list(gimp_chroot.KRITA_PACKAGES)  # build() installs these in place
     (root / gimp_chroot.KRITA.lstrip("/")).write_text("")
-    (root / gimp_chroot.MARKER).write_text(json.dumps({"packages": list(gimp_chroot.PACKAGES)}))
+    (root / gimp_chroot.MARKER).write_text(json.dumps(gimp_chroot._packages_fields()))
     assert gimp_chroot.is_ready(root) and gimp_chroot.missing_packages(root) == []
+    # a checkout from before Krita joined compares "packages" with its GIMP list: it must keep this root
+    assert json.loads((root / gimp_chroot.MARKER).read_text())["packages"] == list(gimp_chroot.GIMP_PACKAGES)
     (root / gimp_chroot.MARKER).unlink()  # no marker: an interrupted build, nothing in it counts
     assert not gimp_chroot.is_ready(root) and gimp_chroot.missing_packages(root) == list(gimp_chroot.PACKAGES)
 
