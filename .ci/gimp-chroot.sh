@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build (or reuse) the cached Debian 13 + GIMP 3 chroot that tests/test_gimp_real.py drives.
+# Build (or reuse) the cached Debian 13 chroot with GIMP 3 and Krita 5.2 that tests/test_gimp_real.py and the
+# Krita tests ([chroot] variants) drive; a root cached before Krita was added gets it installed in place.
 # Standard library only, so it can start in the background before the venv exists and overlap with it:
 #     .ci/gimp-chroot.sh > /tmp/gimp-chroot.log 2>&1 &
 # The tests wait for it through a lock file. Cache: $PULSE_GIMP_CHROOT (default /var/cache/pulse-ci/gimp-trixie);
@@ -7,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ] || ! command -v debootstrap >/dev/null; then
-    echo "gimp-chroot: needs root and debootstrap; the GIMP tests will skip" >&2
+    echo "gimp-chroot: needs root and debootstrap; the GIMP and Krita 5.2 tests will skip" >&2
     exit 0
 fi
 start=$(date +%s)

@@ -1,8 +1,10 @@
-"""A cached Debian 13 (trixie) chroot with GIMP 3 for the real-GIMP tests.
+"""A cached Debian 13 (trixie) chroot with GIMP 3 and Krita 5.2 for the real-editor tests.
 
-Debian 12 (the CI host) has no GIMP 3; Debian 13 ships GIMP 3.0 with its Python 3 plug-in support. We build a
-minimal trixie root once with `debootstrap`, install GIMP there, and keep it outside the clone
-(`PULSE_GIMP_CHROOT`, default /var/cache/pulse-ci/gimp-trixie) so that later runs start in seconds.
+Debian 12 (the CI host) has no GIMP 3 and an older Krita (5.1.5); Debian 13 ships GIMP 3.0 with its Python 3
+plug-in support and Krita 5.2.9, the Krita most users run. We build a minimal trixie root once with
+`debootstrap`, install both editors there, and keep it outside the clone (`PULSE_GIMP_CHROOT`, default
+/var/cache/pulse-ci/gimp-trixie) so that later runs start in seconds. A root cached before a package was added
+to PACKAGES gets the missing ones installed in place instead of being rebuilt.
 
 Safety rules, because a chroot with a bind-mounted /dev must never be `rm -rf`ed:
 - /proc and /dev are mounted only inside `mounted()` and unmounted in its `finally`;
@@ -31,12 +33,17 @@ from typing import Iterator, Sequence
 SUITE = "trixie"
 # GIMP 3 with its GObject-introspection Python API, the plug-in's two dependencies, and for the one GUI test
 # (the interactive dialog) a virtual X server plus xdotool to press its OK button.
-PACKAGES = ("gimp", "gir1.2-gimp-3.0", "python3-gi", "python3-zmq", "python3-msgpack", "xvfb", "xdotool")
+GIMP_PACKAGES = ("gimp", "gir1.2-gimp-3.0", "python3-gi", "python3-zmq", "python3-msgpack", "xvfb", "xdotool")
+# Krita 5.2 with what its Python plug-ins need: PyQt5 (only a Recommends of krita, and recommends are not
+# installed), xauth for xvfb-run, and one font so that Qt lays real text out in the docker.
+KRITA_PACKAGES = ("krita", "python3-pyqt5", "xauth", "fonts-dejavu-core")
+PACKAGES = GIMP_PACKAGES + KRITA_PACKAGES
 DEFAULT_ROOT = Path("/var/cache/pulse-ci/gimp-trixie")
 MARKER = ".pulse-chroot.json"  # written last: a root without it is incomplete
 DEB822_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 LEGACY_SOURCES = Path("/etc/apt/sources.list")
 GIMP_CONSOLE = "/usr/bin/gimp-console-3.0"
+KRITA = "/usr/bin/krita"
 
 
 class ChrootUnavailable(RuntimeError):
@@ -104,28 +111,40 @@ def unmount_all(root: Path) -> None:
         _umount(point)
 
 
-@contextlib.contextmanager
-def mounted(root: Path) -> Iterator[Path]:
-    """/proc and a bind of /dev inside `root`, for exactly as long as the `with` block runs.
-
-    Serialised per root by a lock file: a second user must not unmount under the first one's feet.
-    """
+def _mount_lock(root: Path):
+    """Held while anything runs inside `root` (and while `root` is deleted): an open, flock()ed file."""
     lock = open(root.parent / f".{root.name}.mount.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
-    done: list[str] = []
+    return lock
+
+
+@contextlib.contextmanager
+def mounted(root: Path, shared: Sequence[Path] = ()) -> Iterator[Path]:
+    """/proc and a bind of /dev inside `root`, for exactly as long as the `with` block runs.
+
+    Each host folder in `shared` is bound at the same path inside, so paths written into a test's config
+    mean the same file on both sides; the mount points this creates are removed again (empty folders only).
+    Serialised per root by a lock file: a second user must not unmount under the first one's feet.
+    """
+    lock = _mount_lock(root)
+    made: list[Path] = []
     try:
-        for target, cmd in (
-            (root / "proc", ["mount", "-t", "proc", "proc"]),
-            (root / "dev", ["mount", "--bind", "/dev"]),
-        ):
+        binds = [(root / "proc", ["mount", "-t", "proc", "proc"]), (root / "dev", ["mount", "--bind", "/dev"])]
+        binds += [(root / Path(host).resolve().relative_to("/"), ["mount", "--bind", str(Path(host).resolve())])
+                  for host in shared]
+        for target, cmd in binds:
+            made += [p for p in (target, *target.parents) if p.is_relative_to(root) and not p.exists()]
             target.mkdir(parents=True, exist_ok=True)
             if os.path.ismount(target):
                 continue  # left over from a killed run: reuse it, the finally still unmounts it
             subprocess.run([*cmd, str(target)], check=True, capture_output=True)
-            done.append(str(target))
         yield root
     finally:
         unmount_all(root)
+        for path in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
+            if path not in (root / "proc", root / "dev") and not os.path.ismount(path):
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only ever an empty mount point: rmdir refuses anything else
         lock.close()  # releases the flock
 
 
@@ -145,18 +164,41 @@ def remove_tree(root: Path) -> None:
 
 def _check_can_build() -> None:
     if os.geteuid() != 0:
-        raise ChrootUnavailable("building the GIMP 3 chroot needs root (debootstrap, chroot, mount)")
+        raise ChrootUnavailable("building the Debian 13 editors chroot needs root (debootstrap, chroot, mount)")
     if not shutil.which("debootstrap"):
         raise ChrootUnavailable("debootstrap is not installed (apt-get install debootstrap)")
 
 
+def _marker(root: Path) -> dict | None:
+    try:
+        return json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _packages_fields() -> dict[str, list[str]]:
+    """The marker's package lists. GIMP's stay alone under "packages", as before Krita joined: a checkout
+    from before then compares that list for equality, and would otherwise delete and rebuild a shared root."""
+    return {"packages": list(GIMP_PACKAGES), "krita_packages": list(KRITA_PACKAGES)}
+
+
+def missing_packages(root: Path) -> list[str]:
+    """PACKAGES a complete root was built without (it predates them); all of them for an incomplete root."""
+    info = _marker(root) or {}
+    have = set(info.get("packages", ())) | set(info.get("krita_packages", ()))
+    return [p for p in PACKAGES if p not in have]
+
+
 def is_ready(root: Path | None = None) -> bool:
     root = root or chroot_root()
-    try:
-        info = json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("packages") == list(PACKAGES) and (root / GIMP_CONSOLE.lstrip("/")).exists()
+    return (not missing_packages(root) and (root / GIMP_CONSOLE.lstrip("/")).exists()
+            and (root / KRITA.lstrip("/")).exists())
+
+
+def _write_marker(root: Path, info: dict) -> None:
+    tmp = root / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.rename(root / MARKER)  # atomic: a reader sees the old marker or the new one
 
 
 def _run_logged(cmd: Sequence[str], log, timeout: float) -> None:
@@ -200,9 +242,13 @@ def build(root: Path | None = None, *, mirror: str | None = None, timeout: float
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_ready(root):  # someone else finished while we waited
             return {"cached": True, "seconds": time.monotonic() - t0, "root": str(root)}
+        if _marker(root) is not None and (root / GIMP_CONSOLE.lstrip("/")).exists():
+            return _add_packages(root, mirror, timeout, t0)
         partial = root.with_name(root.name + ".partial")
         remove_tree(partial)
-        remove_tree(root)
+        if root.exists():  # never under an editor that another test is running in it (remove_tree unmounts)
+            with _mount_lock(root):
+                remove_tree(root)
         log_path = root.with_name(root.name + ".log")
         with open(log_path, "w") as log:
             timings = {}
@@ -221,22 +267,43 @@ def build(root: Path | None = None, *, mirror: str | None = None, timeout: float
             t = time.monotonic()
             try:
                 with mounted(partial):
-                    base = ["chroot", str(partial), "/usr/bin/env", "-i",
-                            *(f"{k}={v}" for k, v in chroot_env().items())]
-                    _run_logged([*base, "apt-get", "update", "-q"], log, timeout)
-                    _run_logged(
-                        [*base, "apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES], log, timeout
-                    )
-                    _run_logged([*base, "apt-get", "clean"], log, timeout)
+                    _apt_install(partial, PACKAGES, log, timeout)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:  # typically the registry is unreachable
-                raise ChrootUnavailable(f"installing GIMP in the {SUITE} chroot failed: {exc}; {_tail(log_path)}") from exc
+                raise ChrootUnavailable(f"installing the editors in the {SUITE} chroot failed: {exc}; "
+                                        f"{_tail(log_path)}") from exc
             timings["apt_s"] = round(time.monotonic() - t, 1)
-        info = {"packages": list(PACKAGES), "suite": SUITE, "built": time.time(), **timings}
-        (partial / MARKER).write_text(json.dumps(info))
+        info = {**_packages_fields(), "suite": SUITE, "built": time.time(), **timings}
+        _write_marker(partial, info)
         if mounts_below(partial):
             raise RuntimeError(f"{partial} still has mounts after the build")
         partial.rename(root)
         return {"cached": False, "seconds": round(time.monotonic() - t0, 1), "root": str(root), **timings}
+
+
+def _apt_install(root: Path, packages: Sequence[str], log, timeout: float) -> None:
+    base = ["chroot", str(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in chroot_env().items())]
+    _run_logged([*base, "apt-get", "update", "-q"], log, timeout)
+    _run_logged([*base, "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages], log, timeout)
+    _run_logged([*base, "apt-get", "clean"], log, timeout)
+
+
+def _add_packages(root: Path, mirror: str, timeout: float, t0: float) -> dict:
+    """Install the PACKAGES a cached root lacks, in place (caller holds the build lock).
+
+    Under `mounted()`, whose lock also serialises this with the tests that run an editor in the root."""
+    missing = missing_packages(root)
+    log_path = root.with_name(root.name + ".log")
+    with open(log_path, "a") as log:
+        try:
+            with mounted(root):
+                _apt_install(root, missing, log, timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            raise ChrootUnavailable(f"adding {' '.join(missing)} to the {SUITE} chroot failed: {exc}; "
+                                    f"{_tail(log_path)}") from exc
+    info = {**(_marker(root) or {}), **_packages_fields(), "added": missing,
+            "add_s": round(time.monotonic() - t0, 1)}
+    _write_marker(root, info)
+    return {"cached": False, "upgraded": True, "seconds": info["add_s"], "root": str(root), "added": missing}
 
 
 def gimp_version(root: Path | None = None) -> str:
@@ -265,6 +332,27 @@ def gimp_batch(root: Path, script: Path, *, home: Path, env: dict[str, str] | No
            GIMP_CONSOLE, "-i", "--no-fonts", "--batch-interpreter", "python-fu-eval", "-b", code, "--quit"]
     with mounted(root):
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def chroot_command(root: Path, argv: Sequence[str], env: dict[str, str]) -> list[str]:
+    """`argv` run inside `root` with exactly `env` (on top of a plain PATH/LANG), as root's chroot(8) does."""
+    return ["chroot", str(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in {**chroot_env(), **env}.items()),
+            *argv]
+
+
+def free_display(root: Path, first: int = 400) -> int:
+    """An X display number free both here and in `root`: Xvfb's socket is also an abstract one, shared by all
+    processes of the network namespace, so a lock file in one /tmp does not tell about the other."""
+    with open("/proc/net/unix") as fh:
+        abstract = fh.read()
+    for n in range(first, first + 200):
+        if f"@/tmp/.X11-unix/X{n}\n" in abstract + "\n":
+            continue
+        if any((base / f"tmp/.X{n}-lock").exists() or (base / f"tmp/.X11-unix/X{n}").exists()
+               for base in (Path("/"), root)):
+            continue
+        return n
+    raise RuntimeError("no free X display number")
 
 
 def _free_display(root: Path) -> int:
@@ -335,6 +423,9 @@ def main(argv: Sequence[str]) -> int:
     if cmd == "build":
         print(json.dumps(build(root)), flush=True)
         print(gimp_version(root))
+        # what the Krita tests get (read from the root's package database: nothing runs inside)
+        print(subprocess.run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "krita"],
+                             capture_output=True, text=True).stdout.strip())
     elif cmd == "status":
         print(json.dumps({"root": str(root), "ready": is_ready(root), "mounts": mounts_below(root)}))
     elif cmd == "remove":

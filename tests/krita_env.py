@@ -1,16 +1,29 @@
-"""Helpers for the real-Krita tests: an isolated Krita profile, the installed plug-in, test images."""
+"""Helpers for the real-Krita tests: where Krita runs, an isolated Krita profile, the installed plug-in, images.
+
+Two Kritas run the same tests: Debian 12's 5.1.5 on this host, and Debian 13's 5.2.9 (the version most
+users have) in the cached chroot that also holds GIMP 3 (tests/gimp_chroot.py). A `KritaRunner` hides the
+difference: the test's own folder is bound at the same path inside the chroot, so every path in a config
+means the same file on both sides, and the daemon on tcp loopback is reachable from both.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import gimp_chroot
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "krita_scripts"
+RUNNERS = ("host", "chroot")  # the ids of the parametrized tests: [host] Krita 5.1, [chroot] Krita 5.2
+SCREEN = "-screen 0 1280x1024x24"
 
 
 def require(*tools: str) -> None:
@@ -22,6 +35,60 @@ def require(*tools: str) -> None:
         if os.environ.get("PULSE_REQUIRE_KRITA"):
             pytest.fail(f"PULSE_REQUIRE_KRITA is set but {reason}")
         pytest.skip(reason)
+
+
+@dataclass(frozen=True)
+class KritaRunner:
+    """Where one real Krita runs: this host's (`root` None) or the one inside the chroot at `root`."""
+
+    name: str  # one of RUNNERS
+    root: Path | None = None
+
+    def require(self, *tools: str) -> None:
+        if self.root is None:  # the chroot has them all (gimp_chroot.KRITA_PACKAGES)
+            require(*tools)
+
+    def run(self, argv: Sequence[str], env: dict[str, str], *, share: Path, timeout: float,
+            gui: bool = False) -> subprocess.CompletedProcess:
+        """`argv` (krita, kritarunner …) with `env`, under a virtual X server when `gui`; `share` is the test's
+        folder, which the chroot sees at the same path. On timeout the whole process group is killed (Krita,
+        Xvfb), before the chroot's mounts go, and subprocess.TimeoutExpired is raised."""
+        if self.root is None:
+            xvfb = ["xvfb-run", "-a", "-s", SCREEN] if gui else []
+            return _run_group([*xvfb, *argv], env, timeout)
+        with gimp_chroot.mounted(self.root, [share]):
+            # an explicit display number: `xvfb-run -a` only looks at the chroot's /tmp for taken ones
+            xvfb = ["xvfb-run", "-n", str(gimp_chroot.free_display(self.root)), "-s", SCREEN] if gui else []
+            inner = {k: v for k, v in env.items()
+                     if k in ("HOME", "LANG", "LC_ALL", "PYTHONPATH") or k.startswith(("XDG_", "PULSE_", "QT_"))}
+            return _run_group(gimp_chroot.chroot_command(self.root, [*xvfb, *argv], inner), None, timeout)
+
+
+def _run_group(cmd: Sequence[str], env: dict[str, str] | None, timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:  # our timeout, pytest-timeout's, Ctrl+C: no Krita may outlive the test (or its mounts)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def krita_runner(name: str) -> KritaRunner:
+    """The runner for a parametrized test; skips (or fails, see `require`) where that Krita cannot run."""
+    if name == "host":
+        return KritaRunner("host")
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        pytest.skip("Krita 5.2 runs in the Debian 13 chroot, which needs root and debootstrap")
+    try:
+        gimp_chroot.build()
+    except gimp_chroot.ChrootUnavailable as exc:
+        if os.environ.get("PULSE_REQUIRE_KRITA"):
+            pytest.fail(f"PULSE_REQUIRE_KRITA is set but the Debian 13 chroot with Krita 5.2 failed: {exc}")
+        pytest.skip(f"Debian 13 chroot with Krita 5.2 unavailable: {exc}")
+    return KritaRunner("chroot", gimp_chroot.chroot_root())
 
 
 def krita_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -85,3 +86,35 @@ def test_cached_chroot_is_complete_or_absent():
         pytest.skip(f"no cached chroot at {root}")
     assert gimp_chroot.is_ready(root), f"{root} exists but has no completion marker"
     assert gimp_chroot.mounts_below(root) == [], "nothing may stay mounted in the cached chroot between runs"
+
+
+def test_root_cached_before_krita_is_not_ready_and_lacks_only_the_krita_packages(tmp_path):
+    root = tmp_path / "root"
+    for exe in (gimp_chroot.GIMP_CONSOLE, gimp_chroot.KRITA):
+        (root / exe.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / gimp_chroot.GIMP_CONSOLE.lstrip("/")).write_text("")
+    (root / gimp_chroot.MARKER).write_text(json.dumps({"packages": list(gimp_chroot.GIMP_PACKAGES)}))
+    assert not gimp_chroot.is_ready(root)
+    assert gimp_chroot.missing_packages(root) == list(gimp_chroot.KRITA_PACKAGES)  # build() installs these in place
+    (root / gimp_chroot.KRITA.lstrip("/")).write_text("")
+    (root / gimp_chroot.MARKER).write_text(json.dumps(gimp_chroot._packages_fields()))
+    assert gimp_chroot.is_ready(root) and gimp_chroot.missing_packages(root) == []
+    # a checkout from before Krita joined compares "packages" with its GIMP list: it must keep this root
+    assert json.loads((root / gimp_chroot.MARKER).read_text())["packages"] == list(gimp_chroot.GIMP_PACKAGES)
+    (root / gimp_chroot.MARKER).unlink()  # no marker: an interrupted build, nothing in it counts
+    assert not gimp_chroot.is_ready(root) and gimp_chroot.missing_packages(root) == list(gimp_chroot.PACKAGES)
+
+
+@needs_root
+def test_shared_folder_is_seen_at_the_same_path_inside_and_its_mount_points_go_afterwards(tmp_path):
+    root, shared = tmp_path / "root", tmp_path / "work" / "case"
+    root.mkdir()
+    shared.mkdir(parents=True)
+    (shared / "cfg.json").write_text("{}")
+    inside = root / shared.relative_to("/")
+    with gimp_chroot.mounted(root, [shared]):
+        assert (inside / "cfg.json").read_text() == "{}"
+        (inside / "result.json").write_text("[]")  # what the editor writes lands in the test's folder
+    assert (shared / "result.json").read_text() == "[]"
+    assert gimp_chroot.mounts_below(root) == []
+    assert not (root / "tmp").exists(), "the mount points made for the bind were left in the root"

@@ -1,21 +1,23 @@
-"""The Krita plug-in's pixel/layer adapter inside real Krita 5.1 (`kritarunner`, offscreen, no daemon).
+"""The Krita plug-in's pixel/layer adapter inside real Krita (`kritarunner`, offscreen, no daemon): Debian 12's
+5.1.5 on the host and Debian 13's 5.2.9 in the chroot, with the same assertions.
 
 Checks what the fast mock test takes for granted: Krita's channel order in each supported colour space,
 reading a selection of a real image in U8/U16/F16/F32 RGBA and GRAYA, pasting candidates as layers above
-the layer (names, order, visibility, bounds, colour space, exact round trip), the original layer untouched,
-and clear refusals for other colour models and for no selection.
+the layer (names, order, visibility, bounds, colour space, exact round trip), a transparency mask on each face
+where Krita's API can fill one (5.2), the original layer untouched, and clear refusals for other colour models
+and for no selection.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import shutil
 import time
 
 import numpy as np
 import pytest
 
-from krita_env import SCRIPTS, install_plugin, krita_env, mosaic_image, require, write_png
+from krita_env import RUNNERS, SCRIPTS, install_plugin, krita_env, krita_runner, mosaic_image, write_png
 
 pytestmark = pytest.mark.krita
 
@@ -31,11 +33,15 @@ SPACES = [("RGBA", "U8", SRGB, "rgb"), ("RGBA", "U16", SRGB, "rgb"), ("RGBA", "F
           ("GRAYA", "F16", GREY_LINEAR, "grey")]
 
 
-@pytest.fixture(scope="module")
-def adapter_run(tmp_path_factory):
-    require("kritarunner")
-    root = tmp_path_factory.mktemp("krita-adapter")
-    env = krita_env(root, {"QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(SCRIPTS)})
+@pytest.fixture(scope="module", params=RUNNERS)
+def adapter_run(request, tmp_path_factory):
+    runner = krita_runner(request.param)
+    runner.require("kritarunner")
+    root = tmp_path_factory.mktemp(f"krita-adapter-{runner.name}")
+    scripts = root / "scripts"  # inside the test's folder: the chroot's Krita sees it at the same path
+    scripts.mkdir()
+    shutil.copy(SCRIPTS / "pulse_adapter_check.py", scripts)
+    env = krita_env(root, {"QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(scripts)})
     pykrita = install_plugin(env).parent
     images = {"rgb": mosaic_image(64, 48, RECT, 4), "grey": mosaic_image(64, 48, RECT, 4, grey=True)}
     pngs = {kind: str(write_png(root / f"{kind}.png", image)) for kind, image in images.items()}
@@ -45,14 +51,25 @@ def adapter_run(tmp_path_factory):
            "spaces": [[m, d, p, pngs[kind]] for m, d, p, kind in SPACES]}
     (root / "cfg.json").write_text(json.dumps(cfg))
     t0 = time.monotonic()
-    proc = subprocess.run(["kritarunner", "-s", "pulse_adapter_check", "-f", "main", str(root / "cfg.json")],
-                          env=env, capture_output=True, text=True, timeout=240)
+    proc = runner.run(["kritarunner", "-s", "pulse_adapter_check", "-f", "main", str(root / "cfg.json")],
+                      env, share=root, timeout=240)
     res_file = out / "result.json"  # kritarunner exits 0 even when the script raised: read what it wrote
     assert res_file.is_file(), f"kritarunner wrote no result (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
     res = json.loads(res_file.read_text())
     assert "error" not in res, res.get("error")
-    print(f"kritarunner adapter runs: {time.monotonic() - t0:.1f}s")
+    print(f"Krita {res.get('version')} ({runner.name}) adapter runs: {time.monotonic() - t0:.1f}s")
+    res["runner"] = runner.name
     return res, images, out
+
+
+def test_chroot_runs_krita_5_2_and_only_5_2_fills_masks(adapter_run):
+    results, _, _ = adapter_run
+    if results["runner"] == "chroot":
+        assert results["version"].startswith("5.2."), results["version"]
+    assert results["api_fills_masks"] == (tuple(map(int, results["version"].split(".")[:2])) >= (5, 2))
+    if not results["api_fills_masks"]:
+        # Krita 5.1: a mask from createNode("transparencymask") cannot be written: the reason it gets none
+        assert results["created_mask_holds"] == [], results["created_mask_holds"]
 
 
 def test_krita_channel_layouts_match_the_plugin(adapter_run):
@@ -101,11 +118,11 @@ def test_selection_pixels_and_pasted_layers(adapter_run, space):
         assert layer["space"] == [model, depth, profile]
         # exact, or within the precision of Krita's two conversions (sRGB curve -> linear -> sRGB curve)
         assert layer["roundtrip"] <= (2e-3 if linear else 0), f"{layer['name']}: pasted pixels differ from the candidate"
-        if case["api_fills_masks"]:
+        if results["api_fills_masks"]:  # Krita 5.2: each face's mask holds the planned coverage
             assert layer["children"] == ["transparencymask"] and layer["mask_is_plan"], layer
         else:  # Krita 5.1: a transparency mask cannot be filled from a script, so none is added
             assert layer["children"] == [], layer
-    assert case["masked"] == case["api_fills_masks"]
+    assert case["masked"] == results["api_fills_masks"]
     assert case["notes"] == names  # provenance annotation, one entry per new layer
     assert case["original_unchanged"]
     assert case["projection_same"]  # "Whole image (merged)" reads the projection, same layout
@@ -124,6 +141,12 @@ def test_second_run_gets_its_own_group_and_names(adapter_run):
     mask = np.frombuffer((out / "mask.raw").read_bytes(), np.uint8).reshape(h, w)
     assert (mask[4:h - 4, 4:w - 4] == 255).all()
     assert 0 < mask[h // 2, 0] < mask[h // 2, 2] < 255
+    if results["api_fills_masks"]:
+        # the mask decides what shows: the visible face's projection has the mask as its alpha (its pixels are
+        # opaque there), across the band, the mosaic and the band on the other side
+        case = results["cases"][f"RGBA-U8-{SRGB}"]
+        (shown,), (row,) = case["shown_alpha"], case["mask_row"]
+        assert row == list(mask[h // 2]) and max(abs(a - b) for a, b in zip(shown, row)) <= 1, (shown, row)
 
 
 def test_other_models_and_missing_selection_are_refused(adapter_run):

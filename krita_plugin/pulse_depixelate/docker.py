@@ -583,7 +583,7 @@ class PulseDocker(DockWidget):
             item.setFlags(Qt.ItemIsEnabled | Qt.ItemIsUserCheckable)
             item.setCheckState(Qt.Checked if plan.visible else Qt.Unchecked)
             item.setData(Qt.UserRole, node.uniqueId())
-            item.setToolTip(plan.comment)
+            item.setToolTip(plan.comment if pasted.masked else f"{plan.comment}\n{logic.NO_MASK_NOTE}")
             self.faces.addItem(item)
         self.faces.blockSignals(False)
         rows = sum(self.faces.sizeHintForRow(i) for i in range(min(self.faces.count(), FACE_ROWS)))

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import struct
 import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -420,6 +421,10 @@ class Pasted:
     masked: bool = False  # each face has its transparency mask (Krita 5.2's API; 5.1 cannot fill one)
 
 
+NO_MASK_NOTE = ("No transparency mask: this Krita's scripting API cannot fill one (Krita 5.2's can). To blend "
+                "the face, add one yourself (Layer ▸ New ▸ Transparency Mask).")
+
+
 def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any],
                   new_selection: Optional[Callable[[], Any]] = None) -> Pasted:
     """Paste one group, "PULSE run N — B px blocks", above the request's layer (GUI thread).
@@ -443,6 +448,8 @@ def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any],
     group = doc.createGroupLayer(run.group_name)
     faces = [_make_layer(doc, request, plan, layer.name) for plan, layer in zip(outcome.layers, run.layers)]
     masked = all([_add_mask(doc, face, request.rect, outcome.mask, new_selection) for face in faces])
+    if not masked:  # the docker says so too (its message and each face's tooltip)
+        print(f"PULSE Depixelate: {group_name}: {NO_MASK_NOTE}", file=sys.stderr)
     for node in reversed(faces):  # each on top of the previous: the best ends on top
         group.addChildNode(node, None)
     # Above the anchor and the earlier runs stacked right on it, so the new best face is the one that shows;
@@ -497,11 +504,15 @@ def _add_mask(doc: Any, node: Any, rect: Rect, mask: bytes, new_selection: Optio
     """
     if not mask or new_selection is None or not hasattr(doc, "createTransparencyMask"):
         return False
-    selection = new_selection()
-    selection.setPixelData(mask, rect.x, rect.y, rect.w, rect.h)
-    blend = doc.createTransparencyMask("blend mask")
-    blend.setSelection(selection)
-    node.addChildNode(blend, None)
+    try:
+        selection = new_selection()
+        selection.setPixelData(mask, rect.x, rect.y, rect.w, rect.h)
+        blend = doc.createTransparencyMask("blend mask")
+        blend.setSelection(selection)
+        node.addChildNode(blend, None)
+    except Exception:  # noqa: BLE001 - a face without its mask is still a result: paste it, log why
+        traceback.print_exc()
+        return False
     return True
 
 

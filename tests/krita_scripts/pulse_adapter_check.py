@@ -35,7 +35,19 @@ def run(cfg, out_dir):
     from protocol.messages import Candidate, ImageBlob, Result
 
     app = Krita.instance()
-    res = {"layouts": {}, "cases": {}}
+    res = {"layouts": {}, "cases": {}, "version": app.version()}
+
+    # 0. Why Krita 5.1 gets no masks: a transparency mask made with createNode (the only way before 5.2's
+    #    createTransparencyMask) has no selection behind it, so writing its pixels does nothing.
+    doc = app.createDocument(8, 8, "probe", "RGBA", "U8", "", 72.0)
+    layer = doc.createNode("probe layer", "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    probe = doc.createNode("probe mask", "transparencymask")
+    layer.addChildNode(probe, None)
+    probe.setPixelData(bytes([128]) * 16, 0, 0, 4, 4)
+    res["created_mask_holds"] = list(bytes(probe.pixelData(0, 0, 4, 4)))
+    res["api_fills_masks"] = hasattr(doc, "createTransparencyMask")
+    doc.close()
 
     # 1. Krita's channel order per colour space vs. what the plug-in assumes.
     names = {"RGBA": ["Red", "Green", "Blue", "Alpha"], "GRAYA": ["Gray", "Alpha"]}
@@ -78,7 +90,6 @@ def run(cfg, out_dir):
         pasted = logic.apply_outcome(req, outcome, app.documents(), Selection)
         created = pasted.faces
         case["masked"] = pasted.masked
-        case["api_fills_masks"] = hasattr(doc, "createTransparencyMask")  # Krita 5.2 and later
         doc.waitForDone()
         case["stack"] = [[n.name(), n.type(), bool(n.visible())] for n in doc.topLevelNodes()]
         case["group"] = {"name": pasted.group.name(), "type": pasted.group.type(),
@@ -93,6 +104,13 @@ def run(cfg, out_dir):
             back = logic.krita_to_wire(raw, req.fmt)
             masks = [m for m in node.childNodes() if m.type() == "transparencymask"]
             mask = bytes(masks[0].pixelData(x, y, w, h)) if masks else b""
+            if masks and node.visible() and label == "RGBA-U8-" + cfg["spaces"][0][2]:
+                # what the mask does: the layer's projection is its pixels with the mask's coverage as alpha
+                # (visible layers only: Krita does not compute a hidden layer's projection)
+                row = h // 2
+                shown = bytes(node.projectionPixelData(x, y + row, w, 1))[3::4]
+                case.setdefault("shown_alpha", []).append(list(shown))
+                case.setdefault("mask_row", []).append(list(mask[row * w:(row + 1) * w]))
             case["layers"].append({"name": node.name(), "visible": bool(node.visible()),
                                    "bounds": [b.x(), b.y(), b.width(), b.height()],
                                    "space": [node.colorModel(), node.colorDepth(), node.colorProfile()],

@@ -9,13 +9,16 @@ tests/test_krita_gui.py. Config: JSON file named by $PULSE_KRITA_TEST. Scenario,
   5. a long job cancelled after its first PROGRESS     -> "cancelled", no new layer (if configured);
   6. a selection without a mosaic, twice: the "depixelate anyway?" box answered with its default (No)
      -> "declined", no new layer; then Yes -> "done", the run's group (if configured);
-  7. the docker floated at 300 px wide: what fits, what is cut, a screenshot (docker-300.png).
+  7. the docker floated at 300 px wide: what fits, what is cut, a screenshot (docker-300.png);
+  8. a selection one mosaic cell larger than the mosaic (if configured) -> "done": each face's transparency mask
+     (where this Krita's API can fill one) saved whole, to see it opaque over the mosaic and falling off around it.
 The result goes to cfg["out"] as JSON (tracebacks included), then os._exit: QApplication.exit() can crash
 Krita 5.1 on the way out, and a hook that never finishes is caught by the test's own timeout.
 """
 
 import json
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -68,6 +71,7 @@ class Driver:
         info["name"] = name
         info["t"] = round(time.monotonic() - self.res["t0"], 2)
         self.res["steps"].append(info)
+        print(f"pulse_gui_hook: {name} {info.get('state', '')} at {info['t']} s", file=sys.stderr, flush=True)
 
     def fail(self, why):
         self.res["error"] = why
@@ -100,6 +104,7 @@ class Driver:
         self.docker = dockers[0]
         self.docker.show()
         self.res["docker_title"] = self.docker.windowTitle()
+        self.res["version"] = self.app.version()
         self.res["action_text"] = self.app.action("pulse_depixelate").text() if self.app.action("pulse_depixelate") else None
         self.doc = self.app.openDocument(self.cfg["png"])
         window.addView(self.doc)
@@ -115,7 +120,8 @@ class Driver:
         self.docker.apply_settings(Settings(**s))
         self.queue = (["start"] if self.cfg.get("start_endpoint") else []) + ["nosel"] + (["dead"] if self.cfg.get("dead_endpoint") else []) + ["live"] + \
             (["cancel"] if self.cfg.get("cancel_steps") else []) + (["undo"] if self.cfg.get("undo") else []) + \
-            (["nomosaic_no", "nomosaic_yes", "layout"] if self.cfg.get("plain_rect") else [])
+            (["nomosaic_no", "nomosaic_yes", "layout"] if self.cfg.get("plain_rect") else []) + \
+            (["grown"] if self.cfg.get("grown_rect") else [])
         QTimer.singleShot(500, self.guard(self.next))
 
     def next(self):
@@ -123,6 +129,7 @@ class Driver:
             self.finish()
             return
         self.pending = self.queue.pop(0)
+        print(f"pulse_gui_hook: {self.pending} starts", file=sys.stderr, flush=True)
         d, s = self.docker, self.cfg["settings"]
         if self.pending == "start":
             self.do_start()
@@ -136,7 +143,8 @@ class Driver:
         if self.pending == "nosel":
             self.doc.setSelection(None) if self.doc.selection() is not None else None
         else:
-            x, y, w, h = self.cfg["plain_rect" if self.pending.startswith("nomosaic") else "rect"]
+            key = {"grown": "grown_rect"}.get(self.pending, "plain_rect" if self.pending.startswith("nomosaic") else "rect")
+            x, y, w, h = self.cfg[key]
             sel = Selection()
             sel.select(x, y, w, h, 255)
             self.doc.setSelection(sel)
@@ -302,6 +310,8 @@ class Driver:
                 "layers_before": self.layers_before, "layers_after": self.layers(),
                 "progress_seen": sorted(self.progress_seen)[-3:], "progress_count": len(self.progress_seen),
                 "preview_seen": self.preview_seen, "status": self.docker.status_label.text()}
+        if name in ("live", "grown") and state == "done":
+            info["masks"] = self.faces_masks(name)
         if name and name.startswith("nomosaic"):
             info["question"] = self.question
             info["group"] = self.docker.last_group.name() if state == "done" else None
@@ -328,6 +338,21 @@ class Driver:
             QTimer.singleShot(1500, self.guard(lambda: self.after_settle(name, info)))
             return
         self.after_settle(name, info)
+
+    def faces_masks(self, step):
+        """Each face of the last run: its name and child node types; a transparency mask's pixels over the
+        whole image go to mask-<step>-<i>.raw (one byte per pixel)."""
+        out, W, H = Path(self.cfg["out"]).parent, self.doc.width(), self.doc.height()
+        faces = []
+        for i, node in enumerate(self.docker.last_layers):
+            masks = [m for m in node.childNodes() if m.type() == "transparencymask"]
+            if masks:
+                (out / f"mask-{step}-{i}.raw").write_bytes(bytes(masks[0].pixelData(0, 0, W, H)))
+            faces.append({"name": node.name(), "children": [c.type() for c in node.childNodes()],
+                          "parent": node.parentNode().name()})
+        items = [self.docker.faces.item(i) for i in range(self.docker.faces.count())]
+        return {"faces": faces, "group": self.docker.last_group.name(), "size": [W, H],
+                "tooltip": self.docker.message.toolTip(), "face_tooltips": [it.toolTip() for it in items]}
 
     def after_settle(self, name, info):
         if name == "live":
@@ -361,6 +386,14 @@ class Driver:
         _finish(self.res, 0)
 
 
+def _modal():
+    """What a modal box in the way says (a hook that times out is often waiting behind one)."""
+    from PyQt5.QtWidgets import QApplication
+
+    box = QApplication.activeModalWidget()
+    return None if box is None else [box.objectName(), box.windowTitle(), getattr(box, "text", str)()]
+
+
 def _boot():
     try:
         cfg = _cfg()
@@ -369,7 +402,8 @@ def _boot():
     driver = Driver(cfg)
     _state["driver"] = driver
     QTimer.singleShot(int(cfg.get("timeout", 120) * 1000), lambda: (driver.res.update(error="hook timeout",
-                                                                                       pending=driver.pending),
+                                                                                       pending=driver.pending,
+                                                                                       modal=_modal()),
                                                                   _finish(driver.res, 4)))
     QTimer.singleShot(1000, driver.guard(driver.start))
 
