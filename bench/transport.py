@@ -83,7 +83,7 @@ def _connect(client, daemon: subprocess.Popen) -> None:
         try:
             client.connect()
             return
-        except Exception:  # noqa: BLE001 - still starting
+        except Exception:  # still starting
             if time.monotonic() > deadline or daemon.poll() is not None:
                 raise
             time.sleep(0.1)

@@ -113,15 +113,12 @@ def _setup_logging(level: str, to_file: bool) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import dataclasses
+    from pathlib import Path
 
     from protocol.codec import DEFAULT_LIMITS
 
     from ..daemon import DaemonConfig, run_daemon
-
-    from pathlib import Path
-
     from ..errors import ModelError
-
     from ..models import noop
     from ..models.registry import REGISTRY
 

@@ -10,14 +10,32 @@ import logging
 import os
 import secrets
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from protocol.codec import Limits, decode
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.job import MAX_REGION_SIDE, ParamError, spec_to_wire
 from protocol.messages import (
-    CLIENT_TYPES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello, JobState,
-    Ok, Ping, Pong, Shutdown, Status, StatusReply, Submit, Welcome,
+    CLIENT_TYPES,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    Accepted,
+    Bye,
+    Cancel,
+    Error,
+    Failed,
+    Fetch,
+    Hello,
+    JobState,
+    Ok,
+    Ping,
+    Pong,
+    Shutdown,
+    Status,
+    StatusReply,
+    Submit,
+    Welcome,
 )
 
 from .. import __version__

@@ -76,7 +76,7 @@ class FacePrior(nn.Module):
             return t.device
         return torch.device("cpu")
 
-    def freeze(self) -> "FacePrior":
+    def freeze(self) -> FacePrior:
         """Eval mode, no weight gradients: the search only moves latents and noise."""
         self.eval()
         for p in self.parameters():

@@ -95,7 +95,7 @@ class DCGANPrior(FacePrior):
         self.latent_rows = 1
         self.latent_dim = generator.z_dim
 
-    def train(self, mode: bool = True) -> "DCGANPrior":
+    def train(self, mode: bool = True) -> DCGANPrior:
         super().train(mode)
         self.generator.eval()  # never batch statistics: the search batch is not a training batch
         return self

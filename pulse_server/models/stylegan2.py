@@ -14,7 +14,7 @@ Two forms of the modulated convolution give the same numbers (stylegan2-ada's `f
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

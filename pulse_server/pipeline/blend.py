@@ -31,7 +31,7 @@ class CellGrid:
     origin: tuple[int, int] = (0, 0)  # (x, y) of the first grid line, relative to the rectangle
 
     @classmethod
-    def of(cls, rect: tuple[int, int, int, int], block: int, phase: tuple[int, int]) -> "CellGrid":
+    def of(cls, rect: tuple[int, int, int, int], block: int, phase: tuple[int, int]) -> CellGrid:
         """The grid of a mosaic rectangle (region coords) with grid lines at phase (mod block)."""
         x, y, w, h = rect
         ox = (phase[0] - x) % block

@@ -13,8 +13,8 @@ Grid and rectangle are refined alternately (the profile is recomputed on the rec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -16,8 +16,19 @@ from pathlib import Path
 
 from platformdirs.macos import MacOS
 
-from .common import APP_NAME, LAUNCHD_LABEL, SERVICE_NAME, AutostartError, LaunchCommand, Say, home, \
-    remove_file, run_tool, tool_error, write_entry
+from .common import (
+    APP_NAME,
+    LAUNCHD_LABEL,
+    SERVICE_NAME,
+    AutostartError,
+    LaunchCommand,
+    Say,
+    home,
+    remove_file,
+    run_tool,
+    tool_error,
+    write_entry,
+)
 
 # Where Homebrew (Apple silicon, Intel) and the system keep tools, after the interpreter's own folder.
 _BASE_PATH = ["/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]
