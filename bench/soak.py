@@ -91,7 +91,7 @@ def _client(endpoint: str, jobs: list[dict], out: mp.Queue) -> None:
             row: dict[str, Any] = {"id": job["id"], "key": job["input"], "mode": mode}
             try:
                 res = c.run_job(ImageBlob.from_numpy(pixels), None, params, job_id=jid,
-                                should_cancel=(lambda: time.monotonic() >= cancel_at) if cancel_at else None)
+                                should_cancel=(lambda at=cancel_at: time.monotonic() >= at) if cancel_at else None)
                 img = res.candidates[0].image
                 expected = (32, 32, 3) if mode == "solve" else pixels.shape
                 crossed = res.job_id != jid or (img.height, img.width, img.channels) != expected
