@@ -24,7 +24,10 @@ Emit = Callable[[str, Job, Any], None]
 
 class WorkerPool(Protocol):
     noop: bool  # the model-free echo backend (no device to check at start)
-    device: Any  # WELCOME/STATUS `device`
+
+    @property
+    def device(self) -> Any:
+        """WELCOME/STATUS `device` (read only: the Ray pool's is a summary of its actors')."""
 
     def start(self) -> None:
         """Begin taking jobs; raises PulseError when the pool cannot run at all (the daemon then exits 2)."""

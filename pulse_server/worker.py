@@ -186,8 +186,8 @@ class JobExecutor:
                                 self._precision_of(job.params))
             self.emit("state", job, "running")
             started = time.monotonic()
-            if self.noop:
-                result = self._noop(job)
+            if self.noop_model is not None:
+                result = self._noop(job, self.noop_model)
             else:
                 result, search_s, steps_run = self._execute(job, self._clock(shape, started))
             if job.cancel_event.is_set():
@@ -359,9 +359,9 @@ class JobExecutor:
         cands = [_candidate(patch, c) for patch, c in zip(res.patches, res.candidates)]
         return Result(job.job_id, cands, str(res.model), depixelate_analysis(res)), res.search_seconds, res.steps_run
 
-    def _noop(self, job: Job) -> Result:
+    def _noop(self, job: Job, model: noop.NoopModel) -> Result:
         """Echo the region back: measures transport, queueing and cancellation without a model."""
-        delay = self.noop_model.step_delay
+        delay = model.step_delay
         total = job.params.steps if delay > 0 else 1
         for step in range(1, total + 1):
             if job.cancel_event.is_set():

@@ -179,10 +179,11 @@ class Bridge:
 
         with self._lock:
             slot = self.slots.get(actor_id)
-            usable = slot is not None and slot.state == "idle"
-            if usable:
+            if slot is not None and slot.state == "idle":
                 slot.state, slot.ticket = "busy", spec.ticket
-        if not usable:  # died between the daemon's choice and now: the job never started
+            else:
+                slot = None
+        if slot is None:  # died between the daemon's choice and now: the job never started
             self.send("lost", spec.ticket, actor_id, "the actor was gone before the job started", False)
             return
         try:

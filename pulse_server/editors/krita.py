@@ -214,8 +214,8 @@ def uninstall(dest: Path | None = None) -> None:
     """Remove what install() put there (idempotent)."""
     pykrita = Path(dest).expanduser() if dest is not None else pykrita_dir()
     shutil.rmtree(pykrita / NAME, ignore_errors=True)
-    for path in (pykrita / f"{NAME}.desktop",
-                 *([_actions_dir(pykrita) / f"{NAME}.action"] if _actions_dir(pykrita) else [])):
+    actions = _actions_dir(pykrita)
+    for path in (pykrita / f"{NAME}.desktop", *([actions / f"{NAME}.action"] if actions else [])):
         try:
             path.unlink()
         except FileNotFoundError:

@@ -48,7 +48,9 @@ def login_env(platform: str) -> dict[str, str]:
     (protocol.endpoint uses ~/Library/Caches), but the daemon's temporary files (tempfile, torch) should
     stay in the per-user /var/folders TMPDIR rather than the shared /tmp a bare launchd job falls back to."""
     tmpdir = os.environ.get("TMPDIR")
-    return {"TMPDIR": tmpdir} if platform == "darwin" and sys.platform == "darwin" and tmpdir else {}
+    if platform != "darwin" or sys.platform != "darwin" or not tmpdir:
+        return {}
+    return {"TMPDIR": tmpdir}
 
 
 def render(command: LaunchCommand, extra_env: dict[str, str] | None = None) -> bytes:
