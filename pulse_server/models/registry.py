@@ -59,7 +59,7 @@ from pathlib import Path
 
 from protocol.endpoint import APP
 
-from ..errors import ModelError
+from ..errors import ErrorCode, ModelError
 
 CHUNK = 1 << 20
 TIMEOUT_S = 30.0
@@ -268,7 +268,7 @@ def sha256_file(path: Path) -> str:
 class DownloadError(ModelError):
     """The model's file could not be fetched (offline, refused, cut off); `reason` says why, briefly."""
 
-    code = "NO_WEIGHTS"
+    code = ErrorCode.NO_WEIGHTS
 
     def __init__(self, url: str, dest: Path, reason: str, kept: str = "") -> None:
         self.url, self.dest, self.reason, self.kept = url, dest, reason, kept

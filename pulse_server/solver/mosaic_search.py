@@ -63,6 +63,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -275,7 +276,7 @@ class _LatentPhase(_Phase):
                  noises: list[Tensor], trainable: list[Tensor], theta: Tensor, move_theta: bool):
         super().__init__(ctx, best, steps, first_step)
         self.latent, self.noises, self.move_theta = latent, noises, move_theta
-        extra = {"fused": True} if (ctx.autocast and ctx.device.type == "cuda") else {}
+        extra: dict[str, Any] = {"fused": True} if (ctx.autocast and ctx.device.type == "cuda") else {}
         self.opt = SphericalOptimizer([latent, *trainable], lr=ctx.cfg.lr, **extra)
         self.trainable = trainable
         unit = theta.new_tensor(_THETA_STEP)
