@@ -47,7 +47,7 @@ def _batch(d, jobs: int, steps: int, clients: int = 4) -> float:
                 for i in range(k, jobs, clients):
                     c.run_job(ImageBlob.from_numpy(_lowres(i)), None,
                               {"mode": "solve", "candidates": 1, "steps": steps, "seed": i})
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]

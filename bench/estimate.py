@@ -84,7 +84,7 @@ def job_mix(count: int, seed: int) -> list[tuple[str, np.ndarray, dict]]:
     return jobs
 
 
-def grown(case: "quality.Case", factor: int) -> np.ndarray:
+def grown(case: quality.Case, factor: int) -> np.ndarray:
     """The case `factor`× larger per side as an editor would hold it: the photo enlarged smoothly (bicubic)
     and pixelated again over the enlarged rectangle with `factor`× the block (at most the detector's largest).
     Enlarging the mosaicked region itself (nearest neighbour) would make every photo pixel a factor-px block:
@@ -119,7 +119,7 @@ def run_one(client, region: np.ndarray, params: dict) -> tuple[float, float, flo
 
 def run_pair(client, first: tuple[np.ndarray, dict], second: tuple[np.ndarray, dict]) -> tuple[float, float]:
     """Two jobs submitted back to back -> (second's wait_s, how long it actually waited)."""
-    from protocol.messages import ImageBlob, JobState, Result, Failed
+    from protocol.messages import Failed, ImageBlob, JobState, Result
 
     a = client.submit(ImageBlob.from_numpy(first[0]), None, first[1])
     t_submit = time.monotonic()

@@ -56,9 +56,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -361,7 +361,7 @@ def _jsonable(v: object) -> object:
 
 
 def _candidate_record(c: object) -> dict:
-    return {"downscale_mse": float(getattr(c, "downscale_mse")), "eps_reached": bool(getattr(c, "eps_reached", False)),
+    return {"downscale_mse": float(c.downscale_mse), "eps_reached": bool(getattr(c, "eps_reached", False)),
             "seed": _jsonable(getattr(c, "seed", None)), "theta": _jsonable(getattr(c, "theta", None)),
             "method": _jsonable(getattr(c, "method", None))}
 
@@ -397,7 +397,7 @@ def worker_main(args: argparse.Namespace) -> int:
 
     try:  # lazy imports, allocator and thread pools: not part of anyone's seconds per job
         depixelate(prior, regions[f"region_{metas[0]['index']}"], None, params(metas[0], 2))
-    except Exception as e:  # noqa: BLE001 - the timed run reports it
+    except Exception as e:  # the timed run reports it
         print(f"warm-up failed: {e!r}", file=sys.stderr)
     by_index = {m["index"]: m for m in metas}
     print(json.dumps({"ready": str(root), "engine": f"{depixelate.__module__}.depixelate"}), file=channel)
@@ -414,7 +414,7 @@ def worker_main(args: argparse.Namespace) -> int:
                              "detected": bool(info.detected)}
             rec["candidates"] = [_candidate_record(c) for c in res.candidates]
             np.savez(out / f"case_{meta['index']}.npz", patches=np.stack([np.asarray(p) for p in res.patches]))
-        except Exception as e:  # noqa: BLE001 - a failed case is a result (counted), not the end of the run
+        except Exception as e:  # a failed case is a result (counted), not the end of the run
             rec["seconds"] = time.perf_counter() - t0
             rec["error"] = f"{type(e).__name__}: {e}"
         print(json.dumps(rec), file=channel)

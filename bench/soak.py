@@ -69,7 +69,7 @@ def _doomed(endpoint: str, index: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _client(endpoint: str, jobs: list[dict], out: "mp.Queue") -> None:
+def _client(endpoint: str, jobs: list[dict], out: mp.Queue) -> None:
     from protocol.client import PulseClient
     from protocol.errors import JobCancelled, JobFailed
     from protocol.messages import ImageBlob
@@ -91,7 +91,7 @@ def _client(endpoint: str, jobs: list[dict], out: "mp.Queue") -> None:
             row: dict[str, Any] = {"id": job["id"], "key": job["input"], "mode": mode}
             try:
                 res = c.run_job(ImageBlob.from_numpy(pixels), None, params, job_id=jid,
-                                should_cancel=(lambda: time.monotonic() >= cancel_at) if cancel_at else None)
+                                should_cancel=(lambda at=cancel_at: time.monotonic() >= at) if cancel_at else None)
                 img = res.candidates[0].image
                 expected = (32, 32, 3) if mode == "solve" else pixels.shape
                 crossed = res.job_id != jid or (img.height, img.width, img.channels) != expected
@@ -101,7 +101,7 @@ def _client(endpoint: str, jobs: list[dict], out: "mp.Queue") -> None:
                 row["outcome"] = "cancelled"
             except JobFailed as exc:
                 row.update(outcome="failed", code=exc.code)
-            except Exception as exc:  # noqa: BLE001 - a job without an answer: lost
+            except Exception as exc:  # a job without an answer: lost
                 row.update(outcome="lost", error=f"{type(exc).__name__}: {exc}")
             out.put(row)
 
@@ -185,7 +185,7 @@ def load_phase(d: Daemon, clients: int, jobs: int, cancel_rate: float, kill_rate
     while len(rows) < jobs and time.monotonic() < deadline:
         try:
             rows.append(out.get(timeout=0.5))
-        except Exception:  # noqa: BLE001 - queue.Empty
+        except Exception:  # queue.Empty
             pass
         if time.monotonic() - last >= 1.0:
             d.check_alive()
@@ -214,7 +214,7 @@ def stop_phase(d: Daemon, seconds: float) -> dict:
         try:
             with PulseClient(d.endpoint, client_name="soak-stop", timeout=60) as c:
                 results.append(c.run_job(ImageBlob.from_numpy(pixels), None, {**params, "steps": 400}))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             results.append(exc)
 
     before = d.output().count("client vanished")
@@ -246,7 +246,7 @@ def restart_phase(d: Daemon) -> dict:
         try:
             with PulseClient(d.endpoint, client_name="soak-restart", timeout=120) as c:
                 results.append(c.run_job(ImageBlob.from_numpy(pixels), None, {**params, "steps": 300}))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             results.append(exc)
 
     t = threading.Thread(target=one)

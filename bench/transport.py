@@ -14,6 +14,7 @@ e.g. main's worktree) a second daemon runs that checkout's code, measured interl
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import secrets
@@ -25,9 +26,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+if TYPE_CHECKING:
+    from protocol.messages import ImageBlob
 
 ECHO = """
 import sys, zmq
@@ -65,6 +70,19 @@ def _interleaved(fns: list, repeat: int) -> list[list[float]]:
     return times
 
 
+def _round_trip(client, blob: ImageBlob, nbytes: int) -> None:
+    """One job through the daemon: the region there and the (same-size) result back."""
+    res = client.run_job(blob, None, {"mode": "depixelate", "candidates": 1, "steps": 1})
+    assert res.candidates[0].image.nbytes == nbytes
+
+
+def _round_trip_raw(raw, payload: memoryview, nbytes: int) -> None:
+    """The same bytes through a bare ZeroMQ echo: the floor the daemon's round trip is compared with."""
+    raw.send_multipart([payload], copy=False)
+    back = raw.recv_multipart(copy=False)
+    assert len(back[0]) == nbytes
+
+
 def _start_daemon(repo: Path, endpoint: str, env: dict[str, str]) -> subprocess.Popen:
     """`pulse-server run` from the checkout `repo` (its own runtime dir: one daemon per lock)."""
     from protocol import launch
@@ -83,7 +101,7 @@ def _connect(client, daemon: subprocess.Popen) -> None:
         try:
             client.connect()
             return
-        except Exception:  # noqa: BLE001 - still starting
+        except Exception:  # still starting
             if time.monotonic() > deadline or daemon.poll() is not None:
                 raise
             time.sleep(0.1)
@@ -130,16 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             payload = memoryview(region).cast("B")
             repeat = args.repeat or (30 if size <= 256 else 10 if size <= 1024 else 5)
 
-            def via(client) -> None:
-                res = client.run_job(blob, None, {"mode": "depixelate", "candidates": 1, "steps": 1})
-                assert res.candidates[0].image.nbytes == region.nbytes
-
-            def via_raw() -> None:
-                raw.send_multipart([payload], copy=False)
-                back = raw.recv_multipart(copy=False)
-                assert len(back[0]) == region.nbytes
-
-            fns = [via_raw] + [lambda c=c: via(c) for c in clients]
+            # Bound now with partial, not closed over: each size's functions see that size's region.
+            fns = [functools.partial(_round_trip_raw, raw, payload, region.nbytes)]
+            fns += [functools.partial(_round_trip, c, blob, region.nbytes) for c in clients]
             tr, td, *tb = _interleaved(fns, repeat)
             d_med, d_min, r_med, r_min = statistics.median(td), min(td), statistics.median(tr), min(tr)
             row = {"size": size, "mib": region.nbytes / 2**20, "repeat": repeat, "daemon_ms": d_med * 1e3,

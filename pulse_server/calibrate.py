@@ -23,13 +23,18 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import Cancelled
 from .estimate import BATCH_POINTS, Calibration
+
+if TYPE_CHECKING:  # torch-heavy; imported where used
+    from .models.base import FacePrior
+    from .pipeline import Observation, Prepared
 
 CAL_STEPS = 20  # per batch: phase_steps gives 3 warm-up, 10 latent and 7 feature steps
 CAL_BUDGET_S = 1.0  # per batch, once MIN_STEPS are timed
@@ -54,7 +59,7 @@ class _Timed:
     search_fixed: float  # seconds of the search outside its median steps
 
 
-def calibrate(prior: object, cancel: Callable[[], bool] | None = None, *, steps: int = CAL_STEPS,
+def calibrate(prior: FacePrior, cancel: Callable[[], bool] | None = None, *, steps: int = CAL_STEPS,
               budget_s: float = CAL_BUDGET_S) -> Calibration:
     """Time `prior` (a loaded FacePrior) on its device; Cancelled when `cancel()` turns true."""
     from .solver.mosaic_search import pick_stage
@@ -111,7 +116,7 @@ def synthetic_region(cells: int = CELLS, context: int = CONTEXT, seed: int = 0) 
     return photo
 
 
-def _time_prepare(region: np.ndarray, cancel: Callable[[], bool]) -> tuple[float, object]:
+def _time_prepare(region: np.ndarray, cancel: Callable[[], bool]) -> tuple[float, Prepared]:
     from . import pipeline
 
     t0 = time.perf_counter()
@@ -126,7 +131,7 @@ def _exponent(small: float, large: float, growth: float) -> float:
     return float(min(max(np.log(large / small) / np.log(growth), EXPONENTS[0]), EXPONENTS[1]))
 
 
-def _time_search(prior: object, obs: object, batch: int, cancel: Callable[[], bool], steps: int,
+def _time_search(prior: FacePrior, obs: Observation, batch: int, cancel: Callable[[], bool], steps: int,
                  budget_s: float) -> _Timed:
     from .solver.mosaic_search import MosaicConfig, phase_steps, pick_stage, solve_mosaic
 
@@ -143,13 +148,13 @@ def _time_search(prior: object, obs: object, batch: int, cancel: Callable[[], bo
 
     start = time.perf_counter()
     try:
-        solve_mosaic(prior, obs, cfg, cancel=hook)  # type: ignore[arg-type]
+        solve_mosaic(prior, obs, cfg, cancel=hook)
         marks.append(time.perf_counter())  # the last step ends with the results' extraction: left out below
         complete = True
     except _OutOfBudget:
         complete = False
     durations = np.diff(marks)
-    warm, latent, feats = phase_steps(cfg, pick_stage(prior, obs) is not None)  # type: ignore[arg-type]
+    warm, latent, feats = phase_steps(cfg, pick_stage(prior, obs) is not None)
     feature_start = warm + latent
     skip = {0, feature_start} | ({len(durations) - 1} if complete else set())
     lat = [d for i, d in enumerate(durations) if i < feature_start and i not in skip]
@@ -162,7 +167,7 @@ def _time_search(prior: object, obs: object, batch: int, cancel: Callable[[], bo
     return _Timed(lat_med, fea_med, max(0.0, elapsed - counted))
 
 
-def _time_finish(prior: object, prep: object, k: int, cancel: Callable[[], bool]) -> float:
+def _time_finish(prior: FacePrior, prep: Prepared, k: int, cancel: Callable[[], bool]) -> float:
     """Seconds of `pipeline.finish` for k random faces, unplaced. The correction that makes a patch re-pixelate
     to the mosaic runs until it converges (blend.correct_cells, at most 40 rounds); a real face's needs most of
     them, as a random face's does, where a flat grey face would converge at once and time a fraction."""
@@ -172,14 +177,14 @@ def _time_finish(prior: object, prep: object, k: int, cancel: Callable[[], bool]
 
     if cancel():
         raise Cancelled("calibration cancelled")
-    r = int(prior.resolution)  # type: ignore[attr-defined]
+    r = int(prior.resolution)
     rng = np.random.default_rng(0)
     faces = [MosaicCandidate(image=rng.random((r, r, 3), dtype=np.float32), seed=i, downscale_mse=0.0, eps_reached=True,
                              steps=1, theta=(0.0, 0.0, 0.0, 0.0), gain=(1.0, 1.0, 1.0), offset=(0.0, 0.0, 0.0),
                              method="ilo") for i in range(k)]
-    op = MosaicOperator(prep.observation, r, 0.1, prior.device)  # type: ignore[attr-defined]
+    op = MosaicOperator(prep.observation, r, 0.1, prior.device)
     t0 = time.perf_counter()
-    pipeline.finish(prep, MosaicSolveResult(faces, op))  # type: ignore[arg-type]
+    pipeline.finish(prep, MosaicSolveResult(faces, op))
     return time.perf_counter() - t0
 
 

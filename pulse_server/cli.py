@@ -10,7 +10,8 @@ import argparse
 import importlib
 import re
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .devices import enable_mps_fallback
@@ -28,7 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (naming the option and what it takes, exit 2), like every other
     error of these programs, and which takes values that start with a minus (`--box -5,0,20,20`, `--seed -1`)."""
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's own signature
+    def __init__(self, *args, **kwargs) -> None:  # argparse's own signature
         super().__init__(*args, **kwargs)
         # argparse takes "-5,0,20,20" for an unknown option ("expected one argument") unless it looks like a
         # number; no option of ours starts with a digit, so anything that does is a value.
@@ -54,7 +55,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C, or commands.daemon_job.Interrupted (SIGINT/SIGTERM)
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 128 + getattr(exc, "signum", 2)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-    except Exception as exc:  # noqa: BLE001 - only our own error types are turned into one line
+    except Exception as exc:  # only our own error types are turned into one line
         if _is_user_error(exc):
             print(f"{parser.prog}: error: {exc}", file=sys.stderr)
             return 2

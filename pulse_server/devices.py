@@ -51,7 +51,7 @@ def _count(kind: str, torch: Any) -> int:
     return 1
 
 
-def resolve_device(requested: str | None = "auto") -> "Any":
+def resolve_device(requested: str | None = "auto") -> Any:
     """`--device` value -> torch.device; PulseError(NO_DEVICE) when that device is not usable here."""
     import torch
 
@@ -73,7 +73,7 @@ def resolve_device(requested: str | None = "auto") -> "Any":
     return _chosen(torch.device(text))
 
 
-def _chosen(device: "Any") -> "Any":
+def _chosen(device: Any) -> Any:
     if device.type == "mps" and os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK") == "1":
         log.info("MPS: ops the MPS backend lacks run on the CPU (torch warns once per op); results are the same")
     return device
@@ -93,7 +93,7 @@ def _why_not(kind: str, torch: Any) -> str:
     return ""
 
 
-def device_label(device: "Any") -> str:
+def device_label(device: Any) -> str:
     """What a speed measurement is valid for: the accelerator's product name, or the CPU's model and the number
     of threads torch uses on it ("cuda: NVIDIA H200", "cpu: AMD EPYC 7763 64-Core Processor, 2 threads")."""
     import torch
@@ -105,7 +105,7 @@ def device_label(device: "Any") -> str:
             return f"cuda: {torch.cuda.get_device_name(device.index or 0)}"
         if kind == "xpu":
             return f"xpu: {torch.xpu.get_device_name(device.index or 0)}"
-    except Exception:  # noqa: BLE001 - a name is only a cache key; the device itself works
+    except Exception:  # a name is only a cache key; the device itself works
         pass
     if kind == "cpu":
         return f"cpu: {_cpu_name()}, {torch.get_num_threads()} threads"
@@ -149,5 +149,5 @@ def free_memory() -> None:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass

@@ -74,7 +74,7 @@ class JobShape:
     pixels: int = 0  # width × height of the region (depixelate); the low-res face's (solve)
 
     @classmethod
-    def of(cls, params: Any, pixels: int, precision: str | None = None) -> "JobShape":
+    def of(cls, params: Any, pixels: int, precision: str | None = None) -> JobShape:
         """From a `protocol.job.JobSettings` (or anything with its fields), the region's pixel count and the precision the
         job runs at (its own unless "default", which means the daemon's)."""
         return cls(params.mode, params.candidates, params.steps, params.method, precision or params.precision,
@@ -153,7 +153,7 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> "Calibration":
+    def from_json(cls, raw: dict[str, Any]) -> Calibration:
         cal = cls(latent=_pair(raw["latent"]), feature=_pair(raw["feature"]), refines=bool(raw["refines"]),
                   search_fixed=float(raw["search_fixed"]), pixels=int(raw["pixels"]), prepare=_pair(raw["prepare"]),
                   finish=_pair(raw["finish"]), job_fixed=float(raw.get("job_fixed", 0.02)),

@@ -12,6 +12,7 @@ import os
 import stat
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from protocol import auth
 from protocol import endpoint as ep
@@ -95,7 +96,7 @@ class DaemonLock:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or lock_path()
-        self._fh = None
+        self._fh: TextIO | None = None
 
     def acquire(self, endpoint: str, retry_s: float = 0.5) -> None:
         ensure_private_dir(self.path.parent)
@@ -124,6 +125,8 @@ class DaemonLock:
     def write(self, endpoint: str) -> None:
         """(Re)write the held lock file's pid + endpoint (the daemon names the endpoint it actually bound)."""
         fh = self._fh
+        if fh is None:
+            raise RuntimeError("the daemon lock is not held: acquire() it before writing the endpoint")
         fh.seek(0)
         fh.truncate()
         fh.write(json.dumps({"pid": os.getpid(), "endpoint": endpoint}))
@@ -208,7 +211,8 @@ def _lock(fh, platform: str | None = None) -> None:
         fh.flush()
         os.lseek(fh.fileno(), WIN_LOCK_OFFSET, os.SEEK_SET)  # msvcrt.locking starts at the fd's position
         try:
-            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+            # typeshed declares msvcrt's functions for win32 only, and mypy checks this file as Linux
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
         finally:
             fh.seek(0)  # back to the JSON, and the text layer's position in sync with the fd's
     else:

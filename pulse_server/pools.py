@@ -9,7 +9,8 @@ events, so the loop, the protocol and the editors cannot tell them apart (except
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from protocol.job import JobSettings
 
@@ -23,7 +24,10 @@ Emit = Callable[[str, Job, Any], None]
 
 class WorkerPool(Protocol):
     noop: bool  # the model-free echo backend (no device to check at start)
-    device: Any  # WELCOME/STATUS `device`
+
+    @property
+    def device(self) -> Any:
+        """WELCOME/STATUS `device` (read only: the Ray pool's is a summary of its actors')."""
 
     def start(self) -> None:
         """Begin taking jobs; raises PulseError when the pool cannot run at all (the daemon then exits 2)."""
@@ -48,7 +52,7 @@ class WorkerPool(Protocol):
         """STATUS's `cluster` map, or None for the local worker."""
 
 
-def make_pool(config: "DaemonConfig", queue: JobQueue, emit: Emit) -> WorkerPool:
+def make_pool(config: DaemonConfig, queue: JobQueue, emit: Emit) -> WorkerPool:
     if config.cluster:
         from .cluster import RayPool  # no Ray import: the pool drives Ray from a child process
 

@@ -8,7 +8,8 @@ Each stage returns to the runner; none calls the next. Torch is imported when a 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

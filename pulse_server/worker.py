@@ -27,7 +27,8 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from protocol.job import JobSettings
 from protocol.messages import Candidate, Failed, ImageBlob, JpegBlob, Preview, Progress, Result
@@ -112,7 +113,7 @@ class JobExecutor:
                 try:
                     self._load()
                     self._calibrate(None)
-                except Exception as exc:  # noqa: BLE001 - retried (and reported) on the first job
+                except Exception as exc:  # retried (and reported) on the first job
                     log.error("preloading the model failed: %s", exc)
 
     def estimate(self, params: JobSettings, pixels: int) -> float:
@@ -140,7 +141,7 @@ class JobExecutor:
             from .devices import resolve_device
 
             self.device = str(resolve_device(self.requested_device))
-        except Exception as exc:  # noqa: BLE001 - reported on the first job instead
+        except Exception as exc:  # reported on the first job instead
             log.error("cannot use device %s: %s", self.requested_device, exc)
 
     def _open_estimates(self) -> None:
@@ -151,7 +152,7 @@ class JobExecutor:
             from .solver import mosaic_search  # noqa: F401 - estimates read its phase split; imported off the loop
 
             self.estimates = Estimates(device_label(self.device), torch.__version__)
-        except Exception as exc:  # noqa: BLE001 - jobs run without estimates
+        except Exception as exc:  # jobs run without estimates
             log.warning("no time estimates on %s: %s", self.device, exc)
 
     def _model_id(self, model: str | None) -> ModelId | None:
@@ -185,8 +186,8 @@ class JobExecutor:
                                 self._precision_of(job.params))
             self.emit("state", job, "running")
             started = time.monotonic()
-            if self.noop:
-                result = self._noop(job)
+            if self.noop_model is not None:
+                result = self._noop(job, self.noop_model)
             else:
                 result, search_s, steps_run = self._execute(job, self._clock(shape, started))
             if job.cancel_event.is_set():
@@ -205,7 +206,7 @@ class JobExecutor:
         except PulseError as exc:
             log.warning("job %s failed: %s: %s", job.job_id, exc.code, exc.message)
             self.emit("final", job, Failed(job.job_id, exc.code, exc.message, exc.retryable))
-        except Exception as exc:  # noqa: BLE001 - one job's failure must not kill the worker
+        except Exception as exc:  # one job's failure must not kill the worker
             if is_out_of_memory(exc):
                 free_memory()
                 log.warning("job %s ran out of memory: %s", job.job_id, exc)
@@ -234,7 +235,7 @@ class JobExecutor:
             if job is None:
                 return
             raise Cancelled(job.cancel_reason) from None
-        except Exception as exc:  # noqa: BLE001 - the job itself may still run (an OOM here is not its fault)
+        except Exception as exc:  # the job itself may still run (an OOM here is not its fault)
             self._uncalibrated.add(model)
             free_memory()
             log.warning("measuring %s on %s failed, no time estimates for it: %s", self.info.name, self.device, exc)
@@ -358,9 +359,9 @@ class JobExecutor:
         cands = [_candidate(patch, c) for patch, c in zip(res.patches, res.candidates)]
         return Result(job.job_id, cands, str(res.model), depixelate_analysis(res)), res.search_seconds, res.steps_run
 
-    def _noop(self, job: Job) -> Result:
+    def _noop(self, job: Job, model: noop.NoopModel) -> Result:
         """Echo the region back: measures transport, queueing and cancellation without a model."""
-        delay = self.noop_model.step_delay
+        delay = model.step_delay
         total = job.params.steps if delay > 0 else 1
         for step in range(1, total + 1):
             if job.cancel_event.is_set():
@@ -459,6 +460,6 @@ def _jpeg(preview: Any) -> JpegBlob | None:
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=80)
         return JpegBlob(img.width, img.height, buf.getvalue())
-    except Exception as exc:  # noqa: BLE001 - a preview is optional
+    except Exception as exc:  # a preview is optional
         log.debug("preview encoding failed: %s", exc)
         return None

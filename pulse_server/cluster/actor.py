@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from protocol.job import JobSettings
 from protocol.messages import ImageBlob, Result
@@ -37,6 +37,10 @@ class JobSpec:
     preview_interval: float
 
 
+@overload
+def portable_blob(blob: ImageBlob) -> ImageBlob: ...
+@overload
+def portable_blob(blob: None) -> None: ...
 def portable_blob(blob: ImageBlob | None) -> ImageBlob | None:
     return None if blob is None else dataclasses.replace(blob, data=bytes(blob.data))
 

@@ -78,7 +78,7 @@ class Bridge:
     def main(self) -> int:
         try:
             self._connect()
-        except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the daemon gets one clear line
+        except Exception as exc:  # whatever Ray raises, the daemon gets one clear line
             self.send("error", "CLUSTER_UNREACHABLE", f"cannot reach the Ray cluster at {self.cfg.address}: "
                       f"{_first_line(exc)}")
             return 2
@@ -145,7 +145,7 @@ class Bridge:
         try:
             slot.info = ray.get(slot.handle.info.remote(), timeout=self.cfg.actor_start_timeout)
             slot.state = "idle"
-        except Exception as exc:  # noqa: BLE001 - no resources, a crash at import, a lost node
+        except Exception as exc:  # no resources, a crash at import, a lost node
             log.error("actor %s did not start: %s", slot.actor_id, _first_line(exc))
             self._kill(slot)
             slot.state = "dead"
@@ -179,10 +179,11 @@ class Bridge:
 
         with self._lock:
             slot = self.slots.get(actor_id)
-            usable = slot is not None and slot.state == "idle"
-            if usable:
+            if slot is not None and slot.state == "idle":
                 slot.state, slot.ticket = "busy", spec.ticket
-        if not usable:  # died between the daemon's choice and now: the job never started
+            else:
+                slot = None
+        if slot is None:  # died between the daemon's choice and now: the job never started
             self.send("lost", spec.ticket, actor_id, "the actor was gone before the job started", False)
             return
         try:
@@ -197,7 +198,7 @@ class Bridge:
         except ray.exceptions.RayActorError as exc:
             self._lost(slot, spec.ticket, exc)
             return
-        except Exception as exc:  # noqa: BLE001 - e.g. the object store lost the result with its node
+        except Exception as exc:  # e.g. the object store lost the result with its node
             self._lost(slot, spec.ticket, exc)
             return
         with self._lock:
@@ -237,7 +238,7 @@ class Bridge:
             import ray
 
             ray.kill(slot.handle, no_restart=True)
-        except Exception:  # noqa: BLE001 - already dead
+        except Exception:  # already dead
             pass
 
     # ---- health -----------------------------------------------------------------------------------
@@ -258,7 +259,7 @@ class Bridge:
                     log.warning("idle actor %s died: %s", slot.actor_id, _first_line(exc))
                     self._retire(slot)
                     self.send("actors", self.rows())
-                except Exception:  # noqa: BLE001 - slow, not dead: look again next time
+                except Exception:  # slow, not dead: look again next time
                     pass
 
     def _gcs_reachable(self) -> bool:

@@ -22,10 +22,11 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from protocol.job import JobSettings
 from protocol.messages import Failed
@@ -59,7 +60,7 @@ class Attempt:
 class RayPool:
     noop = False  # the device check at start is the actors' business
 
-    def __init__(self, config: "DaemonConfig", queue: JobQueue, emit: Emit) -> None:
+    def __init__(self, config: DaemonConfig, queue: JobQueue, emit: Emit) -> None:
         self.queue = queue
         self.emit = emit
         self.address = parse_cluster(config.cluster or "ray")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import signal
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from protocol.job import JobSettings
 

@@ -300,6 +300,7 @@ def read_image(path: Path) -> Any:
     except (UnidentifiedImageError, OSError) as exc:
         raise PipelineError(f"cannot read image {path}: {exc}", code="BAD_IMAGE") from None
     mode = im.mode
+    arr: np.ndarray  # u8, u16 or f32 by mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         arr = np.asarray(im).astype(np.uint16)[..., None]
     elif mode == "I":

@@ -86,24 +86,29 @@ def _running_endpoint(arg: str | None) -> str:
     return _resolve_endpoint(None)
 
 
+# The handlers `run` put on the "pulse" logger: a second `run` in one process (tests) replaces them.
+_run_handlers: list[logging.Handler] = []
+
+
 def _setup_logging(level: str, to_file: bool) -> None:
     from .. import paths
 
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger("pulse")
     root.setLevel(level)
-    for old in [h for h in root.handlers if getattr(h, "_pulse_run", False)]:  # a second `run` in one process
+    for old in _run_handlers:
         root.removeHandler(old)
         old.close()
+    _run_handlers.clear()
     err = logging.StreamHandler(sys.stderr)
-    err._pulse_run = True
+    _run_handlers.append(err)
     err.setFormatter(fmt)
     root.addHandler(err)
     if to_file:
         try:
             log_dir = paths.ensure_private_dir(paths.log_dir())
             fh = logging.handlers.RotatingFileHandler(log_dir / "daemon.log", maxBytes=2 << 20, backupCount=3, encoding="utf-8")
-            fh._pulse_run = True
+            _run_handlers.append(fh)
             fh.setFormatter(fmt)
             root.addHandler(fh)
             root.info("logging to %s", log_dir / "daemon.log")
@@ -113,15 +118,12 @@ def _setup_logging(level: str, to_file: bool) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import dataclasses
+    from pathlib import Path
 
     from protocol.codec import DEFAULT_LIMITS
 
     from ..daemon import DaemonConfig, run_daemon
-
-    from pathlib import Path
-
     from ..errors import ModelError
-
     from ..models import noop
     from ..models.registry import REGISTRY
 

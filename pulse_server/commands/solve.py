@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------------------ files
 
 
-def read_image(path: str | Path) -> "Any":
+def read_image(path: str | Path) -> Any:
     """-> (h, w, 3) float32 in [0, 1]; PulseError(BAD_INPUT) for anything that is not a readable image."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
@@ -90,7 +90,7 @@ def output_paths(out: str | Path, k: int) -> list[Path]:
     return [out] + [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(2, k + 1)]
 
 
-def to_file(target: "Path | IO[bytes]", image: "Any", fmt: str | None = None) -> None:
+def to_file(target: Path | IO[bytes], image: Any, fmt: str | None = None) -> None:
     """(h, w, 3) float RGB in [0, 1] -> an 8-bit RGB image file; `fmt`: PIL's format name (None: from the name)."""
     import numpy as np
     from PIL import Image
@@ -98,7 +98,7 @@ def to_file(target: "Path | IO[bytes]", image: "Any", fmt: str | None = None) ->
     Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB").save(target, fmt)
 
 
-def write_png(path: Path, image: "Any") -> None:
+def write_png(path: Path, image: Any) -> None:
     from ..errors import PulseError
 
     try:

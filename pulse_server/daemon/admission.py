@@ -75,9 +75,10 @@ def wait_s(job: Job, positions: dict[Job, int], active: Iterable[Job], now: floa
     now = time.monotonic() if now is None else now
     parts = [j.estimate_s if j.estimate_s > 0 else None for j, p in positions.items() if p < mine]
     parts += [remaining(j, now) for j in active if j not in positions and not j.done]  # loading or running
-    if any(p is None for p in parts):
+    known = [p for p in parts if p is not None]
+    if len(known) < len(parts):
         return 0.0
-    return sum(parts)
+    return sum(known)
 
 
 def remaining(job: Job, now: float) -> float | None:

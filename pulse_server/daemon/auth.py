@@ -50,40 +50,50 @@ class Auth:
             _setup_curve(router)
 
     def _start_zap(self, ctx: zmq.Context) -> None:
-        if not wire.token_fits(self.token):
+        token = self.token
+        if token is None:
+            raise RuntimeError("no token to check handshakes against: secure() reads it before starting ZAP")
+        if not wire.token_fits(token):
             raise PulseError(f"the token must be 1..{wire.MAX_TOKEN_BYTES} bytes (PULSE_TOKEN or {paths.token_path()})", "BAD_TOKEN")
-        self._token_bytes = self.token.encode("utf-8")
+        self._token_bytes = token.encode("utf-8")
         if not ep.is_loopback(self.endpoint) and zmq.has("curve"):
             from zmq.utils import z85
 
-            self._curve_client_key = z85.decode(wire.curve_client_keys(self.token)[0])
+            self._curve_client_key = z85.decode(wire.curve_client_keys(token)[0])
         zap = ctx.socket(zmq.REP)
         zap.setsockopt(zmq.LINGER, 0)
         zap.bind(wire.ZAP_ENDPOINT)
         self.zap = zap
 
+    def _zap_socket(self) -> zmq.Socket:
+        if self.zap is None:
+            raise RuntimeError("no ZAP handler: only a tcp endpoint has one, started by secure()")
+        return self.zap
+
     def answer_zap(self) -> None:
         """Answer the handshakes waiting now (at most ZAP_BATCH)."""
+        zap = self._zap_socket()
         for _ in range(ZAP_BATCH):
-            if not self.zap.poll(0):
+            if not zap.poll(0):
                 return
             self.on_zap()
 
     def on_zap(self) -> None:
         """Answer one ZAP request: [version, request id, domain, address, routing id, mechanism, *credentials]
         -> [version, request id, status code, status text, user id, metadata]."""
-        frames = self.zap.recv_multipart(zmq.NOBLOCK)
+        zap = self._zap_socket()
+        frames = zap.recv_multipart(zmq.NOBLOCK)
         if len(frames) < 6 or frames[0] != wire.ZAP_VERSION:  # not a ZAP 1.0 request: refuse (REP must still answer)
-            self.zap.send_multipart([wire.ZAP_VERSION, frames[1] if len(frames) > 1 else b"", b"500", b"bad ZAP request", b"", b""])
+            zap.send_multipart([wire.ZAP_VERSION, frames[1] if len(frames) > 1 else b"", b"500", b"bad ZAP request", b"", b""])
             return
         request_id, address, mechanism, creds = frames[1], frames[3], frames[5], frames[6:]
         if self.credentials_ok(mechanism, creds):
-            self.zap.send_multipart([wire.ZAP_VERSION, request_id, b"200", b"OK", wire.PLAIN_USERNAME, b""])
+            zap.send_multipart([wire.ZAP_VERSION, request_id, b"200", b"OK", wire.PLAIN_USERNAME, b""])
             return
         self.refused_peers += 1
         log.log(self._throttle.level(), "refused a %s peer from %s at the handshake: wrong or missing token",
                 mechanism.decode("ascii", "replace")[:16], address.decode("ascii", "replace")[:64])
-        self.zap.send_multipart([wire.ZAP_VERSION, request_id, b"400", b"wrong or missing token", b"", b""])
+        zap.send_multipart([wire.ZAP_VERSION, request_id, b"400", b"wrong or missing token", b"", b""])
 
     def credentials_ok(self, mechanism: bytes, creds: list[bytes]) -> bool:
         """PLAIN: [user, password] with the token as password; CURVE: [client public key] derived from it."""

@@ -11,6 +11,13 @@ from protocol.codec import DEFAULT_LIMITS, Limits
 from protocol.job import PARAMS
 
 
+def _contract_max_steps() -> int:
+    high = PARAMS["steps"].high
+    if high is None:  # the contract bounds steps; without a bound --max-steps would have no default
+        raise RuntimeError("the job contract gives steps no upper bound")
+    return int(high)
+
+
 @dataclass
 class DaemonConfig:
     endpoint: str
@@ -23,7 +30,7 @@ class DaemonConfig:
     limits: Limits = DEFAULT_LIMITS
     max_queue: int = 32
     max_per_session: int = 8
-    max_steps: int = int(PARAMS["steps"].high)  # --max-steps: narrows the job contract's steps (WELCOME params)
+    max_steps: int = _contract_max_steps()  # --max-steps: narrows the job contract's steps (WELCOME params)
     result_ttl: float = 120.0  # seconds a finished job's RESULT is kept for FETCH / idempotent SUBMIT
     max_result_bytes: int = 512 << 20
     max_queued_bytes: int = 2 << 30  # pixels of jobs waiting or running (they stay in memory until done)

@@ -10,14 +10,32 @@ import logging
 import os
 import secrets
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from protocol.codec import Limits, decode
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.job import MAX_REGION_SIDE, ParamError, spec_to_wire
 from protocol.messages import (
-    CLIENT_TYPES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello, JobState,
-    Ok, Ping, Pong, Shutdown, Status, StatusReply, Submit, Welcome,
+    CLIENT_TYPES,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    Accepted,
+    Bye,
+    Cancel,
+    Error,
+    Failed,
+    Fetch,
+    Hello,
+    JobState,
+    Ok,
+    Ping,
+    Pong,
+    Shutdown,
+    Status,
+    StatusReply,
+    Submit,
+    Welcome,
 )
 
 from .. import __version__
@@ -109,14 +127,14 @@ class Requests:
         if not 1 <= len(jid) <= MAX_ID_LEN:
             self.outbox.send(s, Error("BAD_FIELD", f"job_id must be 1..{MAX_ID_LEN} characters", job_id=jid[:MAX_ID_LEN]))
             return
-        job = s.jobs.get(jid)
-        if job is not None:  # idempotent: a re-sent SUBMIT (after a reconnect) just reports where it is
-            self.outbox.send(s, Accepted(jid, self.queue.positions().get(job, 0), job.state, round(job.estimate_s, 1),
-                                         round(self._wait_s(job), 1)))
+        known = s.jobs.get(jid)
+        if known is not None:  # idempotent: a re-sent SUBMIT (after a reconnect) just reports where it is
+            self.outbox.send(s, Accepted(jid, self.queue.positions().get(known, 0), known.state,
+                                         round(known.estimate_s, 1), round(self._wait_s(known), 1)))
             return
         done = self.results.get(s.sid, jid)
         if done is not None:
-            self.outbox.send_frames(s, done.final_frames)
+            self._send_kept(s, done)
             return
         job = admit(msg, s.sid, self.config, sum(input_bytes(j) for j in self.sessions.active_jobs()), self.spec)
         if isinstance(job, Failed):
@@ -177,7 +195,13 @@ class Requests:
             self.outbox.send(s, Failed(msg.job_id, "NOT_FOUND", f"no job {msg.job_id[:64]!r} here (results are kept "
                                                                 f"{self.config.result_ttl:.0f} s)"))
         else:
-            self.outbox.send_frames(s, done.final_frames)
+            self._send_kept(s, done)
+
+    def _send_kept(self, s: Session, done: Job) -> None:
+        """A finished job's RESULT/FAILED frames once more (FETCH, or a SUBMIT sent again)."""
+        if done.final_frames is None:  # the store only keeps jobs whose frames the loop has set
+            raise RuntimeError(f"kept job {done.job_id!r} has no final frames")
+        self.outbox.send_frames(s, done.final_frames)
 
     def on_ping(self, s: Session, msg: Ping) -> None:
         self.outbox.send(s, Pong(msg.t), droppable=True)

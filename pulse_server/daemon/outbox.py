@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from protocol.codec import Limits, encode
 from protocol.messages import Message
@@ -40,7 +40,7 @@ class Outbox:
         frames = encode(msg, self.limits)
         if droppable:
             if s.identity is not None and not s.outbox:
-                self._send_now(s, frames)
+                self._send_now(s, s.identity, frames)
             return
         self.send_frames(s, frames)
 
@@ -79,8 +79,8 @@ class Outbox:
                 if min_gap:
                     s.last_progress[jid] = now
                 if s.identity is not None:
-                    self._send_now(s, frames)
+                    self._send_now(s, s.identity, frames)
 
-    def _send_now(self, s: Session, frames: list) -> None:
-        if self.transport.send(s.identity, frames) == "gone":
+    def _send_now(self, s: Session, identity: bytes, frames: list) -> None:
+        if self.transport.send(identity, frames) == "gone":
             self.lost(s)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import zmq
 
@@ -82,16 +82,18 @@ class Transport:
 
     def receive(self) -> Iterator[list[zmq.Frame]]:
         """The messages waiting now ([identity, *frames]), at most RECV_BATCH of them."""
+        router = _bound(self.router)
         for _ in range(RECV_BATCH):
             try:
-                yield self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                yield router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
 
     def send(self, identity: bytes, frames: list) -> str:
         """"ok", "again" (at the peer's high-water mark) or "gone" (the peer disconnected)."""
+        router = _bound(self.router)
         try:
-            self.router.send_multipart([identity, *frames], zmq.NOBLOCK, copy=copy_frames(frames))
+            router.send_multipart([identity, *frames], zmq.NOBLOCK, copy=copy_frames(frames))
             return "ok"
         except zmq.Again:
             return "again"
@@ -110,9 +112,10 @@ class Transport:
                     pass  # the loop polls at least every 100 ms anyway
 
     def clear_wake(self) -> None:
+        wake_recv = _bound(self.wake_recv)
         while True:
             try:
-                self.wake_recv.recv(zmq.NOBLOCK)
+                wake_recv.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
 
@@ -121,9 +124,9 @@ class Transport:
         if self.router is not None:
             self.router.close(linger=linger_ms)
             with self._wake_lock:  # a worker still finishing must not touch a closed socket
-                self._wake_send.close(0)
+                _bound(self._wake_send).close(0)
                 self._wake_send = None
-            self.wake_recv.close(0)
+            _bound(self.wake_recv).close(0)
 
     def terminate(self) -> None:
         """End the context (every socket on it closed first) and remove the ipc socket file."""
@@ -134,6 +137,13 @@ class Transport:
                 self._ipc_file.unlink()
             except FileNotFoundError:
                 pass
+
+
+def _bound(sock: zmq.Socket | None) -> zmq.Socket:
+    """One of the sockets bind() opens (all of them, or none yet)."""
+    if sock is None:
+        raise RuntimeError("the daemon's transport is not bound: bind() opens its sockets")
+    return sock
 
 
 def max_frame_bytes(limits: Limits) -> int:

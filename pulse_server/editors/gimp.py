@@ -19,8 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PulseError
-from .common import (PIP_SOCKET_TIMEOUT_S, VENDOR_DIR, check_python_version, copy_client, missing_system_deps,
-                     replace_tree, vendor_or_warn, xdg_base)
+from .common import (
+    PIP_SOCKET_TIMEOUT_S,
+    VENDOR_DIR,
+    check_python_version,
+    copy_client,
+    missing_system_deps,
+    replace_tree,
+    vendor_or_warn,
+    xdg_base,
+)
 
 PLUGIN_NAME = "pulse-depixelate"
 GIMP_API = "3.0"

@@ -26,7 +26,6 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..errors import PulseError
 from .common import check_python_version, copy_client, missing_system_deps, replace_tree, vendor_or_warn, xdg_base
@@ -68,7 +67,7 @@ def is_flatpak_dir(pykrita: Path) -> bool:
     return Path(os.path.abspath(Path(pykrita).expanduser())).is_relative_to(os.path.abspath(sandbox))
 
 
-def resources_dir(flatpak: Optional[bool] = None) -> Path:
+def resources_dir(flatpak: bool | None = None) -> Path:
     """Krita's per-user resource folder (QStandardPaths::AppDataLocation for the app "krita").
 
     `flatpak` True/False picks the Flatpak's or the native one on Linux; None detects."""
@@ -86,14 +85,14 @@ def resources_dir(flatpak: Optional[bool] = None) -> Path:
     return native
 
 
-def pykrita_dir(flatpak: Optional[bool] = None) -> Path:
+def pykrita_dir(flatpak: bool | None = None) -> Path:
     return resources_dir(flatpak) / "pykrita"
 
 
 # ---------------------------------------------------------------------------------------------- Krita's Python
 
 
-def _linux_system_python() -> Optional[str]:
+def _linux_system_python() -> str | None:
     """The python3.X a distribution Krita embeds (read from its pykrita plug-in), or None without one."""
     for pattern in ("/usr/lib/*/kritaplugins/kritapykrita.so", "/usr/lib*/kritaplugins/kritapykrita.so",
                     "/usr/lib*/qt5/plugins/krita/kritapykrita.so", "/usr/lib/*/qt5/plugins/krita/kritapykrita.so"):
@@ -168,11 +167,11 @@ def _server_command() -> list[str]:
     return list(server_program())
 
 
-def _actions_dir(pykrita: Path) -> Optional[Path]:
+def _actions_dir(pykrita: Path) -> Path | None:
     return pykrita.parent / "actions" if pykrita.name == "pykrita" else None
 
 
-def install(dest: Optional[Path] = None, *, python: Optional[PythonTarget] = None) -> Path:
+def install(dest: Path | None = None, *, python: PythonTarget | None = None) -> Path:
     """Copy the plug-in into `dest` (default: Krita's per-user pykrita folder); returns the package folder."""
     src = plugin_source()
     pykrita = Path(dest).expanduser() if dest is not None else pykrita_dir()
@@ -211,12 +210,12 @@ def install(dest: Optional[Path] = None, *, python: Optional[PythonTarget] = Non
     return target
 
 
-def uninstall(dest: Optional[Path] = None) -> None:
+def uninstall(dest: Path | None = None) -> None:
     """Remove what install() put there (idempotent)."""
     pykrita = Path(dest).expanduser() if dest is not None else pykrita_dir()
     shutil.rmtree(pykrita / NAME, ignore_errors=True)
-    for path in (pykrita / f"{NAME}.desktop",
-                 *([_actions_dir(pykrita) / f"{NAME}.action"] if _actions_dir(pykrita) else [])):
+    actions = _actions_dir(pykrita)
+    for path in (pykrita / f"{NAME}.desktop", *([actions / f"{NAME}.action"] if actions else [])):
         try:
             path.unlink()
         except FileNotFoundError:

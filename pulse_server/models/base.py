@@ -38,6 +38,7 @@ class FacePrior(nn.Module):
     resolution: int = 0
     latent_rows: int = 1
     latent_dim: int = 0
+    fused: bool | None = None  # StyleGAN2's modulated-conv form (the solver switches it); None: no such choice
 
     def noise_shapes(self) -> list[tuple[int, int]]:
         """(H, W) of each per-layer noise input, coarse to fine; [] for generators without noise."""
@@ -72,11 +73,11 @@ class FacePrior(nn.Module):
     def device(self) -> torch.device:
         for t in self.parameters():
             return t.device
-        for t in self.buffers():
-            return t.device
+        for b in self.buffers():
+            return b.device
         return torch.device("cpu")
 
-    def freeze(self) -> "FacePrior":
+    def freeze(self) -> FacePrior:
         """Eval mode, no weight gradients: the search only moves latents and noise."""
         self.eval()
         for p in self.parameters():

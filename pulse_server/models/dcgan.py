@@ -33,9 +33,9 @@ class DCGANGenerator(nn.Module):
 
     latent: str = "uniform"  # the distribution it was trained with
 
-    def __init__(self, z_dim: int = 100, widths: tuple[int, int, int, int] = (256, 128, 64, 32)):
+    def __init__(self, z_dim: int = 100, widths: tuple[int, ...] = (256, 128, 64, 32)):
         super().__init__()
-        w0, w1, w2, w3 = widths
+        w0, w1, w2, w3 = widths  # four stages: a checkpoint's config with another count fails here
         self.z_dim = z_dim
         self.resolution = 32
         self.generator_deconv = nn.Sequential(
@@ -95,7 +95,7 @@ class DCGANPrior(FacePrior):
         self.latent_rows = 1
         self.latent_dim = generator.z_dim
 
-    def train(self, mode: bool = True) -> "DCGANPrior":
+    def train(self, mode: bool = True) -> DCGANPrior:
         super().train(mode)
         self.generator.eval()  # never batch statistics: the search batch is not a training batch
         return self

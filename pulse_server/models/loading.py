@@ -429,12 +429,13 @@ def _build_prior(family: str, config: dict[str, Any], state: dict[str, Tensor], 
         from .dcgan import DCGANGenerator, DCGANPrior, TutorialGenerator
 
         widths = tuple(int(w) for w in config["widths"])
+        dcgan: DCGANGenerator | TutorialGenerator
         if config.get("layout", "deconv32") == "tutorial":
-            g = TutorialGenerator(z_dim=int(config["z_dim"]), widths=widths, channels=int(config["channels"]))
+            dcgan = TutorialGenerator(z_dim=int(config["z_dim"]), widths=widths, channels=int(config["channels"]))
         else:
-            g = DCGANGenerator(z_dim=int(config["z_dim"]), widths=widths)  # type: ignore[arg-type]
-        _load_into(g, state, path, "DCGAN")
-        prior = DCGANPrior(g.to(device))
+            dcgan = DCGANGenerator(z_dim=int(config["z_dim"]), widths=widths)
+        _load_into(dcgan, state, path, "DCGAN")
+        prior = DCGANPrior(dcgan.to(device))
     else:
         raise ModelError(f"{path}: unknown model family {family!r}", code="CORRUPT_CHECKPOINT")
     return prior.to(device).freeze(), fitted

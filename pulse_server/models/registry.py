@@ -50,17 +50,16 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import socket
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 from protocol.endpoint import APP
 
-from ..errors import ModelError
+from ..errors import ErrorCode, ModelError
 
 CHUNK = 1 << 20
 TIMEOUT_S = 30.0
@@ -135,7 +134,7 @@ OFFLINE_MODEL = DIGIFACE_64.name
 LEGACY_ENV = FFHQ_1024.name  # PULSE_WEIGHTS_URL / PULSE_WEIGHTS_SHA256 name this model's file
 
 
-def default_model(device: "str | object") -> str:
+def default_model(device: str | object) -> str:
     """The model a job gets without --model: config-f on a GPU (CUDA, ROCm, MPS, XPU), else the 256² net."""
     kind = getattr(device, "type", None) or str(device).split(":", 1)[0]
     return CPU_DEFAULT if kind == "cpu" else GPU_DEFAULT
@@ -269,7 +268,7 @@ def sha256_file(path: Path) -> str:
 class DownloadError(ModelError):
     """The model's file could not be fetched (offline, refused, cut off); `reason` says why, briefly."""
 
-    code = "NO_WEIGHTS"
+    code = ErrorCode.NO_WEIGHTS
 
     def __init__(self, url: str, dest: Path, reason: str, kept: str = "") -> None:
         self.url, self.dest, self.reason, self.kept = url, dest, reason, kept
@@ -403,7 +402,7 @@ def _stream(resp, part: Path, mode: str, have: int, total: int | None, progress:
             while True:
                 try:
                     chunk = resp.read(CHUNK)
-                except (http.client.IncompleteRead, OSError, socket.timeout, http.client.HTTPException) as e:
+                except (TimeoutError, http.client.IncompleteRead, OSError, http.client.HTTPException) as e:
                     if isinstance(e, http.client.IncompleteRead) and e.partial:
                         f.write(e.partial)  # keep what did arrive: the next try resumes after it
                     f.flush()

@@ -14,7 +14,7 @@ Two forms of the modulated convolution give the same numbers (stylegan2-ada's `f
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +91,8 @@ class EqualLinear(nn.Module):
 
 
 class Blur(nn.Module):
+    kernel: Tensor  # a buffer (register_buffer), typed here: nn.Module's __getattr__ only says Tensor | Module
+
     def __init__(self, kernel: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1):
         super().__init__()
         k = make_kernel(kernel)
@@ -105,6 +107,8 @@ class Blur(nn.Module):
 
 class Upsample(nn.Module):
     """2× FIR upsampling of the skip RGB image."""
+
+    kernel: Tensor  # a buffer, as in Blur
 
     def __init__(self, kernel: Sequence[float], factor: int = 2):
         super().__init__()
@@ -358,6 +362,9 @@ class StyleGAN2Prior(FacePrior):
     """
 
     family = "stylegan2"
+    fused: bool  # never None here: this prior has the choice
+    gauss_mean: Tensor  # buffers (register_buffer), typed here: nn.Module's __getattr__ only says Tensor | Module
+    gauss_std: Tensor
 
     def __init__(self, generator: Generator, mean: Tensor, std: Tensor, fused: bool = True):
         super().__init__()
@@ -370,7 +377,7 @@ class StyleGAN2Prior(FacePrior):
         self.fused = fused
 
     def noise_shapes(self) -> list[tuple[int, int]]:
-        return [tuple(t.shape[-2:]) for t in self.generator.fixed_noises()]
+        return [(t.shape[-2], t.shape[-1]) for t in self.generator.fixed_noises()]
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         z = torch.randn(n, self.latent_rows, self.latent_dim, generator=generator)

@@ -31,7 +31,7 @@ class CellGrid:
     origin: tuple[int, int] = (0, 0)  # (x, y) of the first grid line, relative to the rectangle
 
     @classmethod
-    def of(cls, rect: tuple[int, int, int, int], block: int, phase: tuple[int, int]) -> "CellGrid":
+    def of(cls, rect: tuple[int, int, int, int], block: int, phase: tuple[int, int]) -> CellGrid:
         """The grid of a mosaic rectangle (region coords) with grid lines at phase (mod block)."""
         x, y, w, h = rect
         ox = (phase[0] - x) % block
@@ -130,8 +130,8 @@ def correct_cells(face: np.ndarray, base: np.ndarray, under: np.ndarray, weight:
     target = grid.sums(base) - grid.sums(np.where(on[..., None], under * (1 - w), base))
     wsum = grid.sums(w)
     # the cell-error map lives on the cell grid; its pixel footprint, partial cells included, is this box
-    l, t, r, btm = grid.trim
-    box = (l, t, nx - r, ny - btm)
+    left, top, right, bottom = grid.trim
+    box = (left, top, nx - right, ny - bottom)
     for _ in range(rounds):
         resid = np.where(wsum > 1e-9, (grid.sums(w * f) - target) / np.maximum(wsum, 1e-9), 0.0)
         if np.abs(resid).max() < tolerance:
@@ -147,9 +147,9 @@ def smooth_cells(img: np.ndarray, grid: CellGrid) -> np.ndarray:
     feathered into (blending into the mosaic itself would draw its steps at the rim). Its cells already
     average right, so a face that fades into it at a thin partial edge cell needs no correction there."""
     ny, nx = grid.shape
-    l, t, r, btm = grid.trim
+    left, top, right, bottom = grid.trim
     means = grid.means(img)
-    start = np.stack([_interpolate(means[..., c], grid.width, grid.height, (l, t, nx - r, ny - btm))
+    start = np.stack([_interpolate(means[..., c], grid.width, grid.height, (left, top, nx - right, ny - bottom))
                       for c in range(img.shape[2])], axis=2).astype(np.float32)
     ones = np.ones(img.shape[:2], np.float32)
     return correct_cells(start, img, start, ones, grid)

@@ -13,8 +13,8 @@ Grid and rectangle are refined alternately (the profile is recomputed on the rec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -122,7 +122,8 @@ def _best_grid(dx: np.ndarray, dy: np.ndarray, blocks: list[int], top: int = 0) 
     return r[1], r[2], r[3], r[4], r[5]
 
 
-def _cell_flatness(dx: np.ndarray, dy: np.ndarray, block: int, px: int, py: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _cell_flatness(dx: np.ndarray, dy: np.ndarray, block: int, px: int,
+                   py: int) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Per full cell of the grid: inner difference level, border difference level, and cell origins.
 
     Returns (inner (ny, nx), border (ny, nx), (xs, ys)) with xs/ys the pixel origins of the cell columns/rows.
@@ -284,6 +285,14 @@ class _Grid:
         return self.evidence + 0.5 * float(np.log(max(self.rect[2] * self.rect[3], 1))) + _COMPLETE_W * self.complete
 
 
+def _full(g: _Grid) -> tuple[int, int, int, int]:
+    """g's extent with its partial edge cells, which _refine sets on a grid whose rectangle is large enough:
+    the steps that read it run only after a grid with one was found."""
+    if g.full is None:
+        raise RuntimeError(f"the {g.block}-px grid at phase ({g.px}, {g.py}) has no extent")
+    return g.full
+
+
 def _cell_residual(rgb: np.ndarray, block: int, rect: tuple[int, int, int, int]) -> float:
     """Mean |pixel - its cell mean| over a whole-cell rectangle: ~0 on a mosaic's own grid."""
     x, y, w, h = rect
@@ -357,7 +366,7 @@ def _prefer_multiple(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, g: _Grid, 
     best = None
     for m in (2, 3, 4):
         big = m * g.block
-        if big > MAX_BLOCK or min(g.full[2], g.full[3]) < (MIN_CELLS - 0.5) * big:
+        if big > MAX_BLOCK or min(_full(g)[2:]) < (MIN_CELLS - 0.5) * big:
             break
         sx = _line_scores(prof_x, big)
         sy = _line_scores(prof_y, big)
@@ -420,7 +429,7 @@ def _completeness(dx: np.ndarray, dy: np.ndarray, g: _Grid) -> float:
 
     A divisor of the true block has every other line flat, a near-miss block size drifts off the true lines
     across the mosaic: both have weak lines. Measured over the whole extent (partial cells included)."""
-    x, y, w, h = g.full
+    x, y, w, h = _full(g)
     out = []
     for prof, ph, o in ((dx[y : y + h, x : x + w - 1].mean(axis=0), g.px, x),
                         (dy[y : y + h - 1, x : x + w].mean(axis=1), g.py, y)):
@@ -526,7 +535,9 @@ def _analyze(rgb: np.ndarray, block: int | None, check: Check = _never) -> tuple
             g = _add_shift(rgb, g, dx, dy, check)
             if best is None or g.rank > best.rank:
                 best = g
-    if best is not None and best.evidence < _DETECT_SCORE and not block:
+    if best is None:  # _grid_scores scores every candidate block, and there is at least one
+        raise RuntimeError("no grid hypothesis to refine")
+    if best.evidence < _DETECT_SCORE and not block:
         # nothing convincing among the whole region's top grids: a small mosaic in a busy (JPEG) box can rank
         # lower there; further grids must show stronger evidence and complete lines (photos fake weak grids)
         for row in rows[_CANDIDATES : _CANDIDATES + _MORE_CANDIDATES]:
@@ -583,7 +594,7 @@ def _try_multiples(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, blocks: list
 def _try_phases(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, g: _Grid, check: Check = _never, top: int = 3) -> _Grid:
     """The best grid's block at the phases whose lines peak most on its extent (per axis), refined; the rank
     decides. A photo edge next to a small mosaic can pull the whole-region phase off the mosaic's own."""
-    x, y, w, h = g.full
+    x, y, w, h = _full(g)
     px_scores = _line_scores(dx[y : y + h, x : x + w - 1].mean(axis=0).astype(np.float64), g.block)
     py_scores = _line_scores(dy[y : y + h - 1, x : x + w].mean(axis=1).astype(np.float64), g.block)
     best = g

@@ -10,8 +10,9 @@ Pixels with mask 0 and pixels outside the mosaic rectangle come back bit-identic
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class Prepared:
     fmt: PixelFormat
     rgb: np.ndarray  # (H, W, 3) float32 working copy of the region
     mosaic: MosaicInfo
-    grid: "blend.CellGrid"
+    grid: blend.CellGrid
     observation: Observation
     weight: np.ndarray  # (rh, rw) blend weight over the mosaic rectangle: selection × feather
     under: np.ndarray  # (rh, rw, 3) what the faces are feathered into: the mosaic without its grid
@@ -117,7 +118,7 @@ def prepare(region: np.ndarray, mask: np.ndarray | None, params: DepixParams,
     return Prepared(region, fmt, rgb, info, grid, obs, _weight(info, sel, params, touches), under)
 
 
-def finish(prep: Prepared, solved: "MosaicSolveResult") -> list[np.ndarray]:
+def finish(prep: Prepared, solved: MosaicSolveResult) -> list[np.ndarray]:
     """Each candidate placed by its θ and colour fit, corrected to the cell means, blended: patches, best first."""
     import torch
 

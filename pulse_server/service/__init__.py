@@ -55,8 +55,9 @@ def choose_method(method: str, platform: str) -> tuple[str, systemd.UserSession 
     return method, (systemd.user_session() if method == "systemd" else None)
 
 
-def install(method: str = "auto", options: DaemonOptions = DaemonOptions(), *, python: str | None = None,
-            platform: str | None = None, dry_run: bool = False, say: Say = print) -> InstallResult:
+def install(method: str = "auto", options: DaemonOptions = DaemonOptions(),  # noqa: B008 - frozen: safe to share
+            *, python: str | None = None, platform: str | None = None, dry_run: bool = False,
+            say: Say = print) -> InstallResult:
     """Check the command, write the entry for `method` and (where the OS has a manager) enable it.
 
     `python` and `platform` default to this process's; tests pass them to run the macOS/Windows writers.

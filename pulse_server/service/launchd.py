@@ -16,8 +16,19 @@ from pathlib import Path
 
 from platformdirs.macos import MacOS
 
-from .common import APP_NAME, LAUNCHD_LABEL, SERVICE_NAME, AutostartError, LaunchCommand, Say, home, \
-    remove_file, run_tool, tool_error, write_entry
+from .common import (
+    APP_NAME,
+    LAUNCHD_LABEL,
+    SERVICE_NAME,
+    AutostartError,
+    LaunchCommand,
+    Say,
+    home,
+    remove_file,
+    run_tool,
+    tool_error,
+    write_entry,
+)
 
 # Where Homebrew (Apple silicon, Intel) and the system keep tools, after the interpreter's own folder.
 _BASE_PATH = ["/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]
@@ -37,7 +48,9 @@ def login_env(platform: str) -> dict[str, str]:
     (protocol.endpoint uses ~/Library/Caches), but the daemon's temporary files (tempfile, torch) should
     stay in the per-user /var/folders TMPDIR rather than the shared /tmp a bare launchd job falls back to."""
     tmpdir = os.environ.get("TMPDIR")
-    return {"TMPDIR": tmpdir} if platform == "darwin" and sys.platform == "darwin" and tmpdir else {}
+    if platform != "darwin" or sys.platform != "darwin" or not tmpdir:
+        return {}
+    return {"TMPDIR": tmpdir}
 
 
 def render(command: LaunchCommand, extra_env: dict[str, str] | None = None) -> bytes:

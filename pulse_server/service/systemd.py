@@ -13,8 +13,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import DESCRIPTION, SERVICE_NAME, AutostartError, LaunchCommand, Say, remove_file, run_tool, \
-    tool_error, write_entry, xdg_config_home
+from .common import (
+    DESCRIPTION,
+    SERVICE_NAME,
+    AutostartError,
+    LaunchCommand,
+    Say,
+    remove_file,
+    run_tool,
+    tool_error,
+    write_entry,
+    xdg_config_home,
+)
 
 UNIT = f"{SERVICE_NAME}.service"
 WANTED_BY = "default.target"

@@ -54,6 +54,8 @@ def padding(factor: int) -> tuple[int, int]:
 class BicubicDownsample(nn.Module):
     """(N, C, H, W) -> (N, C, H/f, W/f); H and W must be multiples of f and larger than 1.5·f."""
 
+    taps: Tensor  # a buffer (register_buffer), typed here: nn.Module's __getattr__ only says Tensor | Module
+
     def __init__(self, factor: int):
         super().__init__()
         if int(factor) != factor or factor < 1:

@@ -61,8 +61,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ from ..models.base import FacePrior
 from ..pipeline.observation import Observation
 from .losses import geocross_loss, soft_clamp
 from .mosaic_op import THETA_DIM, Colour, MosaicOperator
-from .pulse import Progress, SolveConfig, initial_state, candidate_seeds, check_search
+from .pulse import Progress, SolveConfig, candidate_seeds, check_search, initial_state
 from .schedules import get_schedule
 from .sphere import SphericalOptimizer
 
@@ -211,13 +212,13 @@ class _Best:
         self.offset = torch.where(better[:, None], colour.offset, self.offset)
         self.min_err = torch.minimum(self.min_err, err)
 
-    def take(self, idx: Tensor) -> "_Best":
+    def take(self, idx: Tensor) -> _Best:
         out = _Best.__new__(_Best)
         for k, v in vars(self).items():
             setattr(out, k, v[idx])
         return out
 
-    def put(self, idx: Tensor, part: "_Best") -> None:
+    def put(self, idx: Tensor, part: _Best) -> None:
         """Rows `idx` replaced by `part`'s (the inverse of take)."""
         for k, v in vars(self).items():
             v[idx] = getattr(part, k)
@@ -229,7 +230,7 @@ class _Best:
 class _Phase:
     """Shared by the phases: render → clamp (straight-through) → cells → colour fit → loss → best-of."""
 
-    def __init__(self, ctx: "_Context", best: _Best, steps: int, first_step: int):
+    def __init__(self, ctx: _Context, best: _Best, steps: int, first_step: int):
         self.ctx, self.best, self.steps, self.first_step = ctx, best, steps, first_step
         self.last: dict[str, Tensor] = {}
 
@@ -271,11 +272,11 @@ class _Phase:
 class _LatentPhase(_Phase):
     """PULSE's latent search (+ θ when `move_theta`), for any number of starts."""
 
-    def __init__(self, ctx: "_Context", best: _Best, steps: int, first_step: int, latent: Tensor,
+    def __init__(self, ctx: _Context, best: _Best, steps: int, first_step: int, latent: Tensor,
                  noises: list[Tensor], trainable: list[Tensor], theta: Tensor, move_theta: bool):
         super().__init__(ctx, best, steps, first_step)
         self.latent, self.noises, self.move_theta = latent, noises, move_theta
-        extra = {"fused": True} if (ctx.autocast and ctx.device.type == "cuda") else {}
+        extra: dict[str, Any] = {"fused": True} if (ctx.autocast and ctx.device.type == "cuda") else {}
         self.opt = SphericalOptimizer([latent, *trainable], lr=ctx.cfg.lr, **extra)
         self.trainable = trainable
         unit = theta.new_tensor(_THETA_STEP)
@@ -326,7 +327,7 @@ class _LatentPhase(_Phase):
 class _FeaturePhase(_Phase):
     """ILO-style refinement of the features after `stage`, each projected onto an l1 ball around its start."""
 
-    def __init__(self, ctx: "_Context", best: _Best, steps: int, first_step: int, latent: Tensor,
+    def __init__(self, ctx: _Context, best: _Best, steps: int, first_step: int, latent: Tensor,
                  noises: list[Tensor], theta: Tensor, stage: int):
         super().__init__(ctx, best, steps, first_step)
         self.latent, self.noises, self.theta, self.stage = latent.detach(), [n.detach() for n in noises], theta, stage
@@ -463,7 +464,7 @@ def _solve(prior: FacePrior, obs: Observation, cfg: MosaicConfig, progress: Call
 class _Search:
     """Warm-up, latent phase and feature phase for a list of seeds (see the module doc)."""
 
-    def __init__(self, ctx: _Context, stage: int | None, phases: tuple[int, int, int], reporter: "_Reporter",
+    def __init__(self, ctx: _Context, stage: int | None, phases: tuple[int, int, int], reporter: _Reporter,
                  cancel: Callable[[], bool] | None):
         self.ctx, self.stage, self.phases, self.reporter, self.cancel = ctx, stage, phases, reporter, cancel
 
@@ -539,7 +540,7 @@ class _Stall:
         self.last = best.score.clone()
 
     @classmethod
-    def of(cls, cfg: MosaicConfig, best: _Best) -> "_Stall | None":
+    def of(cls, cfg: MosaicConfig, best: _Best) -> _Stall | None:
         return cls(best, cfg.stall_window, cfg.stall_tolerance) if cfg.early_stop else None
 
     def settled(self, j: int) -> bool:
@@ -551,7 +552,7 @@ class _Stall:
         return bool((self.best.hit & (gain < self.tolerance)).all())
 
 
-def _run(phase: _Phase, steps: int, done: int, reporter: "_Reporter", cancel: Callable[[], bool] | None,
+def _run(phase: _Phase, steps: int, done: int, reporter: _Reporter, cancel: Callable[[], bool] | None,
          stall: _Stall | None) -> tuple[int, bool]:
     """-> (steps done in all, whether the phase ended early because every candidate had settled)."""
     for j in range(steps):

@@ -61,8 +61,9 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -233,7 +234,7 @@ class _Search:
         self.schedule = get_schedule(config.schedule)
         self.latent, self.noises, trainable = initial_state(prior, seeds, config, device)
         # CUDA fast path: the fused Adam kernel (one launch for all tensors; same update rule)
-        extra = {"fused": True} if (autocast and device.type == "cuda") else {}
+        extra: dict[str, Any] = {"fused": True} if (autocast and device.type == "cuda") else {}
         self.opt = SphericalOptimizer([self.latent, *trainable], lr=config.lr, **extra)
         self.to_wplus = getattr(prior, "to_wplus", None)  # GEOCROSS acts on W+ (the original's latent_in)
         k, r = len(seeds), prior.resolution

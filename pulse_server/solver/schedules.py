@@ -10,7 +10,7 @@ step uses (torch's LambdaLR convention, as the original).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import SolverError
 

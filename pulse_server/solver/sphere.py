@@ -7,7 +7,7 @@ per row (where a Gaussian's mass lives); for a noise map (N, 1, H, W) one sphere
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
