@@ -449,7 +449,7 @@ def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any],
     faces = [_make_layer(doc, request, plan, layer.name) for plan, layer in zip(outcome.layers, run.layers)]
     masked = all([_add_mask(doc, face, request.rect, outcome.mask, new_selection) for face in faces])
     if not masked:  # the docker says so too (its message and each face's tooltip)
-        print(f"PULSE Depixelate: {group_name}: {NO_MASK_NOTE}", file=sys.stderr)
+        print(f"PULSE Depixelate: {run.group_name}: {NO_MASK_NOTE}", file=sys.stderr)
     for node in reversed(faces):  # each on top of the previous: the best ends on top
         group.addChildNode(node, None)
     # Above the anchor and the earlier runs stacked right on it, so the new best face is the one that shows;
