@@ -22,7 +22,8 @@ import secrets
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
 
 import zmq
 
@@ -32,8 +33,29 @@ from .codec import DEFAULT_LIMITS, Limits, copy_frames, decode, encode
 from .errors import DaemonNotRunning, ErrorCode, JobCancelled, JobFailed, ProtocolError, VersionMismatch
 from .job import MAX_REGION_SIDE, JobSettings, Param, spec_from_wire
 from .messages import (
-    PROTOCOL_VERSION, MIN_PROTOCOL_VERSION, SERVER_TYPES, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello,
-    ImageBlob, JobState, Message, Ok, Ping, Pong, Preview, Progress, Result, Shutdown, Status, StatusReply, Submit,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    SERVER_TYPES,
+    Accepted,
+    Bye,
+    Cancel,
+    Error,
+    Failed,
+    Fetch,
+    Hello,
+    ImageBlob,
+    JobState,
+    Message,
+    Ok,
+    Ping,
+    Pong,
+    Preview,
+    Progress,
+    Result,
+    Shutdown,
+    Status,
+    StatusReply,
+    Submit,
     Welcome,
 )
 
@@ -73,7 +95,7 @@ class PulseClient:
 
     # ---- context manager --------------------------------------------------------------------------
 
-    def __enter__(self) -> "PulseClient":
+    def __enter__(self) -> PulseClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -242,8 +264,8 @@ class PulseClient:
             if reply.code == ErrorCode.VERSION_MISMATCH:
                 raise VersionMismatch(_version_advice(reply), reply.supported)
             raise ProtocolError(reply.message, reply.code, retryable=reply.retryable)
-        self.welcome = reply
-        return reply
+        self.welcome = cast(Welcome, reply)  # the predicate above: a WELCOME or an ERROR
+        return self.welcome
 
     def _ensure(self) -> None:
         """Connected, with a session the daemon has not expired for silence."""
@@ -269,6 +291,12 @@ class PulseClient:
 
     # ---- low level --------------------------------------------------------------------------------
 
+    def _socket(self) -> zmq.Socket:
+        """The connected socket; only the request paths below call this, each after `_ensure()`/`connect()`."""
+        if self._sock is None:
+            raise ProtocolError("not connected to the daemon", ErrorCode.DAEMON_NOT_RUNNING, retryable=True)
+        return self._sock
+
     def _send(self, msg: Message, timeout: float | None = None) -> None:
         """Send within `timeout` (default: the client's) or raise TIMEOUT.
 
@@ -281,28 +309,28 @@ class PulseClient:
         deadline = time.monotonic() + limit
         while True:
             try:
-                self._sock.send_multipart(frames, zmq.NOBLOCK, copy=copy_frames(frames))
+                self._socket().send_multipart(frames, zmq.NOBLOCK, copy=copy_frames(frames))
                 break
             except zmq.Again:  # at the high-water mark, or no connection (yet)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ProtocolError(f"cannot send to the daemon within {limit:g} s", ErrorCode.TIMEOUT, retryable=True) from None
-                self._sock.poll(max(1, min(POLL_MS, int(remaining * 1000))), zmq.POLLOUT)
+                self._socket().poll(max(1, min(POLL_MS, int(remaining * 1000))), zmq.POLLOUT)
         self._last_send = time.monotonic()
 
     def _send_nowait(self, msg: Message) -> None:
         """Best effort (heartbeats): silently skipped while no connection is up."""
         try:
-            self._sock.send_multipart(encode(msg, self.limits), zmq.NOBLOCK)
+            self._socket().send_multipart(encode(msg, self.limits), zmq.NOBLOCK)
             self._last_send = time.monotonic()
         except zmq.Again:  # at the high-water mark: a heartbeat can be skipped
             pass
 
     def _recv(self, timeout: float) -> Message | None:
         """One message (PINGs answered here), or None after `timeout` seconds."""
-        if not self._sock.poll(int(max(0.0, timeout) * 1000), zmq.POLLIN):
+        if not self._socket().poll(int(max(0.0, timeout) * 1000), zmq.POLLIN):
             return None
-        frames = self._sock.recv_multipart(copy=False)
+        frames = self._socket().recv_multipart(copy=False)
         self._last_recv = time.monotonic()
         try:
             msg = decode(frames, self.limits, allowed=SERVER_TYPES)
@@ -358,12 +386,12 @@ class PulseClient:
         reply = self._request(msg, lambda m: isinstance(m, (Accepted, Failed, Result, Error)) and m.job_id == job_id,
                               "ACCEPTED")
         if isinstance(reply, (Failed, Error)):  # an ERROR naming the job (e.g. a bad job id) refuses it too
-            raise _job_error(_as_event(reply))
+            raise _job_error(_failure(reply))
         self._submits[job_id] = msg
         if isinstance(reply, Result):  # an idempotent re-submit of a finished job: keep it for events()
             self._stash.appendleft(reply)
             return Accepted(job_id, 0, "done")
-        return reply
+        return cast(Accepted, reply)
 
     def checked(self, settings: JobSettings | Mapping[str, Any] | None) -> JobSettings:
         """`settings` checked against the connected daemon's contract (ParamError names the first bad one)."""
@@ -506,7 +534,7 @@ class PulseClient:
             pass
 
     def status(self) -> StatusReply:
-        return self._request(Status(), lambda m: isinstance(m, StatusReply), "STATUS_REPLY")
+        return cast(StatusReply, self._request(Status(), lambda m: isinstance(m, StatusReply), "STATUS_REPLY"))
 
     def fetch(self, job_id: str) -> Result:
         """A finished job's result again (kept a while by the daemon); JobFailed(NOT_FOUND) if gone."""
@@ -515,7 +543,7 @@ class PulseClient:
             raise _job_error(reply)
         if isinstance(reply, JobState):
             raise ProtocolError(f"job {job_id} is still {reply.state}", ErrorCode.NOT_READY, retryable=True)
-        return reply
+        return cast(Result, reply)
 
     def shutdown(self) -> None:
         """Ask the daemon to stop gracefully (running job cancelled, socket and lock removed)."""
@@ -527,9 +555,12 @@ def _is_job_error(m: Message) -> bool:
 
 
 def _as_event(m: Message) -> Message:
-    if isinstance(m, Error):  # an ERROR about our job (e.g. BAD_FIELD) ends it like FAILED
-        return Failed(m.job_id or "", m.code, m.message, m.retryable)
-    return m
+    return _failure(m) if isinstance(m, Error) else m
+
+
+def _failure(m: Failed | Error) -> Failed:
+    """An ERROR about our job (e.g. BAD_FIELD) ends it like FAILED."""
+    return m if isinstance(m, Failed) else Failed(m.job_id or "", m.code, m.message, m.retryable)
 
 
 def _version_advice(reply: Error) -> str:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Union
 
 import msgpack
 
@@ -61,7 +62,7 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | memory
     if isinstance(msg, Submit):
         JobSettings.from_wire(msg.params)
     blobs: list[tuple[dict[str, Any], memoryview]] = []
-    header = {"type": msg.TYPE}
+    header: dict[str, Any] = {"type": msg.TYPE}
     for f in dataclasses.fields(msg):
         header[f.name] = _dump(getattr(msg, f.name), f.name, blobs)
     if blobs:
@@ -113,7 +114,7 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS, allowed: Iter
         return _decode(frames, limits, allowed)
     except ProtocolError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the decoder's contract: only ProtocolError escapes
+    except Exception as exc:  # the decoder's contract: only ProtocolError escapes
         raise ProtocolError(f"malformed message: {type(exc).__name__}: {exc}", ErrorCode.MALFORMED) from exc
 
 
@@ -152,7 +153,7 @@ def _unpack_header(views: list[memoryview], limits: Limits) -> dict[str, Any]:
             max_map_len=limits.max_map_len,
             max_ext_len=0,
         )
-    except Exception as exc:  # noqa: BLE001 - ExtraData, FormatError, StackError, ValueError, ...
+    except Exception as exc:  # ExtraData, FormatError, StackError, ValueError, ...
         raise ProtocolError(f"header is not valid msgpack ({type(exc).__name__})", ErrorCode.MALFORMED) from exc
     if not isinstance(header, dict):
         raise ProtocolError("header must be a msgpack map", ErrorCode.MALFORMED)
@@ -194,9 +195,10 @@ def _check_blobs(descs: Any, frames: list[memoryview], limits: Limits) -> list[t
     for i, (desc, frame) in enumerate(zip(descs, frames)):
         if not isinstance(desc, dict):
             raise ProtocolError(f"blob {i}: descriptor must be a map", ErrorCode.MALFORMED)
-        w, h, c, n, dtype = (desc.get(k) for k in ("w", "h", "c", "nbytes", "dtype"))
-        if not all(_is_int(v) for v in (w, h, c, n)) or not isinstance(dtype, str):
+        sizes, dtype = [desc.get(k) for k in ("w", "h", "c", "nbytes")], desc.get("dtype")
+        if not all(_is_int(v) for v in sizes) or not isinstance(dtype, str):
             raise ProtocolError(f"blob {i}: w, h, c, nbytes must be integers and dtype a string", ErrorCode.BAD_BLOB)
+        w, h, c, n = (int(v) for v in sizes)  # type: ignore[arg-type]  # _is_int checked each: ints, not None
         if w < 1 or h < 1 or n < 0:
             raise ProtocolError(f"blob {i}: empty or negative size {w}x{h}", ErrorCode.BAD_BLOB)
         if dtype == "jpeg":

@@ -11,8 +11,9 @@ it plain msgpack: seed -1 = a new random seed, block 0 = detect it, model "" = t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ErrorCode, ProtocolError
 
@@ -133,7 +134,7 @@ class JobSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_wire(cls, raw: Mapping[str, Any], spec: Mapping[str, Param] | None = None) -> "JobSettings":
+    def from_wire(cls, raw: Mapping[str, Any], spec: Mapping[str, Param] | None = None) -> JobSettings:
         """Validate a SUBMIT `params` map (missing or None keys take their default; unknown keys are ignored so an
         older daemon accepts a newer client's extras) against `spec` (default: the declared PARAMS)."""
         if not isinstance(raw, Mapping):
@@ -145,7 +146,7 @@ class JobSettings:
             values[name] = p.default if value is None else p.check(value)
         return cls(**values)
 
-    def checked(self, spec: Mapping[str, Param] | None = None) -> "JobSettings":
+    def checked(self, spec: Mapping[str, Param] | None = None) -> JobSettings:
         """Self if every field is within `spec` (a dialog's values before sending), else ParamError."""
         return type(self).from_wire(self.to_wire(), spec)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 SCRIPT = "pulse-server"
 ENTRY_MODULE = "pulse_server.service"  # `python -m pulse_server.service ARGS` == `pulse-server ARGS`

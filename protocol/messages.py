@@ -48,11 +48,11 @@ class ImageBlob:
         """(H, W, C) numpy view of the data (read-only when backed by a received frame)."""
         import numpy as np
 
-        np_dtype = {"u8": np.uint8, "u16": np.dtype("<u2"), "f32": np.dtype("<f4")}[self.dtype]
+        np_dtype = {"u8": "u1", "u16": "<u2", "f32": "<f4"}[self.dtype]
         return np.frombuffer(self.data, dtype=np_dtype).reshape(self.height, self.width, self.channels)
 
     @classmethod
-    def from_numpy(cls, array: Any) -> "ImageBlob":
+    def from_numpy(cls, array: Any) -> ImageBlob:
         """From an (H, W) or (H, W, C) uint8/uint16/float32 array (converted to little-endian, contiguous)."""
         import numpy as np
 
@@ -65,7 +65,7 @@ class ImageBlob:
         if name is None:
             raise ValueError(f"pixels must be uint8, uint16 or float32, not {arr.dtype}")
         arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-        return cls(arr.shape[1], arr.shape[0], arr.shape[2], name, memoryview(arr).cast("B"))
+        return cls(arr.shape[1], arr.shape[0], arr.shape[2], name, arr.data.cast("B"))
 
 
 @dataclass(frozen=True)

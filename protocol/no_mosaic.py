@@ -8,7 +8,8 @@ The plug-ins only show the question; which failure asks, its words and the force
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from .errors import ErrorCode, PulseError
 
@@ -70,7 +71,7 @@ def forced(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def submit_or_ask(submit: Callable[[dict[str, Any]], R], params: Mapping[str, Any],
-                  ask: Optional[Callable[[str, str], bool]]) -> R:
+                  ask: Callable[[str, str], bool] | None) -> R:
     """Run `submit(params)`; on a no-mosaic refusal ask `ask(question, detail)` and on Yes submit forced.
 
     `ask` None (a script, batch mode): the refusal propagates unchanged. No: `NotForced`. For a plug-in
@@ -78,7 +79,7 @@ def submit_or_ask(submit: Callable[[dict[str, Any]], R], params: Mapping[str, An
     """
     try:
         return submit(dict(params))
-    except Exception as exc:  # noqa: BLE001 - anything but the no-mosaic refusal goes on as it is
+    except Exception as exc:  # anything but the no-mosaic refusal goes on as it is
         if ask is None or not asks_to_force(exc, params):
             raise
         if not ask(*question(exc)):

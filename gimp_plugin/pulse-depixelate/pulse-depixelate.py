@@ -1,5 +1,4 @@
 #!/usr/bin/env python3
-# -*- coding: utf-8 -*-
 """GIMP 3 plug-in: Filters ▸ Enhance ▸ Depixelate Face (PULSE)…
 
 A thin adapter between GIMP and the local PULSE daemon: it reads the selected region (pixels in the drawable's
@@ -24,9 +23,9 @@ import gi  # noqa: E402
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
+import pulse_gimp as logic  # noqa: E402
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 
-import pulse_gimp as logic  # noqa: E402
 from protocol.editor_messages import is_bug, is_cancel  # noqa: E402
 
 
@@ -324,7 +323,7 @@ def run(procedure, run_mode, image, drawables, config, data):
         plan = logic.plan_paste(result, region, fmt, all_layer_names(image), mask)
         paste(image, source, plan, fmt)
         Gimp.message(logic.done_message(plan, note))
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a message; the image stays untouched
+    except Exception as exc:  # every failure becomes a message; the image stays untouched
         if is_bug(exc) and not isinstance(exc, logic.UserError):
             traceback.print_exc(file=sys.stderr)  # a bug, not a user problem: keep the trace for reports
         # The user's own No to "depixelate anyway?" ends the run like Cancel: nothing to report as an error.

@@ -11,8 +11,9 @@ entry registers even where pyzmq is missing (the client is imported when the pro
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from protocol import editor_settings as kit
 from protocol import layers
@@ -53,8 +54,8 @@ class Arg:
     label: str  # with its mnemonic ("_Faces to generate")
     blurb: str
     default: Any
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
+    minimum: float | None = None
+    maximum: float | None = None
 
 
 ENDPOINT = "endpoint"
@@ -175,7 +176,7 @@ def plan_region(
     return Region(left, top, right - left, bottom - top, left - ox, top - oy, bool(non_empty))
 
 
-def mask_or_none(mask: bytes) -> Optional[bytes]:
+def mask_or_none(mask: bytes) -> bytes | None:
     """A fully selected rectangle needs no mask frame; an all-zero one is an empty selection."""
     if not mask or mask.count(0) == len(mask):
         raise UserError("The selection is empty inside the active layer: select the pixelated face first.")
@@ -295,7 +296,7 @@ def _json(meta: dict) -> bytes:
 
 
 def plan_paste(result: Any, region: Region, fmt: PixelFormat, existing_names: Sequence[str],
-               selection: Optional[bytes]) -> PastePlan:
+               selection: bytes | None) -> PastePlan:
     """The group and its layers for a protocol Result, checked against the region we sent (ResultError).
 
     `existing_names` are all layer names in the image (run number, names GIMP would otherwise suffix "#1");

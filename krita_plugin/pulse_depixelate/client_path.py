@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 CLIENT_DIR = HERE / "_client"
@@ -52,9 +51,9 @@ def dependency_help(missing: list[str]) -> str:
     return text
 
 
-def server_command(endpoint: Optional[str] = None) -> Optional[list[str]]:
+def server_command(endpoint: str | None = None) -> list[str] | None:
     """The command that starts the daemon, as recorded by the installer, else `pulse-server` on PATH."""
-    cmd: Optional[list[str]] = None
+    cmd: list[str] | None = None
     try:
         recorded = json.loads(SERVER_JSON.read_text(encoding="utf-8")).get("command")
         if recorded and Path(recorded[0]).exists():
@@ -79,7 +78,7 @@ _APPIMAGE_VARS = ("LD_LIBRARY_PATH", "QT_PLUGIN_PATH", "QML2_IMPORT_PATH", "QT_Q
                   "APPDIR", "APPIMAGE", "ARGV0", "OWD")
 
 
-def daemon_env(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+def daemon_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a daemon started from Krita (default: this process's): without the editor's Python
     settings, and when Krita runs from an AppImage (APPIMAGE/APPDIR set) without its library environment:
     every PYTHON* variable, the loader/Qt paths above, and PATH/XDG_DATA_DIRS entries inside the AppImage."""

@@ -16,20 +16,37 @@ import subprocess
 import sys
 import threading
 import traceback
-from typing import Any, Optional
+from typing import Any
 
 from krita import DockWidget, Krita, Selection
-from PyQt5.QtCore import QSize, QThread, QTimer, Qt, pyqtSignal
+from PyQt5.QtCore import QSize, Qt, QThread, QTimer, pyqtSignal
 from PyQt5.QtGui import QIcon, QImage, QPixmap
-from PyQt5.QtWidgets import (QApplication, QComboBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QLineEdit,
-                             QListWidget, QListWidgetItem, QMessageBox, QProgressBar, QPushButton, QScrollArea,
-                             QSpinBox, QToolButton, QVBoxLayout, QWidget)
+from PyQt5.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from protocol.editor_messages import code_of
+from protocol.editor_progress import JobView
+from protocol.errors import ErrorCode
 
 from . import client_path, logic
 from .logic import kit
-from protocol.editor_messages import code_of
-from protocol.errors import ErrorCode
-from protocol.editor_progress import JobView
 
 TITLE = "PULSE Depixelate"
 PROBE_INTERVAL_MS = 5000
@@ -82,7 +99,7 @@ class JobThread(QThread):
                 self.request, on_progress=on_progress, should_cancel=self._cancel.is_set,
                 on_preview=lambda jpeg: self.preview.emit(bytes(jpeg)),
                 on_accepted=shown(view.accepted), on_job_state=shown(view.job_state), on_welcome=on_welcome)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a message in the docker
+        except Exception as exc:  # every failure becomes a message in the docker
             if code_of(exc) == ErrorCode.CANCELLED:
                 self.cancelled.emit()
                 return
@@ -102,7 +119,7 @@ class ProbeThread(QThread):
 
     answered = pyqtSignal(bool, str, str, object)  # reachable, status text, endpoint asked ("" = default), WELCOME
 
-    def __init__(self, endpoint: Optional[str], parent: Any = None) -> None:
+    def __init__(self, endpoint: str | None, parent: Any = None) -> None:
         super().__init__(parent)
         self.endpoint = endpoint
 
@@ -117,7 +134,7 @@ class ProbeThread(QThread):
             own = kit.own_model_name(welcome)
             text = f"connected ({getattr(welcome, 'device', '?')}" + (f", {own})" if own else ")")
             self.answered.emit(True, text, self.endpoint or "", welcome)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # the plug-in's own refusals and the contract's (BAD_PARAMS)
             if code_of(exc) == ErrorCode.DAEMON_NOT_RUNNING:
                 self.answered.emit(False, "not running", self.endpoint or "", None)
             else:
@@ -149,12 +166,12 @@ class PulseDocker(DockWidget):
     def __init__(self) -> None:
         super().__init__()
         self.setWindowTitle(TITLE)
-        self._job: Optional[JobThread] = None
-        self._probe: Optional[ProbeThread] = None
+        self._job: JobThread | None = None
+        self._probe: ProbeThread | None = None
         self._probe_again = False
         self._retired: list[JobThread] = []  # threads past their last signal, until QThread.finished
         self._welcome: Any = None  # the daemon's last WELCOME
-        self._spec: Optional[dict] = None  # its ranges (None: the contract's, until it answers)
+        self._spec: dict | None = None  # its ranges (None: the contract's, until it answers)
         self.last_layers: list[Any] = []  # the last run's face layers, best first
         self.last_group: Any = None
         self._build_ui()
@@ -390,7 +407,7 @@ class PulseDocker(DockWidget):
             self.status_label.setText("Daemon: checking…")  # whatever we knew was about another endpoint
         self._endpoint_timer.start()
 
-    def _current_endpoint(self) -> Optional[str]:
+    def _current_endpoint(self) -> str | None:
         return self.endpoint.text().strip() or None
 
     def probe(self) -> None:
@@ -457,7 +474,7 @@ class PulseDocker(DockWidget):
             if missing:
                 raise logic.PluginError(client_path.dependency_help(missing))
             request = logic.build_request(Krita.instance().activeDocument(), settings, spec=self._spec)
-        except Exception as exc:  # noqa: BLE001 - the plug-in's own refusals and the contract's (BAD_PARAMS)
+        except Exception as exc:  # the docker must end the job with a message, whatever happened
             if not logic.is_expected(exc):
                 raise
             text = logic.user_message(exc, settings.endpoint)
@@ -538,7 +555,7 @@ class PulseDocker(DockWidget):
     def _on_success(self, outcome: logic.Outcome) -> None:  # GUI thread: Krita calls allowed
         try:
             pasted = logic.apply_outcome(self._job.request, outcome, Krita.instance().documents(), Selection)
-        except Exception as exc:  # noqa: BLE001 - the docker must end the job with a message, whatever happened
+        except Exception as exc:
             if not isinstance(exc, logic.PluginError):
                 traceback.print_exc()
             self._on_failure(logic.user_message(exc), code_of(exc) or "")  # also stops the busy progress bar

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from krita import DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita
 from PyQt5.QtWidgets import QMessageBox
@@ -13,7 +13,7 @@ from .docker import TITLE, PulseDocker, is_pulse_docker
 ACTION_TEXT = "Depixelate Face (PULSE)"
 
 
-def find_docker() -> Optional[PulseDocker]:
+def find_docker() -> PulseDocker | None:
     """The active window's PULSE docker (Krita creates one per window, hidden or not)."""
     app = Krita.instance()
     dockers = [d for d in app.dockers() if is_pulse_docker(d)]

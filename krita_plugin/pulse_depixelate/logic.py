@@ -21,8 +21,9 @@ import json
 import struct
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from .client_path import ensure_client_path
 
@@ -155,13 +156,13 @@ WORK_PROFILES = {"RGBA": "sRGB-elle-V2-srgbtrc.icc", "GRAYA": "Gray-D50-elle-V2-
 _LINEAR_HINTS = ("g10", "linear")
 
 
-def work_profile(fmt: PixelFormat, profile: str) -> Optional[str]:
+def work_profile(fmt: PixelFormat, profile: str) -> str | None:
     """The sRGB-curve profile to solve in, or None when the pixels can be sent as they are."""
     name = (profile or "").lower()
     return WORK_PROFILES[fmt.model] if any(h in name for h in _LINEAR_HINTS) else None
 
 
-def _convert_region(doc: Any, pixels: bytes, rect: "Rect", fmt: PixelFormat, src: str, dst: str) -> bytes:
+def _convert_region(doc: Any, pixels: bytes, rect: Rect, fmt: PixelFormat, src: str, dst: str) -> bytes:
     """Krita's own colour conversion of a region, on a layer that is never added to the image."""
     tmp = doc.createNode("pulse conversion", "paintlayer")
     tmp.setColorSpace(fmt.model, fmt.depth, src)
@@ -176,7 +177,7 @@ def _convert_region(doc: Any, pixels: bytes, rect: "Rect", fmt: PixelFormat, src
 MIN_SIDE = 4  # below this there is no face to find, and the mosaic detector has nothing to work on
 
 
-def selection_region(doc: Any) -> tuple[Rect, Optional[bytes]]:
+def selection_region(doc: Any) -> tuple[Rect, bytes | None]:
     """Bounds of the document's selection clipped to the canvas, and its mask (None when fully selected).
 
     The mask is Krita's selection pixel data: one byte per pixel, 0 = not selected, 255 = selected.
@@ -217,14 +218,14 @@ class Settings:
     source: str = "layer"  # "layer" (the active layer's own pixels) | "projection" (the merged image)
     endpoint: str = ""  # "" = the daemon's per-user default (or $PULSE_ENDPOINT)
 
-    def job(self, spec: Optional[dict[str, Param]] = None) -> JobSettings:
+    def job(self, spec: dict[str, Param] | None = None) -> JobSettings:
         """The job's settings checked against `spec` (the daemon's, else the contract): ParamError if not."""
         return kit.job_settings({name: getattr(self, name) for name in kit.FIELDS}, spec)
 
-    def params(self, spec: Optional[dict[str, Param]] = None) -> dict[str, Any]:
+    def params(self, spec: dict[str, Param] | None = None) -> dict[str, Any]:
         return self.job(spec).to_wire()
 
-    def check(self, spec: Optional[dict[str, Param]] = None) -> None:
+    def check(self, spec: dict[str, Param] | None = None) -> None:
         self.job(spec)
         if self.source not in SOURCES:
             raise PluginError(f"unknown pixel source {self.source!r}")
@@ -245,11 +246,11 @@ class Request:
     rect: Rect
     fmt: PixelFormat
     profile: str  # ICC profile name of the pixels read: the new layers keep it
-    work: Optional[str]  # profile the pixels were converted to for the solver (None: sent as read)
+    work: str | None  # profile the pixels were converted to for the solver (None: sent as read)
     pixels: bytes  # Krita layout
-    mask: Optional[bytes]
+    mask: bytes | None
     params: dict[str, Any]
-    endpoint: Optional[str]
+    endpoint: str | None
     source: str
 
     def image_blob(self) -> Any:
@@ -269,7 +270,7 @@ class Request:
 
 
 def build_request(doc: Any, settings: Settings, node: Any = None,
-                  spec: Optional[dict[str, Param]] = None) -> Request:
+                  spec: dict[str, Param] | None = None) -> Request:
     """Read the selection and the pixels under it (GUI thread: these are Krita calls).
 
     `node` defaults to the document's active layer (a document without a view, as in kritarunner, has none);
@@ -426,7 +427,7 @@ NO_MASK_NOTE = ("No transparency mask: this Krita's scripting API cannot fill on
 
 
 def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any],
-                  new_selection: Optional[Callable[[], Any]] = None) -> Pasted:
+                  new_selection: Callable[[], Any] | None = None) -> Pasted:
     """Paste one group, "PULSE run N — B px blocks", above the request's layer (GUI thread).
 
     Inside it, top to bottom: face 1 (best, visible), face 2, … each a paint layer with a transparency mask
@@ -457,7 +458,7 @@ def apply_outcome(request: Request, outcome: Outcome, documents: Sequence[Any],
     parent.addChildNode(group, _above_earlier_runs(parent, anchor))
     try:
         _record_provenance(doc, group, faces, run)
-    except Exception:
+    except Exception:  # a face without its mask is still a result: paste it, log why
         group.remove()  # layers without their "imagined" notes are worse than none
         raise
     doc.setActiveNode(faces[0])
@@ -494,7 +495,7 @@ def _make_layer(doc: Any, request: Request, plan: LayerPlan, name: str) -> Any:
     return node
 
 
-def _add_mask(doc: Any, node: Any, rect: Rect, mask: bytes, new_selection: Optional[Callable[[], Any]]) -> bool:
+def _add_mask(doc: Any, node: Any, rect: Rect, mask: bytes, new_selection: Callable[[], Any] | None) -> bool:
     """A transparency mask holding `mask` over `rect` on `node`; False where Krita's API cannot make one.
 
     Krita 5.1's scripting API cannot fill a transparency mask: createNode("transparencymask") makes one
@@ -510,7 +511,7 @@ def _add_mask(doc: Any, node: Any, rect: Rect, mask: bytes, new_selection: Optio
         blend = doc.createTransparencyMask("blend mask")
         blend.setSelection(selection)
         node.addChildNode(blend, None)
-    except Exception:  # noqa: BLE001 - a face without its mask is still a result: paste it, log why
+    except Exception:
         traceback.print_exc()
         return False
     return True
@@ -574,7 +575,7 @@ def user_message(exc: BaseException, endpoint: str = "") -> str:
     return kit_message(exc, KRITA, endpoint)
 
 
-def force_question(exc: BaseException, request: Request) -> Optional[tuple[str, str]]:
+def force_question(exc: BaseException, request: Request) -> tuple[str, str] | None:
     """(question, detail) when the daemon refused the request for want of a mosaic and may be asked to paint
     anyway; None for every other failure (and for a request that was already forced)."""
     from protocol import no_mosaic
@@ -600,12 +601,12 @@ def is_expected(exc: BaseException) -> bool:
     return code_of(exc) is not None or isinstance(exc, (PluginError, ImportError))
 
 
-def run_job(request: Request, *, on_progress: Optional[Callable[[Any], None]] = None,
-            should_cancel: Optional[Callable[[], bool]] = None,
-            on_preview: Optional[Callable[[bytes], None]] = None,
-            on_accepted: Optional[Callable[[Any], None]] = None,
-            on_job_state: Optional[Callable[[Any], None]] = None,
-            on_welcome: Optional[Callable[[Any], None]] = None, timeout: float = 10.0) -> Outcome:
+def run_job(request: Request, *, on_progress: Callable[[Any], None] | None = None,
+            should_cancel: Callable[[], bool] | None = None,
+            on_preview: Callable[[bytes], None] | None = None,
+            on_accepted: Callable[[Any], None] | None = None,
+            on_job_state: Callable[[Any], None] | None = None,
+            on_welcome: Callable[[Any], None] | None = None, timeout: float = 10.0) -> Outcome:
     """Send the request to the daemon and plan the layers (worker thread: no Krita calls in here).
 
     The client checks the request's settings against the daemon's own ranges (its WELCOME, also given to
