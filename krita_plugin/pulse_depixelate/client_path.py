@@ -52,21 +52,24 @@ def dependency_help(missing: list[str]) -> str:
 
 
 def server_command(endpoint: str | None = None) -> list[str] | None:
-    """The command that starts the daemon, as recorded by the installer, else `pulse-server` on PATH."""
-    cmd: list[str] | None = None
+    """The command that starts the daemon: the installer's recorded `pulse-server` prefix, else `pulse-server`
+    on PATH, followed by protocol.launch's `run` arguments."""
+    program: list[str] | None = None
     try:
         recorded = json.loads(SERVER_JSON.read_text(encoding="utf-8")).get("command")
         if recorded and Path(recorded[0]).exists():
-            cmd = list(recorded)
+            program = list(recorded)
     except (OSError, ValueError, AttributeError):
         pass
-    if cmd is None:
+    if program is None:
         exe = shutil.which("pulse-server")
-        cmd = [exe] if exe else None
-    if cmd is None:
+        program = [exe] if exe else None
+    if program is None:
         return None
-    cmd += ["run"] + (["--endpoint", endpoint] if endpoint else [])
-    return cmd
+    ensure_client_path()
+    from protocol.launch import daemon_argv
+
+    return daemon_argv(program, endpoint=endpoint)
 
 
 # Always wrong for the daemon's own interpreter (an AppImage's or a bundled Python's settings, or the venv of
