@@ -41,11 +41,8 @@ class Field:
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] | None = None
-
-    @property
-    def special_low(self) -> str:
-        """The word a spin box shows at its lowest value where that value means something else ("" if not)."""
-        return {"seed": "random", "block": "auto"}.get(self.name, "") if self.low is not None else ""
+    special_low: str = ""  # the word a spin box shows at its lowest value where that value is a sentinel
+    unit: str = ""  # the spin box's suffix
 
 
 def daemon_spec(welcome: Any = None) -> dict[str, Param]:
@@ -59,7 +56,7 @@ def fields(spec: Mapping[str, Param] | None = None, names: Sequence[str] = FIELD
     out = []
     for name in names:
         p = spec[name]
-        out.append(Field(name, p.kind, p.label, p.help, p.default, p.low, p.high, p.choices))
+        out.append(Field(name, p.kind, p.label, p.help, p.default, p.low, p.high, p.choices, p.special, p.unit))
     return out
 
 

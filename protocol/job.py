@@ -44,6 +44,8 @@ class Param:
     high: float | None = None
     choices: tuple[str, ...] | None = None
     advanced: bool = False  # shown under the dialogs' advanced section
+    special: str = ""  # what the lowest value means where it is a sentinel, in a word ("random", "auto")
+    unit: str = ""  # the suffix a spin box shows ("px")
 
     def check(self, value: Any, *, low: float | None = None, high: float | None = None,
               choices: tuple[str, ...] | None = None) -> Any:
@@ -119,8 +121,9 @@ class JobSettings:
     steps: int = _p(100, "Search steps", "Steps of the search per face: more fit the mosaic closer, and take longer",
                     low=1, high=5000)
     seed: int = _p(-1, "Random seed", "The same seed gives the same faces again (-1 = a new seed each run)",
-                   low=-1, high=2**31 - 1)
-    block: int = _p(0, "Mosaic block size", "Side of one mosaic cell in pixels (0 = detect it)", low=0, high=MAX_BLOCK)
+                   low=-1, high=2**31 - 1, special="random")
+    block: int = _p(0, "Mosaic block size", "Side of one mosaic cell in pixels (0 = detect it)", low=0, high=MAX_BLOCK,
+                    special="auto", unit="px")
     eps: float = _p(2e-3, "Match tolerance", "How closely a face must match the mosaic (mean squared error of the "
                     "downscaled face, 0–1 scale)", low=1e-6, high=0.5, advanced=True)
     precision: str = _p("default", "Precision", "default: the device's fast path; fp32: full precision everywhere",

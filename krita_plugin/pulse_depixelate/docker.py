@@ -302,8 +302,8 @@ class PulseDocker(DockWidget):
         box.setValue(int(f.default))
         if f.special_low:
             box.setSpecialValueText(f.special_low)  # seed -1 "random", block 0 "auto"
-        if f.name == "block":
-            box.setSuffix(" px")
+        if f.unit:
+            box.setSuffix(f" {f.unit}")
         return box
 
     def _model_combo(self, f: kit.Field) -> QComboBox:
