@@ -1,5 +1,10 @@
 """Shared fixtures: a temporary model cache for the whole run, a tiny real StyleGAN2 checkpoint and the shared
-real face prior."""
+real face prior.
+
+Tests live in unit/ (in-process), daemon/ (daemon and CLI processes, real sockets) and editors/ (real GIMP and
+Krita, the plug-in installers). The helpers beside this file (daemon_fixture, daemon_parts, krita_env, ...) are
+imported by name from any of them: pytest's default "prepend" import mode puts this folder on sys.path when it
+imports this conftest (no __init__.py anywhere under tests/, so test module names must stay unique)."""
 
 from __future__ import annotations
 

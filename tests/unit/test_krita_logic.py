@@ -1,6 +1,6 @@
 """Krita plug-in logic (selection → request → layers) against a small mock of the `krita` module.
 
-Fast and Krita-free; tests/test_krita_real.py runs the same code inside real Krita 5.1.
+Fast and Krita-free; tests/editors/test_krita_adapter.py runs the same code inside real Krita.
 The pixel layouts used here (BGRA for integer RGBA, RGBA for float, GA for grey) are Krita's, as observed
 through Node.channels() in Krita 5.1.5; the real-Krita adapter test asserts them again.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "krita_mock"))
 sys.path.insert(0, str(REPO / "krita_plugin"))
 

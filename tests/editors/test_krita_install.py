@@ -183,7 +183,7 @@ def _client_path():
 
     spec = importlib.util.spec_from_file_location(  # the module alone: no package __init__, no krita import
         "pulse_client_path_under_test",
-        Path(__file__).resolve().parents[1] / "krita_plugin" / "pulse_depixelate" / "client_path.py")
+        Path(__file__).resolve().parents[2] / "krita_plugin" / "pulse_depixelate" / "client_path.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -15,7 +15,7 @@ from PIL import Image
 
 from pulse_server.solver.downsample import BicubicDownsample, downsample_reference
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PULSE = REPO / ".venv" / "bin" / "pulse"
 
 

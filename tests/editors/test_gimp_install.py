@@ -242,5 +242,5 @@ def test_flatpak_override_runs_flatpak_for_the_user(tmp_path, capsys, unreachabl
 
 
 def test_readme_gives_the_flatpak_override():
-    readme = (Path(__file__).resolve().parents[1] / "gimp_plugin" / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "gimp_plugin" / "README.md").read_text(encoding="utf-8")
     assert OVERRIDE in readme and OVERRIDE.replace("org.gimp.GIMP", "org.kde.krita") in readme
