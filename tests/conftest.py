@@ -41,5 +41,15 @@ def shared_prior_path() -> Path:
     return SHARED_PRIOR
 
 
+@pytest.fixture
+def digiface_installed() -> None:
+    """Skips where the digiface-64 model's package is missing (the tests that run it say how to install it)."""
+    from pulse_server.models import registry
+
+    if not registry.is_present("digiface-64"):
+        pytest.skip("digiface-64 needs the gan-face-generate package: pip install --no-deps gan-face-generate==1.1.1 "
+                    "(`make venv` installs it)")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(TEST_CACHE, ignore_errors=True)
