@@ -102,7 +102,7 @@ def test_default_folders(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     if sys.platform.startswith("linux"):
         assert krita.pykrita_dir() == tmp_path / "data" / "krita" / "pykrita"
-        monkeypatch.setenv("XDG_DATA_HOME", "data")  # relative: invalid per the XDG spec, ignored (review 13)
+        monkeypatch.setenv("XDG_DATA_HOME", "data")  # relative: invalid per the XDG spec, ignored
         assert krita.pykrita_dir() == tmp_path / ".local" / "share" / "krita" / "pykrita"
 
 
@@ -190,7 +190,7 @@ def _client_path():
 
 
 def test_daemon_started_from_an_appimage_gets_no_appimage_library_env(tmp_path, monkeypatch):
-    """Review 7: Krita's AppImage exports LD_LIBRARY_PATH, QT_PLUGIN_PATH, PYTHON* into the Start button's daemon."""
+    """Krita's AppImage exports LD_LIBRARY_PATH, QT_PLUGIN_PATH, PYTHON*: the Start button's daemon gets none of them."""
     cp = _client_path()
     appdir = tmp_path / ".mount_krita"
     krita_env = {"PATH": f"{appdir}/usr/bin{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin",
