@@ -190,7 +190,7 @@ def _client_path():
 
 
 def test_daemon_started_from_an_appimage_gets_no_appimage_library_env(tmp_path, monkeypatch):
-    """Krita's AppImage exports LD_LIBRARY_PATH, QT_PLUGIN_PATH, PYTHON*: the Start button's daemon gets none of them."""
+    """Krita's AppImage exports LD_LIBRARY_PATH, QT_PLUGIN_PATH, PYTHON*: the Start button's daemon gets none."""
     cp = _client_path()
     appdir = tmp_path / ".mount_krita"
     krita_env = {"PATH": f"{appdir}/usr/bin{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin",
