@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build (or reuse) the cached Debian 13 chroot with GIMP 3 and Krita 5.2 that tests/test_gimp_real.py and the
+# Build (or reuse) the cached Debian 13 chroot with GIMP 3 and Krita 5.2 that tests/editors/test_gimp_real.py and the
 # Krita tests ([chroot] variants) drive; a root cached before Krita was added gets it installed in place.
 # Standard library only, so it can start in the background before the venv exists and overlap with it:
 #     .ci/gimp-chroot.sh > /tmp/gimp-chroot.log 2>&1 &

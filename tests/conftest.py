@@ -1,5 +1,10 @@
 """Shared fixtures: a temporary model cache for the whole run, a tiny real StyleGAN2 checkpoint and the shared
-real face prior."""
+real face prior.
+
+Tests live in unit/ (in-process), daemon/ (daemon and CLI processes, real sockets) and editors/ (real GIMP and
+Krita, the plug-in installers). The helpers beside this file (daemon_fixture, daemon_parts, krita_env, ...) are
+imported by name from any of them: pytest's default "prepend" import mode puts this folder on sys.path when it
+imports this conftest (no __init__.py anywhere under tests/, so test module names must stay unique)."""
 
 from __future__ import annotations
 
@@ -34,6 +39,16 @@ def shared_prior_path() -> Path:
     if not SHARED_PRIOR.is_file():
         pytest.skip(f"real face prior not found at {SHARED_PRIOR} (../shared is provided beside the project)")
     return SHARED_PRIOR
+
+
+@pytest.fixture
+def digiface_installed() -> None:
+    """Skips where the digiface-64 model's package is missing (the tests that run it say how to install it)."""
+    from pulse_server.models import registry
+
+    if not registry.is_present("digiface-64"):
+        pytest.skip("digiface-64 needs the gan-face-generate package: pip install --no-deps gan-face-generate==1.1.1 "
+                    "(`make venv` installs it)")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -454,7 +454,7 @@ def detect_grid(rgb: np.ndarray, block: int | None = None, cancel: Callable[[], 
     Worst case, the largest region the pipeline takes (MAX_SIDE² = 4096²), measured on a loaded 2-core CPU:
     a whole-region fine mosaic (8-px cells, every hypothesis refined over all of it) takes about 66 s, and a
     CANCEL during it lands within 1.6 s; a 4096² photograph (noise) takes 3 s, a blank or near-blank one 1–2 s.
-    tests/test_mosaic_bounds.py holds the cancel latency and the featureless cases.
+    tests/unit/test_mosaic_bounds.py holds the cancel latency and the featureless cases.
     """
 
     def check() -> None:

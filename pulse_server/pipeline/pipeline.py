@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # torch stays out of pure analysis imports
 MAX_SIDE = MAX_REGION_SIDE  # pixels per region side (the job contract's limit, checked again here)
 MIN_SIDE = 4  # a region smaller than this holds no face
 # A detection below this confidence is refused like no detection at all (unless forced): the lowest true mosaic
-# in tests/test_mosaic.py's sweeps (207 of them: real photos, clean and JPEG q75, blocks 4-32 px) scores 0.53,
+# in tests/unit/test_mosaic.py's sweeps (207 of them: real photos, clean and JPEG q75, blocks 4-32 px) scores 0.53,
 # and a detection can score as low as 0.3 (evidence just over the bar, 60 % of its cells flat).
 MIN_CONFIDENCE = 0.5
 

@@ -8,7 +8,7 @@ half a pixel off the block centre for odd factors, here they sit on it (for odd 
 
 Output pixel j of a row is sum_i k_i · x[j·f + (f-1)/2 + o_i] with offsets o_i measured from the centre
 of input block j, k_i = cubic(o_i / f) / sum(k). The float32 result stays within 2e-6 (max abs, images in
-[0, 1]) of a float64 evaluation of the same formula; tests/test_downsample.py holds it to that bound.
+[0, 1]) of a float64 evaluation of the same formula; tests/unit/test_downsample.py holds it to that bound.
 """
 
 from __future__ import annotations

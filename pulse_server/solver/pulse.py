@@ -53,7 +53,7 @@ Precision modes:
              `default-fused` row compares the two on any device).
   "fp32"     the faithful baseline: the original loop's structure: fp32, eager, one candidate at a time,
              the loss read back to the host at every step.
-Both modes compute the same function: on CPU they agree to float rounding (tests/test_solver.py).
+Both modes compute the same function: on CPU they agree to float rounding (tests/unit/test_solver.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Test-only Krita plug-in: drives the real PULSE docker and action in a full Krita GUI, then exits.
 
 Installed (with its .desktop) next to pulse_depixelate in an isolated profile and enabled in kritarc by
-tests/test_krita_gui.py. Config: JSON file named by $PULSE_KRITA_TEST. Scenario, in one Krita session:
+tests/editors/test_krita_gui.py. Config: JSON file named by $PULSE_KRITA_TEST. Scenario, in one Krita session:
   1. the docker exists (Krita.instance().dockers(), objectName pulse_depixelate) and shows the daemon status;
   2. `pulse_depixelate` action with no selection     -> "refused", message in the docker, no new layer;
   3. action against a dead endpoint (if configured)    -> "failed" with a "not running" message, UI responsive;

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pulse_server.pipeline import pixelate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # A model path that does not exist: a refusal that names something else proves that no model was loaded first.
 NO_MODEL = "/nonexistent/model.pt"
 

@@ -13,7 +13,6 @@ from protocol.messages import Failed, ImageBlob, Result
 from pulse_server.errors import PulseError
 from protocol.job import JobSettings
 from pulse_server.jobs import Job, JobQueue, daemon_spec
-from pulse_server.models import registry
 from pulse_server.worker import Worker
 
 
@@ -55,13 +54,6 @@ def _run(worker: Worker, models: list[str | None]) -> list[tuple[str, str, objec
     return events
 
 
-@pytest.fixture
-def digiface_installed() -> None:
-    if not registry.is_present("digiface-64"):
-        pytest.skip("digiface-64 needs the gan-face-generate package: pip install --no-deps gan-face-generate==1.1.1 "
-                    "(`make venv` installs it)")
-
-
 def test_a_job_naming_another_model_runs_on_it_and_both_stay_warm(tiny_weights: Path, digiface_installed) -> None:
     w = Worker(JobQueue(), lambda *a: None, weights=str(tiny_weights), device="cpu")
     events = _run(w, [None, "digiface-64", None, "digiface-64"])
@@ -88,32 +80,3 @@ def test_a_job_naming_the_daemons_own_model_does_not_load_it_twice(digiface_inst
     events = _run(w, [None, "digiface-64"])
     assert [jid for kind, jid, p in events if (kind, p) == ("state", "loading")] == ["job0"]
     assert not any(isinstance(p, Failed) for kind, jid, p in events if kind == "final")
-
-
-def test_cli_via_daemon_sends_a_model_name_with_the_job(tiny_weights: Path, tmp_path: Path, digiface_installed,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
-
-    from PIL import Image
-
-    from daemon_fixture import start_daemon
-    from pulse_server.cli import main_pulse
-
-    Image.new("RGB", (8, 8), (150, 110, 90)).save(tmp_path / "low.png")
-    daemon = start_daemon(tmp_path / "d", weights=tiny_weights, env={"OMP_NUM_THREADS": "1"})
-    try:
-        monkeypatch.setenv("PULSE_TOKEN", daemon.token or "")
-        with daemon.client() as c:
-            assert [m["id"] for m in c.connect().models] == ["", "ffhq-1024", "ffhq-256", "digiface-64"]
-        rc = main_pulse(["solve", str(tmp_path / "low.png"), "-o", str(tmp_path / "f.png"), "--via-daemon",
-                         "--endpoint", daemon.endpoint, "--model", "digiface-64", "--steps", "2", "-q",
-                         "--report", str(tmp_path / "r.json")])
-        assert rc == 0, daemon.output()
-        report = json.loads((tmp_path / "r.json").read_text())
-        assert report["model"] == "digiface-64-dcgan" and report["resolution"] == 64
-        with daemon.client() as c:
-            c.connect()
-            loaded = [m["id"] for m in c.status().server["models"] if m["loaded"]]
-        assert loaded == ["digiface-64"]  # the daemon's own model was never needed
-    finally:
-        daemon.stop()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
+_PATH = Path(__file__).resolve().parents[2] / "bench" / "quality.py"
 _spec = importlib.util.spec_from_file_location("bench_quality", _PATH)
 assert _spec is not None and _spec.loader is not None
 quality = importlib.util.module_from_spec(_spec)

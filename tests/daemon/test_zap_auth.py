@@ -1,5 +1,5 @@
 """tcp peers authenticate during the ZMTP handshake (PLAIN + the daemon's ZAP handler), so nothing a peer
-without the token sends is ever delivered to the daemon's loop (review item 4), and a client with a wrong
+without the token sends is ever delivered to the daemon's loop, and a client with a wrong
 or missing token gets a clear BAD_TOKEN quickly instead of libzmq's silent retries."""
 
 from __future__ import annotations

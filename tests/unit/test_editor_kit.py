@@ -192,23 +192,3 @@ def test_the_kit_imports_with_the_standard_library_alone():
             "protocol.no_mosaic, protocol.estimate_text; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
-
-
-@pytest.mark.slow
-def test_a_real_daemons_welcome_fills_the_model_list_and_the_ranges(tmp_path, tiny_weights, monkeypatch):
-    from daemon_fixture import start_daemon
-
-    from protocol.client import PulseClient
-
-    daemon = start_daemon(tmp_path, weights=tiny_weights, endpoint="tcp")
-    try:
-        monkeypatch.setenv("PULSE_TOKEN", daemon.token)
-        with PulseClient(daemon.endpoint, client_name="test", timeout=10.0) as client:
-            welcome = client.connect()
-    finally:
-        daemon.stop()
-    choices = kit.model_choices(welcome)
-    assert choices[0].value == "" and choices[0].label.startswith("The daemon's own: ")
-    assert len({c.value for c in choices}) == len(choices)
-    spec = kit.daemon_spec(welcome)
-    assert set(spec) == set(PARAMS) and all(spec[n].low is not None for n in ("candidates", "steps", "block"))

@@ -15,7 +15,7 @@ from PIL import Image
 
 from pulse_server.solver.downsample import BicubicDownsample, downsample_reference
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PULSE = REPO / ".venv" / "bin" / "pulse"
 
 
@@ -172,3 +172,32 @@ def test_infinite_float_pixels_are_refused_before_clipping(tiny_weights: Path, t
     assert pulse("solve", "inf.tiff", "-o", "x.png", "--weights", str(tiny_weights), "--steps", "1", "-q") == 2
     err = capsys.readouterr().err
     assert "infinite" in err and not (tmp_path / "x.png").exists()
+
+
+def test_cli_via_daemon_sends_a_model_name_with_the_job(tiny_weights: Path, tmp_path: Path, digiface_installed,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from PIL import Image
+
+    from daemon_fixture import start_daemon
+    from pulse_server.cli import main_pulse
+
+    Image.new("RGB", (8, 8), (150, 110, 90)).save(tmp_path / "low.png")
+    daemon = start_daemon(tmp_path / "d", weights=tiny_weights, env={"OMP_NUM_THREADS": "1"})
+    try:
+        monkeypatch.setenv("PULSE_TOKEN", daemon.token or "")
+        with daemon.client() as c:
+            assert [m["id"] for m in c.connect().models] == ["", "ffhq-1024", "ffhq-256", "digiface-64"]
+        rc = main_pulse(["solve", str(tmp_path / "low.png"), "-o", str(tmp_path / "f.png"), "--via-daemon",
+                         "--endpoint", daemon.endpoint, "--model", "digiface-64", "--steps", "2", "-q",
+                         "--report", str(tmp_path / "r.json")])
+        assert rc == 0, daemon.output()
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["model"] == "digiface-64-dcgan" and report["resolution"] == 64
+        with daemon.client() as c:
+            c.connect()
+            loaded = [m["id"] for m in c.status().server["models"] if m["loaded"]]
+        assert loaded == ["digiface-64"]  # the daemon's own model was never needed
+    finally:
+        daemon.stop()

@@ -1,6 +1,6 @@
 """Krita plug-in logic (selection → request → layers) against a small mock of the `krita` module.
 
-Fast and Krita-free; tests/test_krita_real.py runs the same code inside real Krita 5.1.
+Fast and Krita-free; tests/editors/test_krita_adapter.py runs the same code inside real Krita.
 The pixel layouts used here (BGRA for integer RGBA, RGBA for float, GA for grey) are Krita's, as observed
 through Node.channels() in Krita 5.1.5; the real-Krita adapter test asserts them again.
 """
@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "krita_mock"))
 sys.path.insert(0, str(REPO / "krita_plugin"))
 
 import krita  # noqa: E402  (the mock)
 from pulse_depixelate import logic  # noqa: E402
-from protocol.editor_progress import JobView  # noqa: E402
 from protocol.errors import ProtocolError  # noqa: E402
 from protocol.messages import Candidate, ImageBlob, Result  # noqa: E402
 
@@ -364,46 +363,6 @@ def test_no_mosaic_asks_once_and_yes_sends_the_same_region_forced():
     assert logic.declined_message(detail) == ("Nothing was changed. No mosaic found in the selection (no grid of "
                                               "flat blocks in it: it looks like an unpixelated picture): select the "
                                               "pixelated area and try again.")
-
-
-@pytest.mark.slow
-def test_job_round_trip_through_the_real_daemon(tmp_path, tiny_weights):
-    """selection → request → daemon (tcp, tiny generator) → layers, all through the plug-in's own code."""
-    import numpy as np
-
-    from daemon_fixture import start_daemon
-    from krita_env import block_means, mosaic_image
-
-    rect, block = (8, 8, 32, 32), 4
-    image = mosaic_image(64, 48, rect, block, seed=5)
-    doc = make_doc(64, 48, select=rect)
-    bg = doc.activeNode()
-    bg.setPixelData(image[..., [2, 1, 0, 3]].tobytes(), 0, 0, 64, 48)  # Krita's BGRA
-    req = logic.build_request(doc, logic.Settings(candidates=2, steps=5, seed=3, block=block))
-    daemon = start_daemon(tmp_path, weights=tiny_weights, endpoint="tcp")
-    try:
-        req.endpoint = daemon.endpoint
-        seen, welcomes, view = [], [], JobView()
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("PULSE_TOKEN", daemon.token)
-            outcome = logic.run_job(req, on_progress=lambda p: (seen.append(p), view.progress(p)),
-                                    on_accepted=view.accepted, on_job_state=view.job_state,
-                                    on_welcome=welcomes.append)
-    finally:
-        daemon.stop()
-    assert any(getattr(p, "total", None) == 5 for p in seen)
-    assert len(welcomes) == 1 and welcomes[0].device  # the daemon's ranges were known before the pixels left
-    assert view.state == "running" and view.steps_text().startswith("step ") and view.total == 5
-    # what the daemon detected after its analysis, before the search: the docker shows it while the job runs
-    assert view.found == f"{block} px blocks, 8×8 cells detected", view
-    new = logic.apply_outcome(req, outcome, krita.Krita.instance().documents()).faces
-    assert [n.name() for n in new] == ["PULSE face 1", "PULSE face 2"]
-    assert outcome.layers[0].error <= outcome.layers[1].error
-    x, y, w, h = rect
-    best = np.frombuffer(new[0].pixelData(x, y, w, h), np.uint8).reshape(h, w, 4)[..., [2, 1, 0, 3]]
-    err = np.abs(block_means(best.astype(float), block) - block_means(image[y:y + h, x:x + w].astype(float), block))
-    assert (err.mean((0, 1)) <= 2.0).all()
-    assert bytes(bg.pixelData(0, 0, 64, 48)) == image[..., [2, 1, 0, 3]].tobytes()
 
 
 def test_dead_daemon_is_a_clear_message(tmp_path):

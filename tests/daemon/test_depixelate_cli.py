@@ -14,7 +14,7 @@ from PIL import Image
 from pulse_server.cli import main_pulse
 from pulse_server.pipeline import pixelate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "astronaut-mosaic.png"
 
 

@@ -102,7 +102,7 @@ def test_default_folders(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     if sys.platform.startswith("linux"):
         assert krita.pykrita_dir() == tmp_path / "data" / "krita" / "pykrita"
-        monkeypatch.setenv("XDG_DATA_HOME", "data")  # relative: invalid per the XDG spec, ignored (review 13)
+        monkeypatch.setenv("XDG_DATA_HOME", "data")  # relative: invalid per the XDG spec, ignored
         assert krita.pykrita_dir() == tmp_path / ".local" / "share" / "krita" / "pykrita"
 
 
@@ -183,14 +183,14 @@ def _client_path():
 
     spec = importlib.util.spec_from_file_location(  # the module alone: no package __init__, no krita import
         "pulse_client_path_under_test",
-        Path(__file__).resolve().parents[1] / "krita_plugin" / "pulse_depixelate" / "client_path.py")
+        Path(__file__).resolve().parents[2] / "krita_plugin" / "pulse_depixelate" / "client_path.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_daemon_started_from_an_appimage_gets_no_appimage_library_env(tmp_path, monkeypatch):
-    """Review 7: Krita's AppImage exports LD_LIBRARY_PATH, QT_PLUGIN_PATH, PYTHON* into the Start button's daemon."""
+    """Krita's AppImage exports LD_LIBRARY_PATH, QT_PLUGIN_PATH, PYTHON*: the Start button's daemon gets none."""
     cp = _client_path()
     appdir = tmp_path / ".mount_krita"
     krita_env = {"PATH": f"{appdir}/usr/bin{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin",

@@ -31,13 +31,6 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return url
 
 
-@pytest.fixture
-def digiface_installed() -> None:
-    if not registry.is_present("digiface-64"):
-        pytest.skip("digiface-64 needs the gan-face-generate package: pip install --no-deps gan-face-generate==1.1.1 "
-                    "(`make venv` installs it)")
-
-
 def _cache(name: str) -> None:
     path = registry.weights_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon_fixture import REPO, start_daemon
+from daemon_fixture import REPO, plain_credentials, start_daemon
 from protocol.messages import ImageBlob, Progress, Result
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(os.name != "posix", reason="SIGSTOP/SIGCONT are POSIX")]
@@ -120,6 +120,78 @@ def test_a_region_over_the_queued_bytes_cap_is_refused_even_on_an_idle_daemon(tm
                 c.run_job(ImageBlob.from_numpy(_rgba(1, 64)), None, {"steps": 1})  # 16 KiB alone
             assert err.value.code == "TOO_LARGE" and not err.value.retryable, err.value
             assert c.run_job(ImageBlob.from_numpy(_rgba(1, 32)), None, {"steps": 1}).candidates  # 4 KiB fits
+    finally:
+        d.stop()
+
+
+def test_a_frame_over_the_largest_legal_image_drops_the_connection(tmp_path):
+    import msgpack
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    from protocol.codec import MAGIC, decode, encode
+    from protocol.messages import Error, Hello, ImageBlob, Submit, Welcome
+
+    # 64×64 pixels at most: the largest legal image frame is 64·64·4·4 = 64 KiB (= the header cap).
+    d = start_daemon(tmp_path, weights="noop:", endpoint="tcp", args=["--max-pixels", str(64 * 64)])
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    plain_credentials(s, d.token)  # tcp: the token is checked at the handshake (ZAP) and again at HELLO
+    monitor = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+    try:
+        s.connect(d.endpoint)
+        s.send_multipart(encode(Hello(token=d.token, client="raw")))
+        assert s.poll(10_000) and isinstance(decode(s.recv_multipart()), Welcome)
+        # 256×256 u8 RGBA = 256 KiB: far below max_blob_bytes + 1 MiB, yet over the largest legal frame.
+        too_big = encode(Submit("big", ImageBlob(256, 256, 4, "u8", bytes(256 * 256 * 4))))
+        s.send_multipart(too_big)
+        events = []
+        while monitor.poll(5000):
+            events.append(recv_monitor_message(monitor)["event"])
+            if zmq.EVENT_DISCONNECTED in events:
+                break
+        assert zmq.EVENT_DISCONNECTED in events  # libzmq dropped us before the daemon saw the frame
+        assert not s.poll(200)  # and nothing was answered
+        # Legal frames still pass, and the daemon is fine.
+        header = {"type": "SUBMIT", "job_id": "claim", "image": 0, "params": {},
+                  "blobs": [{"kind": "image", "w": 64, "h": 65, "c": 1, "dtype": "u8", "nbytes": 64 * 65}]}
+        with d.client() as c:
+            c.connect()
+        s2 = d.raw_socket()
+        s2.send_multipart([MAGIC, msgpack.packb(header), bytes(64 * 65)])
+        assert s2.poll(10_000)
+        reply = decode(s2.recv_multipart())
+        assert isinstance(reply, Error) and reply.code == "TOO_LARGE"  # the decoder's check, on a small frame
+        s2.close(0)
+    finally:
+        monitor.close(0)
+        s.close(0)
+        d.stop()
+
+
+def test_queued_regions_are_bounded_in_bytes_not_just_in_jobs(tmp_path):
+    import threading
+
+    import numpy as np
+
+    from protocol.errors import JobFailed
+    from protocol.messages import ImageBlob
+
+    region = ImageBlob.from_numpy(np.zeros((1024, 1024, 4), np.uint8))  # 4 MiB
+    d = start_daemon(tmp_path, weights="noop:0.05", endpoint="ipc", args=["--max-queued-bytes", str(6 << 20)])
+    try:
+        with d.client() as a, d.client() as b:
+            a.connect()
+            b.connect()
+            first = a.submit(region, None, {"steps": 400})  # 20 s of noop steps: still held below
+            assert first.state == "queued"
+            with pytest.raises(JobFailed) as err:
+                b.submit(region, None, {"steps": 1})  # 8 MiB > 6 MiB: refused although 31 slots are free
+            assert err.value.code == "QUEUE_FULL" and err.value.retryable and "MiB" in str(err.value)
+            small = ImageBlob.from_numpy(np.zeros((512, 512, 4), np.uint8))  # 1 MiB: fits beside it
+            assert b.run_job(small, None, {"steps": 1}).candidates
+            a.cancel(first.job_id)
     finally:
         d.stop()
 

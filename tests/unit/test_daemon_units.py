@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,6 +148,84 @@ def test_lock_refuses_a_second_holder_and_names_the_first(runtime):
     again.release()
 
 
+def test_runtime_dir_per_platform(tmp_path, monkeypatch):
+    import stat
+
+    from protocol import endpoint as ep
+    from pulse_server import paths
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.delenv("PULSE_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    seen = set()
+    for tmpdir in (str(tmp_path / "var-folders-T"), None):  # a GUI app's TMPDIR, and ssh/sudo without one
+        if tmpdir is None:
+            monkeypatch.delenv("TMPDIR", raising=False)
+        else:
+            monkeypatch.setenv("TMPDIR", tmpdir)
+        seen.add(ep.runtime_dir("darwin"))
+    assert seen == {home / "Library" / "Caches" / "pulse-depixelate" / "run"}
+    made = paths.ensure_private_dir(ep.runtime_dir("darwin"))
+    assert stat.S_IMODE(os.stat(made).st_mode) == 0o700
+    # Linux and Windows keep their places; PULSE_RUNTIME_DIR still wins everywhere.
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    assert ep.runtime_dir("linux") == xdg / "pulse-depixelate"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "relative/dir")
+    assert ep.runtime_dir("linux") == Path("/tmp") / f"pulse-depixelate-{os.getuid()}"
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "AppData" / "Local"))
+    assert ep.runtime_dir("win32") == tmp_path / "AppData" / "Local" / "pulse-depixelate" / "run"
+    monkeypatch.setenv("PULSE_RUNTIME_DIR", str(tmp_path / "override"))
+    assert {ep.runtime_dir(p) for p in ("darwin", "linux", "win32")} == {tmp_path / "override"}
+
+
+def test_windows_lock_takes_a_byte_past_the_json(tmp_path, monkeypatch):
+    # msvcrt exists only on Windows: a stand-in records where the real one would lock (it locks
+    # `nbytes` from the descriptor's current position).
+    import sys
+    import types
+
+    from pulse_server import paths
+
+    locked: list = []
+    fake = types.ModuleType("msvcrt")
+    fake.LK_NBLCK = 2
+    fake.locking = lambda fd, mode, n: locked.append((os.lseek(fd, 0, os.SEEK_CUR), n, mode))
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    path = tmp_path / "daemon.lock"
+    with open(path, "a+", encoding="utf-8") as fh:
+        paths._lock(fh, "win32")
+        fh.seek(0)
+        fh.truncate()
+        fh.write('{"pid": 4242, "endpoint": "tcp://127.0.0.1:47474"}')
+        fh.flush()
+    ((offset, nbytes, mode),) = locked
+    assert (nbytes, mode) == (1, fake.LK_NBLCK)
+    assert offset >= 1 << 20 > path.stat().st_size  # far past any JSON the daemon writes
+    assert paths.read_lock_info(path) == {"pid": 4242, "endpoint": "tcp://127.0.0.1:47474"}
+
+
+def test_lock_acquire_waits_out_a_momentary_probe(tmp_path):
+    import fcntl
+    import threading
+
+    from pulse_server import paths
+
+    path = tmp_path / "run" / "daemon.lock"
+    path.parent.mkdir(mode=0o700)
+    prober = open(path, "a+")  # what is_locked() does: take the lock for an instant, then close
+    fcntl.flock(prober.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Timer(0.1, prober.close).start()
+    lock = paths.DaemonLock(path)
+    lock.acquire("ipc://x")  # not ALREADY_RUNNING: the probe ends within the retry window
+    try:
+        assert paths.read_lock_info(path)["pid"] == os.getpid()
+    finally:
+        lock.release()
+
+
 def test_endpoint_helpers():
     assert ep.is_loopback("tcp://127.0.0.1:5") and ep.is_loopback("tcp://[::1]:5") and ep.is_loopback("ipc:///tmp/x")
     assert not ep.is_loopback("tcp://0.0.0.0:5") and not ep.is_loopback("tcp://192.168.1.2:5")
@@ -201,6 +280,43 @@ def _not_measured(*args, **kwargs):
     raise RuntimeError("not measured in this test")
 
 
+def test_job_dropped_while_the_model_loads_ends_cancelled_not_internal(tiny_weights):
+    import threading
+
+    import numpy as np
+
+    from protocol.messages import Failed, ImageBlob, Result
+    from protocol.job import JobSettings
+    from pulse_server.jobs import Job, JobQueue
+    from pulse_server.worker import Worker
+
+    events: list = []
+    finals: dict = {}
+    done = threading.Event()
+
+    def emit(kind, job, payload):
+        events.append((kind, job.job_id, payload))
+        if (kind, payload) == ("state", "loading") and job.job_id == "dropped":
+            # What Daemon._drop_session does when the client vanishes at this moment (the loop thread
+            # runs it while the worker is inside _load): cancel, and free the region's frames.
+            job.cancel("client vanished (no heartbeat)")
+            job.release_inputs()
+        if kind == "final":
+            finals[job.job_id] = payload
+            if len(finals) == 2:
+                done.set()
+
+    q = JobQueue()
+    w = Worker(q, emit, weights=str(tiny_weights), device="cpu")
+    lowres = ImageBlob.from_numpy(np.random.default_rng(0).random((8, 8, 3)).astype(np.float32))
+    params = JobSettings(mode="solve", candidates=1, steps=1, seed=1)
+    run_worker_until(w, q, [Job("dropped", "a", params, lowres, None), Job("next", "b", params, lowres, None)], done)
+    assert isinstance(finals["dropped"], Failed), finals["dropped"]
+    assert finals["dropped"].code == "CANCELLED" and "vanished" in finals["dropped"].message
+    assert ("state", "dropped", "running") not in events  # never started on a freed region
+    assert isinstance(finals["next"], Result)  # the model stayed loaded and the worker carried on
+
+
 def test_a_dropped_sessions_job_ending_late_does_not_speak_for_its_resubmitted_twin():
     # The client went silent (heartbeats), the daemon dropped its session and cancelled the running job;
     # the client came back with the same session id and re-sent SUBMIT before the worker noticed the cancel.
@@ -225,3 +341,27 @@ def test_a_dropped_sessions_job_ending_late_does_not_speak_for_its_resubmitted_t
     assert back.jobs == {"j": new} and new.state == "queued" and not new.done
     assert not back.outbox and not back.progress  # nothing reported to the client about the stale job
     assert ("sid", "j") not in d.results  # and its CANCELLED is not what a FETCH or re-SUBMIT finds
+
+
+# ---- logging --------------------------------------------------------------------------------------
+
+
+def test_setup_logging_twice_keeps_one_set_of_handlers(tmp_path, monkeypatch):
+    import logging
+
+    from pulse_server.commands import server
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = logging.getLogger("pulse")
+    before = list(root.handlers)
+    try:
+        server._setup_logging("INFO", True)
+        first = [h for h in root.handlers if h not in before]
+        server._setup_logging("INFO", True)
+        second = [h for h in root.handlers if h not in before]
+        assert len(first) == len(second) == 2  # stderr + the rotating file, once each
+    finally:
+        for h in [h for h in root.handlers if h not in before]:
+            root.removeHandler(h)
+            h.close()

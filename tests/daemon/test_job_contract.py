@@ -30,7 +30,7 @@ from pulse_server.jobs import daemon_spec
 
 pytestmark = pytest.mark.timeout(180)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPEC = daemon_spec()  # what a daemon started without --max-steps applies
 
 

@@ -1,4 +1,4 @@
-"""CUDA vs CPU on the tiny model (issue 7): same seeds, same targets, results within each precision's tolerance.
+"""CUDA vs CPU on the tiny model: same seeds, same targets, results within each precision's tolerance.
 
 Marked `gpu`; skipped where CUDA is absent (this file is meant to run on the GPU machine).
 """

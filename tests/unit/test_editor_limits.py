@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "gimp_plugin" / "pulse-depixelate"))
 sys.path.insert(0, str(REPO / "tests" / "krita_mock"))
 sys.path.insert(0, str(REPO / "krita_plugin"))

@@ -1,5 +1,5 @@
 """Authentication facts shared by client and daemon (protocol.auth), the token file, and the daemon's checks
-of PLAIN/CURVE credentials and of HELLO's token. The handshake itself over tcp: test_zap_auth.py."""
+of PLAIN/CURVE credentials and of HELLO's token. The handshake itself over tcp: tests/daemon/test_zap_auth.py."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from conftest import TEST_CACHE
 from pulse_server.models import registry
 from pulse_server.pipeline import pixelate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_test_process_caches_in_a_temporary_folder() -> None:

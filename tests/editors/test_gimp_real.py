@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gimp_chroot  # noqa: E402
 
 pytestmark = [pytest.mark.gimp, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BLOCK = 8
 # Image 96×80; the active layer "face" is 64×56 at offset (12, 10) above a "background" layer; the mosaic
 # (4×4 blocks of 8 px) sits at (16, 8) in the face layer = (28, 18) in the image, and the selection covers it.

@@ -15,7 +15,7 @@ from PIL import Image
 from pulse_server.pipeline import DepixParams
 from pulse_server.runner import depixelate
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "astronaut-mosaic.png"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "astronaut-mosaic.png"
 
 
 def test_real_prior_on_example(shared_prior_path: Path) -> None:

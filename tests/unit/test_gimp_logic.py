@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-PLUGIN_DIR = Path(__file__).resolve().parents[1] / "gimp_plugin" / "pulse-depixelate"
+PLUGIN_DIR = Path(__file__).resolve().parents[2] / "gimp_plugin" / "pulse-depixelate"
 sys.path.insert(0, str(PLUGIN_DIR))
 
 import pulse_gimp as logic  # noqa: E402

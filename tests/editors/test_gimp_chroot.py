@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gimp_chroot  # noqa: E402
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mount/umount need root")

@@ -4,6 +4,7 @@ restart with a reconnecting client, refusal of non-loopback binds, and DaemonNot
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import threading
@@ -12,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from daemon_fixture import free_tcp_port, server_command, start_daemon
+from daemon_fixture import free_tcp_port, isolated_env, server_command, start_daemon
 from protocol.client import PulseClient
 from protocol.errors import DaemonNotRunning, JobFailed, ProtocolError
 from protocol.messages import ImageBlob, Progress
@@ -26,6 +27,10 @@ def _rgba(seed: int, size: int = 64) -> np.ndarray:
 
 def _cli(d, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(server_command(*args), env=d.env, capture_output=True, text=True, timeout=timeout)
+
+
+def _server(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(server_command(*args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_ipc_daemon_round_trip_private_files_and_status(tmp_path, tiny_weights):
@@ -45,6 +50,57 @@ def test_ipc_daemon_round_trip_private_files_and_status(tmp_path, tiny_weights):
         assert "running" in out.stdout and str(d.proc.pid) in out.stdout and "device: cpu" in out.stdout
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("kind", ["file", "dir", "symlink"])
+def test_ipc_endpoint_on_an_existing_non_socket_is_refused_and_left_alone(tmp_path, kind):
+    env = isolated_env(tmp_path)
+    target = tmp_path / "notes.txt"
+    target.write_text("precious")
+    path = {"file": target, "dir": tmp_path / "somedir", "symlink": tmp_path / "link"}[kind]
+    if kind == "dir":
+        path.mkdir()
+    elif kind == "symlink":
+        path.symlink_to(target)
+    out = _server(env, "run", "--endpoint", f"ipc://{path}", "--weights", "noop:", "--no-log-file", timeout=20)
+    assert out.returncode == 2, out.stderr
+    assert str(path) in out.stderr and "not a socket" in out.stderr
+    assert target.read_text() == "precious"
+    assert os.path.lexists(path) and (kind != "symlink" or os.path.islink(path))
+
+
+def test_a_stale_socket_of_a_crashed_daemon_is_replaced(tmp_path):
+    sock_path = tmp_path / "d.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(sock_path))
+    s.close()  # the file stays behind, as after a crash
+    assert sock_path.is_socket()
+    d = start_daemon(tmp_path, weights="noop:", endpoint=f"ipc://{sock_path}")
+    try:
+        with d.client() as c:
+            c.connect()
+    finally:
+        d.stop()
+    assert not sock_path.exists()
+
+
+def test_a_live_socket_of_another_process_is_not_stolen(tmp_path):
+    # A daemon started with another runtime dir (so another lock) that listens on the same ipc path.
+    sock_path = tmp_path / "d.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(sock_path))
+        listener.listen(4)
+        env = isolated_env(tmp_path)
+        out = _server(env, "run", "--endpoint", f"ipc://{sock_path}", "--weights", "noop:", "--no-log-file", timeout=20)
+        assert out.returncode == 2, out.stderr
+        assert "in use" in out.stderr and str(sock_path) in out.stderr
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.connect(str(sock_path))  # still the first listener's
+            conn, _ = listener.accept()
+            conn.close()
+    finally:
+        listener.close()
 
 
 def test_second_daemon_refuses_and_stop_cleans_up(tmp_path):
@@ -88,6 +144,44 @@ def test_second_daemon_refuses_and_stop_cleans_up(tmp_path):
         assert "stopped" in open(log_file, encoding="utf-8").read()  # the rotating file log in the user log dir
     finally:
         d.stop()
+
+
+def test_sigbreak_stops_the_daemon_gracefully(tmp_path):
+    # SIGBREAK exists only on Windows: the daemon runs with SIGUSR1 standing in for it, so the handler
+    # it installs when `signal.SIGBREAK` exists is exercised here.
+    import signal
+    import sys
+    import time
+
+    env = isolated_env(tmp_path)
+    runtime = os.path.join(env["XDG_RUNTIME_DIR"], "pulse-depixelate")
+    endpoint = f"ipc://{runtime}/daemon.sock"
+    code = ("import signal, sys; signal.SIGBREAK = signal.SIGUSR1; from pulse_server.cli import main_server; "
+            "sys.exit(main_server())")
+    proc = subprocess.Popen([sys.executable, "-c", code, "run", "--endpoint", endpoint, "--weights", "noop:",
+                             "--no-log-file"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        from protocol.client import PulseClient
+        from protocol.errors import ProtocolError
+
+        deadline = time.monotonic() + 30
+        while True:  # answering HELLO means the loop runs: the handlers were installed before it
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                with PulseClient(endpoint, timeout=2.0) as c:
+                    c.connect()
+                break
+            except ProtocolError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGUSR1)
+        assert proc.wait(20) == 0
+        assert not os.path.exists(os.path.join(runtime, "daemon.lock"))  # cleaned up, not killed
+        assert not os.path.exists(os.path.join(runtime, "daemon.sock"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def test_client_reconnects_and_resubmits_when_the_daemon_restarts(tmp_path):

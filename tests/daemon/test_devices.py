@@ -77,6 +77,19 @@ def _one_line_exit_2(cmd: list[str], env: dict) -> str:
     return lines[0]
 
 
+def test_device_cuda_without_cuda_refuses_to_start(tmp_path, tiny_weights):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal cannot be observed here")
+    env = isolated_env(tmp_path)
+    endpoint = f"ipc://{env['XDG_RUNTIME_DIR']}/pulse-depixelate/daemon.sock"
+    out = subprocess.run(server_command("run", "--endpoint", endpoint, "--weights", str(tiny_weights), "--device",
+                                        "cuda", "--no-log-file"), env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "CUDA is not available on this machine; use --device auto or cpu" in out.stderr
+    assert not os.path.exists(endpoint[len("ipc://"):])  # nothing was bound, no lock left behind
+    assert not os.path.exists(os.path.join(env["XDG_RUNTIME_DIR"], "pulse-depixelate", "daemon.lock"))
+
+
 def test_daemon_with_device_mps_but_no_mps_stops_at_start_with_one_line(tmp_path) -> None:
     if _has("mps"):
         pytest.skip("this machine has MPS")
