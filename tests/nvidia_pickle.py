@@ -20,9 +20,10 @@ import pickle
 import sys
 import types
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ class FakeNet:
     """Pickles exactly like a `@persistence.persistent_class` torch module."""
 
     def __init__(self, class_name: str, params: dict[str, Tensor] | None = None,
-                 buffers: dict[str, Tensor] | None = None, modules: dict[str, "FakeNet"] | None = None,
+                 buffers: dict[str, Tensor] | None = None, modules: dict[str, FakeNet] | None = None,
                  module_src: str = FAKE_MODULE_SRC, **attrs: Any):
         self.class_name, self.module_src = class_name, module_src
         self.params = {k: torch.nn.Parameter(v.detach().clone(), requires_grad=False) for k, v in (params or {}).items()}

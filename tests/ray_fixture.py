@@ -37,7 +37,7 @@ class RayHead:
         return f"127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, num_cpus: int = 2, port: int | None = None) -> "RayHead":
+    def start(cls, num_cpus: int = 2, port: int | None = None) -> RayHead:
         # Short temp dir: Ray's socket paths live under it (AF_UNIX paths are limited to ~107 bytes).
         head = cls(port or free_tcp_port(), tempfile.mkdtemp(prefix="pulse-ray-", dir="/tmp"), num_cpus)
         head.env = {**LOOPBACK_ENV, "RAY_ADDRESS": head.address}

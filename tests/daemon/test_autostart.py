@@ -448,7 +448,7 @@ def _windows_python(root: Path) -> Path:
 def _start_line(cmd_file: Path) -> list[str]:
     raw = cmd_file.read_bytes()
     assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")  # batch files want CRLF
-    line = next(l for l in raw.decode("utf-8").splitlines() if l.startswith("start "))
+    line = next(ln for ln in raw.decode("utf-8").splitlines() if ln.startswith("start "))
     prefix = 'start "pulse-server" '
     assert line.startswith(prefix)
     return _crt_split(line[len(prefix):].replace("%%", "%"))

@@ -4,7 +4,7 @@ never gives: a future daemon's version mismatch or unknown message types, and a 
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import msgpack
 import pytest
@@ -143,7 +143,7 @@ def test_a_send_returns_within_the_timeout_when_the_connection_dies_after_the_po
         try:
             client._send(Status())
             outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             outcome.append(exc)
 
     t = threading.Thread(target=send, daemon=True)

@@ -18,9 +18,10 @@ import pytest
 
 pytest.importorskip("ray", reason="the cluster tests need Ray: pip install -e '.[cluster]'")
 
-from protocol.messages import ImageBlob, Progress  # noqa: E402
-from daemon_fixture import REPO, free_tcp_port, isolated_env, server_command, start_daemon, start_long_job_client  # noqa: E402
-from ray_fixture import RayHead  # noqa: E402
+from daemon_fixture import REPO, free_tcp_port, isolated_env, server_command, start_daemon, start_long_job_client
+from ray_fixture import RayHead
+
+from protocol.messages import ImageBlob, Progress
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -116,7 +117,7 @@ def test_twenty_jobs_from_four_clients_match_local_runs_bit_for_bit(pool, prior)
                     res = c.run_job(ImageBlob.from_numpy(pixels), None, params, job_id=f"desk{k}-{i}")
                     assert res.job_id == f"desk{k}-{i}" and res.candidates[0].seed == seed
                     results[seed] = res.candidates[0].image.to_numpy()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]

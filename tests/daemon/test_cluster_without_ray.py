@@ -12,8 +12,8 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from daemon_fixture import REPO, free_tcp_port, isolated_env, server_command, start_daemon
+
 from protocol.messages import ImageBlob
 
 BLOCK_RAY = textwrap.dedent("""

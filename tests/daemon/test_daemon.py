@@ -16,12 +16,12 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from daemon_fixture import start_daemon, start_long_job_client
 
 from protocol.client import PulseClient
 from protocol.codec import MAGIC, decode, encode
 from protocol.errors import JobCancelled, JobFailed, ProtocolError
 from protocol.messages import PROTOCOL_VERSION, Error, Hello, ImageBlob, Progress, Result, Submit, Welcome
-from daemon_fixture import start_daemon, start_long_job_client
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -119,7 +119,7 @@ def test_eight_concurrent_clients_get_their_own_results(daemon):
         try:
             with daemon.client(client_name=f"c{i}") as c:
                 results[i] = c.run_job(ImageBlob.from_numpy(lowres(100 + i)), None, quick(seed=1000 + i), job_id=f"conc-{i}")
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from daemon_fixture import start_daemon
+
 from protocol.messages import ImageBlob, JobState, Progress, Result
 from pulse_server.daemon.events import analysis_message
 

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 import pytest
-
 from daemon_fixture import REPO, start_daemon
+
 from protocol.messages import ImageBlob, Progress, Result
 
 pytestmark = pytest.mark.timeout(180)

@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import pytest
+from daemon_fixture import REPO, plain_credentials, start_daemon
 from PIL import Image
 
-from daemon_fixture import REPO, plain_credentials, start_daemon
 from protocol.messages import ImageBlob, Progress, Result
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(os.name != "posix", reason="SIGSTOP/SIGCONT are POSIX")]
@@ -171,7 +171,6 @@ def test_a_frame_over_the_largest_legal_image_drops_the_connection(tmp_path):
 
 
 def test_queued_regions_are_bounded_in_bytes_not_just_in_jobs(tmp_path):
-    import threading
 
     import numpy as np
 

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 import pytest
-
 from daemon_fixture import free_tcp_port, isolated_env, server_command, start_daemon
+
 from protocol.client import PulseClient
 from protocol.errors import DaemonNotRunning, JobFailed, ProtocolError
 from protocol.messages import ImageBlob, Progress
@@ -124,7 +124,7 @@ def test_second_daemon_refuses_and_stop_cleans_up(tmp_path):
                 try:
                     outcome.append(c.run_job(ImageBlob.from_numpy(_rgba(1)), None, {"steps": 5000},
                                              on_progress=lambda p: started.set()))
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     outcome.append(exc)
 
             t = threading.Thread(target=job)
@@ -199,7 +199,7 @@ def test_client_reconnects_and_resubmits_when_the_daemon_restarts(tmp_path):
             try:
                 result.append(client.run_job(ImageBlob.from_numpy(_rgba(2)), None, {"steps": 300}, job_id="survivor",
                                              on_progress=lambda p: (events.append(p), first_progress.set())))
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 result.append(exc)
 
         t = threading.Thread(target=job)

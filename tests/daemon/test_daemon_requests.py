@@ -8,11 +8,25 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from daemon_parts import read_all
+
 from protocol.codec import MAGIC
 from protocol.messages import (
-    PROTOCOL_VERSION, Accepted, Bye, Cancel, Error, Failed, Fetch, Hello, ImageBlob, JobState, Ok, Status, StatusReply, Submit, Welcome,
+    PROTOCOL_VERSION,
+    Accepted,
+    Bye,
+    Cancel,
+    Error,
+    Failed,
+    Fetch,
+    Hello,
+    ImageBlob,
+    JobState,
+    Ok,
+    Status,
+    StatusReply,
+    Submit,
+    Welcome,
 )
 from pulse_server.daemon import Daemon, DaemonConfig
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+from daemon_parts import bound_transport, close, connect, read, receive_one
+
 from protocol.codec import DEFAULT_LIMITS, decode
 from protocol.job import JobSettings
 from protocol.messages import Failed, ImageBlob, Result
@@ -13,8 +15,6 @@ from pulse_server.daemon.outbox import Outbox
 from pulse_server.daemon.results import ResultStore
 from pulse_server.daemon.sessions import SessionTable
 from pulse_server.jobs import Job, JobQueue
-
-from daemon_parts import bound_transport, close, connect, read, receive_one
 
 
 def _ended(sid: str, jid: str, nbytes: int, finished: float = 0.0) -> Job:

@@ -8,8 +8,8 @@ import threading
 import time
 
 import pytest
-
 from daemon_parts import bound_transport, close, connect, read_all, receive_one
+
 from protocol.codec import DEFAULT_LIMITS, Limits
 from protocol.messages import JobState, Ping, Progress
 from pulse_server.daemon import max_frame_bytes

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from daemon_fixture import REPO, isolated_env
+
 from pulse_server import demo, devices
 from pulse_server.errors import ModelError
 from pulse_server.models import registry

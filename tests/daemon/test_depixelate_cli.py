@@ -74,14 +74,17 @@ def test_writes_candidates_and_report(tmp_path: Path, tiny_weights: Path, capsys
     errs = [c["downscale_error"] for c in rep["candidates"]]
     assert errs == sorted(errs) and all(e > 0 for e in errs)
     x, y, w, h = rect
+    scale = 257.0 if arr.dtype == np.uint16 else 1.0
+
+    def cells(a: np.ndarray) -> np.ndarray:
+        return a[y : y + h, x : x + w, :3].astype(np.float64).reshape(7, 11, 8, 11, -1).mean(axis=(1, 3)) / scale
+
     for f in files:
         got = read(f)
         assert got.shape == arr.shape and got.dtype == arr.dtype
         outside = np.ones(arr.shape[:2], bool)
         outside[y : y + h, x : x + w] = False
         assert np.array_equal(got[outside], arr[outside])
-        scale = 257.0 if arr.dtype == np.uint16 else 1.0
-        cells = lambda a: a[y : y + h, x : x + w, :3].astype(np.float64).reshape(7, 11, 8, 11, -1).mean(axis=(1, 3)) / scale
         assert np.abs(cells(got) - cells(arr)).mean() <= 2.0
         assert not np.array_equal(got, arr)
 

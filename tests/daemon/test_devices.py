@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-
 from daemon_fixture import isolated_env, server_command
+
 from pulse_server import devices
 from pulse_server.errors import PulseError
 

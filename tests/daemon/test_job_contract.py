@@ -13,18 +13,27 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 import pytest
-
 from daemon_fixture import start_daemon
+
 from protocol.codec import MAGIC, decode, encode
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.job import MAX_REGION_SIDE, PARAMS, JobSettings, Param, ParamError, spec_from_wire, spec_to_wire
 from protocol.messages import (
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, SERVER_TYPES, Accepted, Error, Failed, ImageBlob, Result, Welcome,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    SERVER_TYPES,
+    Accepted,
+    Error,
+    Failed,
+    ImageBlob,
+    Result,
+    Welcome,
 )
 from pulse_server.jobs import daemon_spec
 

@@ -7,8 +7,8 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from daemon_fixture import isolated_env, server_command, start_daemon
+
 from protocol.messages import ImageBlob
 from pulse_server.errors import ModelError
 from pulse_server.models import noop

@@ -14,6 +14,7 @@ sys.path.insert(0, str(REPO / "krita_plugin"))
 
 import krita  # noqa: E402  (the mock)
 from pulse_depixelate import logic  # noqa: E402
+
 from protocol import editor_settings as kit  # noqa: E402
 from protocol.editor_progress import JobView  # noqa: E402
 from protocol.job import PARAMS  # noqa: E402
@@ -60,7 +61,6 @@ def test_a_real_daemons_welcome_fills_the_model_list_and_the_ranges(tmp_path, ti
 def test_job_round_trip_through_the_real_daemon(tmp_path, tiny_weights):
     """selection → request → daemon (tcp, tiny generator) → layers, all through the plug-in's own code."""
     import numpy as np
-
     from daemon_fixture import start_daemon
     from krita_env import block_means, mosaic_image
 

@@ -178,9 +178,9 @@ def test_cli_via_daemon_sends_a_model_name_with_the_job(tiny_weights: Path, tmp_
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
+    from daemon_fixture import start_daemon
     from PIL import Image
 
-    from daemon_fixture import start_daemon
     from pulse_server.cli import main_pulse
 
     Image.new("RGB", (8, 8), (150, 110, 90)).save(tmp_path / "low.png")

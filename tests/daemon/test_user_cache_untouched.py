@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import TEST_CACHE
 from PIL import Image
 
-from conftest import TEST_CACHE
 from pulse_server.models import registry
 from pulse_server.pipeline import pixelate
 

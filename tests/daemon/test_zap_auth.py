@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import zmq
+from daemon_fixture import isolated_env, plain_credentials, server_command, start_daemon
 from zmq.utils.monitor import recv_monitor_message
 
-from daemon_fixture import isolated_env, plain_credentials, server_command, start_daemon
 from protocol.client import PulseClient
 from protocol.codec import decode
 from protocol.errors import ProtocolError

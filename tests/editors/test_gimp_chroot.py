@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import gimp_chroot  # noqa: E402
+import gimp_chroot
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mount/umount need root")
 

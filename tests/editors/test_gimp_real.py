@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import gimp_chroot  # noqa: E402
+import gimp_chroot
 
 pytestmark = [pytest.mark.gimp, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -510,6 +510,17 @@ def _unchanged(outer: Path, before: list[dict], after: list[dict]) -> bool:
             and all(_same_pixels(outer, a, b) for a, b in zip(after, before)))
 
 
+def _candidate_slots(seeds: list[int], base: int) -> set[int]:
+    """Which candidate each layer's recorded seed belongs to: candidate i searches from base + i, or, when it
+    missed eps where the best matched, from its retry seed (and records the seed that made its face)."""
+    from pulse_server.solver.mosaic_search import retry_seed
+
+    slots = {}
+    for i in range(len(seeds)):
+        slots[base + i] = slots[retry_seed(base + i, 1)] = i
+    return {slots.get(s, -1) for s in seeds}
+
+
 def test_depixelate_in_real_gimp(gimp_root, chroot_work, daemon):
     inner, outer = chroot_work
     _install_plugin(outer / "home")
@@ -537,7 +548,7 @@ def test_depixelate_in_real_gimp(gimp_root, chroot_work, daemon):
         assert run["precision"].startswith(scene.precision)
         _check_run(outer, run, scene, res["cells"][tag], tag)
         group, faces, rest = _run_group(run["after"])
-        assert {json.loads(f["parasite"])["seed"] for f in faces} == {1234, 1235}  # seed + i per candidate
+        assert _candidate_slots([json.loads(f["parasite"])["seed"] for f in faces], 1234) == {0, 1}
         # The selection is the mosaic: each mask is opaque over all of it.
         assert all((_mask(outer, f) == 255).all() for f in faces), tag
         # Nothing else changed: the photo's layers (names, offsets, sizes, pixels), the selection.

@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import pytest
-
 from krita_env import RUNNERS, SCRIPTS, install_plugin, krita_env, krita_runner, mosaic_image, write_png
 
 pytestmark = pytest.mark.krita

@@ -17,10 +17,18 @@ import time
 
 import numpy as np
 import pytest
-
 from daemon_fixture import free_tcp_port, start_daemon
-from krita_env import (RUNNERS, SCRIPTS, block_means, install_plugin, krita_env, krita_runner, mosaic_image,
-                       pykrita_dir, write_png)
+from krita_env import (
+    RUNNERS,
+    SCRIPTS,
+    block_means,
+    install_plugin,
+    krita_env,
+    krita_runner,
+    mosaic_image,
+    pykrita_dir,
+    write_png,
+)
 
 # The hook gives up after 200 s of its own (and says where it stood); Krita's start before it, on a loaded
 # machine, can take a minute or two: Krita's own limit and the test's leave room for both.

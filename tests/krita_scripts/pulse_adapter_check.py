@@ -161,6 +161,6 @@ def main(args):
     out_dir = Path(cfg["out"])
     try:
         res = run(cfg, out_dir)
-    except BaseException:  # noqa: BLE001 - reported to the test, which fails with it
+    except BaseException:  # reported to the test, which fails with it
         res = {"error": traceback.format_exc()}
     (out_dir / "result.json").write_text(json.dumps(res, indent=1))

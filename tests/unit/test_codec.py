@@ -14,7 +14,18 @@ from hypothesis import strategies as st
 from protocol.codec import DEFAULT_LIMITS, MAGIC, Limits, decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import (
-    CLIENT_TYPES, MIN_PROTOCOL_VERSION, Candidate, Error, Hello, ImageBlob, JpegBlob, Preview, Progress, Result, Submit, Welcome,
+    CLIENT_TYPES,
+    MIN_PROTOCOL_VERSION,
+    Candidate,
+    Error,
+    Hello,
+    ImageBlob,
+    JpegBlob,
+    Preview,
+    Progress,
+    Result,
+    Submit,
+    Welcome,
 )
 
 

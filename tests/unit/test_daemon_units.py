@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from daemon_fixture import run_worker_until
+
 from protocol import endpoint as ep
+from protocol.job import JobSettings
 from protocol.messages import Failed, ImageBlob, Progress, Result
 from pulse_server import paths
 from pulse_server.errors import PulseError
-from protocol.job import JobSettings
 from pulse_server.jobs import Job, JobQueue, QueueFull, daemon_spec
 
 
@@ -285,8 +285,8 @@ def test_job_dropped_while_the_model_loads_ends_cancelled_not_internal(tiny_weig
 
     import numpy as np
 
-    from protocol.messages import Failed, ImageBlob, Result
     from protocol.job import JobSettings
+    from protocol.messages import Failed, ImageBlob, Result
     from pulse_server.jobs import Job, JobQueue
     from pulse_server.worker import Worker
 

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from pulse_server.solver.downsample import (BicubicDownsample, bicubic_taps, cubic, downsample_reference,
-                                            padding, tap_offsets)
+from pulse_server.solver.downsample import (
+    BicubicDownsample,
+    bicubic_taps,
+    cubic,
+    downsample_reference,
+    padding,
+    tap_offsets,
+)
 
 # Stated bound: float32 convolution vs float64 reference, max abs error on images in [0, 1].
 BOUND = 2e-6

@@ -161,8 +161,8 @@ def tiny_prior(tiny_weights):
 
 
 def test_measuring_a_model_takes_seconds_and_finds_what_a_job_costs(tiny_prior):
-    from pulse_server.calibrate import calibrate, synthetic_region
     from pulse_server import runner
+    from pulse_server.calibrate import calibrate, synthetic_region
     from pulse_server.pipeline import DepixParams
 
     prior, _ = tiny_prior
@@ -207,8 +207,9 @@ def test_a_measurement_stops_when_the_job_is_cancelled(tiny_prior):
 
 def _run_worker(weights: Path, count: int) -> list[tuple[str, str, object]]:
     from daemon_fixture import run_worker_until
-    from protocol.messages import ImageBlob
+
     from protocol.job import JobSettings
+    from protocol.messages import ImageBlob
     from pulse_server.jobs import Job, JobQueue
     from pulse_server.worker import Worker
 

@@ -12,6 +12,7 @@ PLUGIN_DIR = Path(__file__).resolve().parents[2] / "gimp_plugin" / "pulse-depixe
 sys.path.insert(0, str(PLUGIN_DIR))
 
 import pulse_gimp as logic  # noqa: E402
+
 from protocol.editor_settings import FIELDS  # noqa: E402
 from protocol.errors import DaemonNotRunning, JobCancelled, JobFailed, ProtocolError, VersionMismatch  # noqa: E402
 from protocol.job import PARAMS, JobSettings, ParamError  # noqa: E402

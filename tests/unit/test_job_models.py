@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from daemon_fixture import run_worker_until
+
+from protocol.job import JobSettings
 from protocol.messages import Failed, ImageBlob, Result
 from pulse_server.errors import PulseError
-from protocol.job import JobSettings
 from pulse_server.jobs import Job, JobQueue, daemon_spec
 from pulse_server.worker import Worker
 

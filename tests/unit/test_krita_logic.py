@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO / "krita_plugin"))
 
 import krita  # noqa: E402  (the mock)
 from pulse_depixelate import logic  # noqa: E402
+
 from protocol.errors import ProtocolError  # noqa: E402
 from protocol.messages import Candidate, ImageBlob, Result  # noqa: E402
 
@@ -58,7 +59,7 @@ def test_wire_layout_round_trip(model, depth):
     if fmt.dtype == "f32":
         vals = [((p * fmt.channels + c) % 9) / 8 for p in range(n) for c in range(fmt.channels)]
         wire = struct.pack(f"<{len(vals)}f", *vals)
-        kfmt, size = ("e" if depth == "F16" else "f"), (2 if depth == "F16" else 4)
+        kfmt = "e" if depth == "F16" else "f"
     else:
         top = 255 if depth == "U8" else 65535
         vals = [(p * 37 + c * 1001) % top for p in range(n) for c in range(fmt.channels)]

@@ -3,8 +3,20 @@ from types import SimpleNamespace
 
 import pytest
 
-from protocol.layers import (Rect, band_width, blend_mask, candidate_list, cell_grid, face_name, group_comment,
-                             group_name, layer_comment, mosaic_rect, mosaic_summary, next_run_number)
+from protocol.layers import (
+    Rect,
+    band_width,
+    blend_mask,
+    candidate_list,
+    cell_grid,
+    face_name,
+    group_comment,
+    group_name,
+    layer_comment,
+    mosaic_rect,
+    mosaic_summary,
+    next_run_number,
+)
 
 ANALYSIS = {"block": 12, "phase": [3, 5], "rect": [3, 5, 84, 108], "confidence": 0.9, "detected": True,
             "method": "ilo", "theta": [[0.0, 0.0, 0.0, 0.0]]}

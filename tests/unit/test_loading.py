@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from nvidia_pickle import ada_reference_mapping, ada_reference_synthesis, ada_tensors_from_rosinality, write_ada_pickle
+
 from pulse_server.errors import ModelError
 from pulse_server.models import loading, stylegan2
 from pulse_server.models.loading import infer_config, load_prior, load_state
-from pulse_server.models.stylegan2 import Generator, tiny_channels
+from pulse_server.models.stylegan2 import Generator
 from pulse_server.models.testing import latent_average, make_tiny_generator
 
 SHARED_SHA256 = "502f4c47bcabdbb59b730a1209c13a363030f384d5ac9a99e4214c360f2dc8f7"  # ../shared/priors/README.md

@@ -7,7 +7,7 @@ import torch
 
 from pulse_server.models.base import FacePrior
 from pulse_server.models.dcgan import DCGANGenerator, DCGANPrior, TutorialGenerator
-from pulse_server.models.stylegan2 import Generator, StyleGAN2Prior, fit_gaussian, upfirdn2d, make_kernel
+from pulse_server.models.stylegan2 import Generator, StyleGAN2Prior, fit_gaussian, make_kernel, upfirdn2d
 from pulse_server.models.testing import make_tiny_generator
 
 

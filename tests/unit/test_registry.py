@@ -7,12 +7,12 @@ import http.server
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from nvidia_pickle import ada_tensors_from_rosinality, write_ada_pickle
+
 from pulse_server.errors import ModelError
 from pulse_server.models import loading, registry
 from pulse_server.models.registry import FFHQ_1024, download, ensure_weights, weights_path

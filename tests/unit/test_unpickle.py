@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from nvidia_pickle import FakeNet, ada_tensors_from_rosinality, nvidia_modules, write_ada_pickle
 
-from nvidia_pickle import FakeNet, nvidia_modules, write_ada_pickle, ada_tensors_from_rosinality
 from pulse_server.errors import ModelError
 from pulse_server.models.loading import load_prior, load_state
 from pulse_server.models.testing import latent_average, make_tiny_generator

@@ -81,7 +81,7 @@ class Driver:
         def wrapped(*args):
             try:
                 fn(*args)
-            except BaseException:  # noqa: BLE001
+            except BaseException:
                 self.fail(traceback.format_exc())
         return wrapped
 
@@ -270,7 +270,7 @@ class Driver:
                 c.connect()
                 c.shutdown()
             self.start_info["stopped"] = True
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.start_info["stopped"] = repr(exc)
         self.step("start", **self.start_info)
         self.pending = None
