@@ -556,7 +556,7 @@ def _analyze(rgb: np.ndarray, block: int | None, check: Check = _never) -> tuple
     # cells in all, partial edge cells by their area (layer-aligned: 4 cells of a side may show as 3 whole + 2 cut)
     whole = max((rect[2] // b) * (rect[3] // b), (extent[2] * extent[3]) // (b * b)) if b else 0
     ok_rect = (min(rect[2], rect[3]) >= _WORK_CELLS * b and whole >= MIN_CELLS * (MIN_CELLS - 1)
-               and min(extent[2], extent[3]) >= MIN_RECT)
+               and min(extent[2], extent[3]) >= MIN_RECT and _stepped_lines(dx, dy, g) >= 0.5)
     margin = g.evidence - _DETECT_SCORE
     conf = float(1.0 / (1.0 + np.exp(-2.0 * margin))) * (g.frac if ok_rect else 0.0)
     detected = bool(ok_rect and margin >= 0 and g.frac >= 0.6)
@@ -569,6 +569,24 @@ def _analyze(rgb: np.ndarray, block: int | None, check: Check = _never) -> tuple
     if not detected:
         return MosaicInfo(1, (0, 0), (0, 0, w, h), 1.0 - conf, False), g
     return MosaicInfo(b, (px, py), rect, conf, True), g
+
+
+def _stepped_lines(dx: np.ndarray, dy: np.ndarray, g: _Grid) -> float:
+    """The share of the grid's lines inside its rectangle that show a step, on the axis with fewer.
+
+    A mosaic's cells differ from their neighbours, so nearly every line between two rows or columns of cells
+    steps somewhere along its length. Flat cells alone are no evidence: on a patch of one or two big cells any
+    finer grid that puts a line on the one real edge has flat cells and a perfect line score."""
+    b, (x, y, w, h) = g.block, g.rect
+    if b < 2 or w < 2 * b or h < 2 * b:
+        return 0.0
+    cols = np.arange(x + b, x + w, b) - 1  # dx[:, c] is the difference across the line between c and c + 1
+    rows = np.arange(y + b, y + h, b) - 1
+    across_x = dx[y : y + h, cols].max(axis=0)
+    across_y = dy[rows, x : x + w].max(axis=1)
+    inner = np.concatenate([dx[y : y + h, x : x + w - 1].ravel(), dy[y : y + h - 1, x : x + w].ravel()])
+    thr = 3.0 * float(np.median(inner)) + 2 * _FLOOR
+    return min(float((across_x > thr).mean()), float((across_y > thr).mean()))
 
 
 def _try_multiples(rgb: np.ndarray, dx: np.ndarray, dy: np.ndarray, blocks: list[int], g: _Grid,

@@ -8,6 +8,7 @@ rocket (SpaceX, public domain), hubble_deep_field (NASA, public domain).
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,16 @@ def test_box_exactly_the_mosaic_and_touching_border() -> None:
     mos = pixelate(img, 12, rect)
     info = detect_grid(as_float(mos[:96, :120]))
     assert (info.block, info.phase, info.rect, info.detected) == (12, (0, 0), rect, True)
+
+
+def test_a_box_clipping_one_cell_of_a_mosaic_is_not_read_as_a_finer_grid() -> None:
+    # The shipped example (16-px cells at 44..172) seen through a box that holds one whole cell and a strip of
+    # another: every grid with a line on that one edge has flat cells; only the true block may be reported.
+    path = Path(__file__).resolve().parents[2] / "examples" / "astronaut-mosaic.png"
+    rgb = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
+    info = detect_grid(rgb[150:220, 150:220])
+    assert not info.detected or info.block == 16, info
+    assert detect_grid(rgb).block == 16  # the whole example still reads as its own grid
 
 
 def test_no_mosaic_on_smooth_and_flat_images() -> None:
