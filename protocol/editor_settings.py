@@ -29,38 +29,20 @@ ENDPOINT_HELP = "Where the PULSE daemon listens, e.g. tcp://127.0.0.1:5599 (empt
 DEFAULT_MODEL_LABEL = "The daemon's own"
 
 
-@dataclass(frozen=True)
-class Field:
-    """One widget: the parameter's name, plain label, tooltip, default and range (or choices)."""
-
-    name: str
-    kind: type
-    label: str
-    help: str
-    default: Any
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[str, ...] | None = None
-    special_low: str = ""  # the word a spin box shows at its lowest value where that value is a sentinel
-    unit: str = ""  # the spin box's suffix
-
-
 def daemon_spec(welcome: Any = None) -> dict[str, Param]:
     """The ranges a daemon takes: WELCOME's `params`, the declared contract for a daemon that sends none
     (an older one) or before any daemon answered (`welcome` None)."""
     return spec_from_wire(getattr(welcome, "params", None) if welcome is not None else None)
 
 
-def fields(spec: Mapping[str, Param] | None = None, names: Sequence[str] = FIELDS) -> list[Field]:
+def fields(spec: Mapping[str, Param] | None = None, names: Sequence[str] = FIELDS) -> list[Param]:
+    """One widget per parameter: its declaration (label, help, default, range or choices, sentinel word, unit)
+    with `spec`'s effective ranges (default: the contract's)."""
     spec = PARAMS if spec is None else spec
-    out = []
-    for name in names:
-        p = spec[name]
-        out.append(Field(name, p.kind, p.label, p.help, p.default, p.low, p.high, p.choices, p.special, p.unit))
-    return out
+    return [spec[name] for name in names]
 
 
-def field(name: str, spec: Mapping[str, Param] | None = None) -> Field:
+def field(name: str, spec: Mapping[str, Param] | None = None) -> Param:
     return fields(spec, (name,))[0]
 
 
@@ -121,6 +103,6 @@ def model_for_estimate(settings: JobSettings, welcome: Any = None) -> str:
     return settings.model or own_model_name(welcome)
 
 
-__all__ = ["FIELDS", "DESCRIPTION", "ADVANCED_LABEL", "ENDPOINT_LABEL", "ENDPOINT_HELP", "Field", "ModelChoice",
+__all__ = ["FIELDS", "DESCRIPTION", "ADVANCED_LABEL", "ENDPOINT_LABEL", "ENDPOINT_HELP", "ModelChoice",
            "daemon_spec", "fields", "field", "job_settings", "model_choices", "own_model_name",
            "model_for_estimate"]

@@ -47,43 +47,36 @@ class Param:
     special: str = ""  # what the lowest value means where it is a sentinel, in a word ("random", "auto")
     unit: str = ""  # the suffix a spin box shows ("px")
 
-    def check(self, value: Any, *, low: float | None = None, high: float | None = None,
-              choices: tuple[str, ...] | None = None) -> Any:
+    def check(self, value: Any) -> Any:
         """`value` if valid (ints accepted for floats), else ParamError naming the parameter and its range."""
-        low = self.low if low is None else low
-        high = self.high if high is None else high
-        choices = self.choices if choices is None else choices
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             try:
                 value = float(value)
             except OverflowError:
-                raise ParamError(self.name, f"must be {self.range_text(low, high)}") from None
+                raise ParamError(self.name, f"must be {self.range_text()}") from None
         if isinstance(value, bool) is not (self.kind is bool) or not isinstance(value, self.kind):
             raise ParamError(self.name, f"expected {self.kind.__name__}, got {type(value).__name__}")
-        if choices is not None and value not in choices:
-            raise ParamError(self.name, f"must be one of {', '.join(choices)}, not {str(value)[:32]!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ParamError(self.name, f"must be one of {', '.join(self.choices)}, not {str(value)[:32]!r}")
         if isinstance(value, str) and len(value) > MAX_MODEL_NAME:
             raise ParamError(self.name, f"longer than {MAX_MODEL_NAME} characters")
-        if low is not None and high is not None and not low <= value <= high:
-            raise ParamError(self.name, f"must be {self.range_text(low, high)}, not {value}")
+        if self.low is not None and self.high is not None and not self.low <= value <= self.high:
+            raise ParamError(self.name, f"must be {self.range_text()}, not {value}")
         return value
 
-    def range_text(self, low: float | None = None, high: float | None = None) -> str:
-        low = self.low if low is None else low
-        high = self.high if high is None else high
-        if low is None or high is None:
+    def range_text(self) -> str:
+        if self.low is None or self.high is None:
             return "any value"
-        return f"between {_number(low)} and {_number(high)}"
+        return f"between {_number(self.low)} and {_number(self.high)}"
 
-    def to_wire(self, **override: Any) -> dict[str, Any]:
-        """The declaration as WELCOME carries it (`override`: the daemon's effective low/high/choices/default)."""
+    def to_wire(self) -> dict[str, Any]:
+        """The declaration as WELCOME carries it (a daemon's spec: its effective ranges and default)."""
         d = {"type": self.kind.__name__, "default": self.default, "label": self.label, "help": self.help,
              "advanced": self.advanced}
         if self.low is not None:
             d.update(min=self.low, max=self.high)
         if self.choices is not None:
             d["choices"] = list(self.choices)
-        d.update({("min" if k == "low" else "max" if k == "high" else k): v for k, v in override.items()})
         return d
 
 

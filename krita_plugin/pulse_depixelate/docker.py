@@ -44,6 +44,7 @@ from PyQt5.QtWidgets import (
 from protocol.editor_messages import code_of
 from protocol.editor_progress import JobView
 from protocol.errors import ErrorCode
+from protocol.job import Param
 
 from . import client_path, logic
 from .logic import kit
@@ -296,17 +297,17 @@ class PulseDocker(DockWidget):
         self.setWidget(scroll)
 
     @staticmethod
-    def _spin_box(f: kit.Field) -> QSpinBox:
+    def _spin_box(f: Param) -> QSpinBox:
         box = QSpinBox()
         box.setRange(int(f.low), int(f.high))
         box.setValue(int(f.default))
-        if f.special_low:
-            box.setSpecialValueText(f.special_low)  # seed -1 "random", block 0 "auto"
+        if f.special:
+            box.setSpecialValueText(f.special)  # seed -1 "random", block 0 "auto"
         if f.unit:
             box.setSuffix(f" {f.unit}")
         return box
 
-    def _model_combo(self, f: kit.Field) -> QComboBox:
+    def _model_combo(self, f: Param) -> QComboBox:
         combo = QComboBox()
         # Long model names must not widen the docker: the combo box asks for a few characters and elides.
         combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
