@@ -30,9 +30,10 @@ def run_args(*, endpoint: str | None = None, weights: str | None = None, device:
     return args + list(extra)
 
 
-def daemon_argv(program: Sequence[str], **run: object) -> list[str]:
-    """`program` (the `pulse-server` prefix) followed by `run_args(**run)`."""
-    return [*program, *run_args(**run)]  # type: ignore[arg-type]
+def daemon_argv(program: Sequence[str], *, endpoint: str | None = None, weights: str | None = None,
+                device: str | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """`program` (the `pulse-server` prefix) followed by `run_args(...)`."""
+    return [*program, *run_args(endpoint=endpoint, weights=weights, device=device, extra=extra)]
 
 
 def module_program(python: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
